@@ -1,0 +1,100 @@
+"""Notifications: every behaviour of FastAPI's background-tasks tutorial."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import BackgroundTasks, Depends, Request, status
+from pydantic import BaseModel, EmailStr, Field
+from starlette.background import BackgroundTask
+from starlette.responses import JSONResponse
+
+from shared.app import create_app
+from shared.lambda_handler import make_handler
+from shared.tasks.notifications import (
+    process_data,
+    process_data_async,
+    send_email,
+    write_log,
+    write_notification,
+)
+
+app = create_app("notifications")
+
+
+@app.post("/send-notification/{email}")
+async def send_notification(email: EmailStr, background_tasks: BackgroundTasks) -> dict[str, str]:
+    background_tasks.add_task(write_notification, email, message="some notification")
+    return {"message": "Notification sent in the background"}
+
+
+def get_query(background_tasks: BackgroundTasks, q: str | None = None) -> str | None:
+    if q:
+        background_tasks.add_task(write_log, f"found query: {q}\n")
+    return q
+
+
+@app.post("/send-message/{email}")
+async def send_message(
+    email: EmailStr, background_tasks: BackgroundTasks, q: Annotated[str | None, Depends(get_query)]
+) -> dict[str, str]:
+    background_tasks.add_task(write_log, f"message to {email}\n")
+    return {"message": "Message sent"}
+
+
+def log_client(request: Request, background_tasks: BackgroundTasks) -> str:
+    client = request.headers.get("user-agent", "unknown")
+    background_tasks.add_task(write_log, f"client: {client}\n")
+    return client
+
+
+def get_audited_query(
+    background_tasks: BackgroundTasks, client: Annotated[str, Depends(log_client)], q: str | None = None
+) -> str | None:
+    if q:
+        background_tasks.add_task(write_log, f"found query: {q} (from {client})\n")
+    return q
+
+
+@app.post("/send-audited-message/{email}")
+async def send_audited_message(
+    email: EmailStr, background_tasks: BackgroundTasks, q: Annotated[str | None, Depends(get_audited_query)]
+) -> dict[str, str]:
+    """A task added by a sub-dependency (log_client), a dependency and the operation, in that order."""
+    background_tasks.add_task(write_log, f"message to {email}\n")
+    return {"message": "Message sent"}
+
+
+@app.post("/send-welcome/{email}")
+async def send_welcome(email: EmailStr, background_tasks: BackgroundTasks) -> dict[str, str]:
+    """Several tasks in one request: an ``async def`` e-mail, then a sync log line."""
+    background_tasks.add_task(send_email, email, message="Thank you for using our service")
+    background_tasks.add_task(write_log, f"Email sent to {email}\n")
+    return {"message": "Message sent"}
+
+
+@app.post("/unsubscribe/{email}")
+async def unsubscribe(email: EmailStr) -> JSONResponse:
+    """A plain Starlette response carrying a single ``BackgroundTask``."""
+    return JSONResponse({"message": "Unsubscribed"}, background=BackgroundTask(write_log, f"unsubscribed {email}\n"))
+
+
+class ProcessRequest(BaseModel):
+    data: dict[str, Any] = Field(description="Any JSON object to process.")
+    run_async: bool = Field(False, description="Process with the async def task instead of the def one.")
+
+
+class ProcessAccepted(BaseModel):
+    status: str
+    job_id: str
+
+
+@app.post("/process", status_code=status.HTTP_202_ACCEPTED)
+async def process(body: ProcessRequest, background_tasks: BackgroundTasks) -> ProcessAccepted:
+    job_id = uuid.uuid4().hex
+    background_tasks.add_task(process_data_async if body.run_async else process_data, job_id, body.data)
+    return ProcessAccepted(status="processing started", job_id=job_id)
+
+
+handler = make_handler(app)

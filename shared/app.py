@@ -1,0 +1,37 @@
+"""``create_app``: the wiring every function shares, so a function's app.py holds only routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from shared import background
+from shared.logs import ensure_logging_configured, get_logger
+from shared.request_id import RequestIdMiddleware
+
+log = get_logger("shared.app")
+
+
+async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("request.failed", error_type=type(exc).__qualname__, error=str(exc), exc_info=exc)
+    return JSONResponse(
+        status_code=500,
+        content={"detail": "Internal Server Error", "request_id": request.scope.get("state", {}).get("request_id")},
+    )
+
+
+def create_app(service: str, **fastapi_options: Any) -> FastAPI:
+    """A FastAPI app with structured logs, request ids, the task layer and ``/health``."""
+    ensure_logging_configured(service)
+    app = FastAPI(title=service, **fastapi_options)
+    background.install(app)
+    app.add_middleware(RequestIdMiddleware, service=service)
+    app.add_exception_handler(Exception, _unhandled_error)
+
+    @app.get("/health", tags=["ops"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "service": service}
+
+    return app

@@ -1,0 +1,61 @@
+"""One boto3 client per service per process, created on first use.
+
+Creating clients is slow (tens of ms each), so a cold start pays only for the ones
+a request needs. ``AWS_ENDPOINT_URL`` points every client at moto's server or any
+other local AWS; unset, the clients talk to AWS itself.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+
+from shared.settings import get_settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBServiceResource
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_ses import SESClient
+    from mypy_boto3_sqs import SQSClient
+
+_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=3, read_timeout=10)
+
+
+@cache
+def _session() -> boto3.session.Session:
+    return boto3.session.Session(region_name=get_settings().aws_region)
+
+
+@cache
+def client(service: str) -> Any:
+    return _session().client(service, endpoint_url=get_settings().aws_endpoint_url, config=_CONFIG)  # type: ignore[call-overload]
+
+
+@cache
+def resource(service: str) -> Any:
+    return _session().resource(service, endpoint_url=get_settings().aws_endpoint_url, config=_CONFIG)  # type: ignore[call-overload]
+
+
+def s3() -> S3Client:
+    return client("s3")  # type: ignore[no-any-return]
+
+
+def sqs() -> SQSClient:
+    return client("sqs")  # type: ignore[no-any-return]
+
+
+def ses() -> SESClient:
+    return client("ses")  # type: ignore[no-any-return]
+
+
+def dynamodb() -> DynamoDBServiceResource:
+    return resource("dynamodb")  # type: ignore[no-any-return]
+
+
+def reset_clients() -> None:
+    """Forget every client, e.g. after a test changed the endpoint or the region."""
+    for cached in (_session, client, resource):
+        cached.cache_clear()

@@ -1,0 +1,109 @@
+"""Run tasks one by one, each isolated, each logged from start to end.
+
+A task that raises, times out or is cancelled is logged with its exception and the
+next task still runs: plain Starlette would skip every task after the first failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import anyio.to_thread
+from starlette._utils import is_async_callable
+
+from shared.background.task import QueuedTask
+from shared.logs import get_logger, mask_emails
+from shared.settings import get_settings
+
+log = get_logger("shared.background")
+
+
+class TaskTimeout(Exception):
+    """A task ran past its own timeout or the invocation deadline."""
+
+
+def task_fields(task: QueuedTask, backend: str) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "task": task.name,
+        "task_id": task.task_id,
+        "backend": backend,
+        "attempt": task.attempt,
+    }
+    if get_settings().log_task_args:
+        fields["task_args"] = mask_emails(list(task.args))
+        fields["task_kwargs"] = mask_emails(task.kwargs)
+    return fields
+
+
+async def _call(task: QueuedTask) -> None:
+    if is_async_callable(task.func):
+        await task.func(*task.args, **task.kwargs)
+    else:
+        # abandon_on_cancel: a timed-out sync task cannot be stopped, but we stop waiting for it.
+        await anyio.to_thread.run_sync(functools.partial(task.func, *task.args, **task.kwargs), abandon_on_cancel=True)
+
+
+def _time_left(task: QueuedTask, deadline: float | None) -> float | None:
+    """Seconds this task may run: its own timeout, capped by the deadline (monotonic)."""
+    limits = [task.timeout] if task.timeout is not None else []
+    if deadline is not None:
+        limits.append(deadline - time.monotonic())
+    return min(limits) if limits else None
+
+
+async def run_task(task: QueuedTask, backend: str, deadline: float | None = None) -> bool:
+    """Run one task; True when it succeeded. Never raises, except to pass on cancellation."""
+    fields = task_fields(task, backend)
+    time_left = _time_left(task, deadline)
+    if time_left is not None and time_left <= 0:
+        log.error("task.timed_out", **fields, started=False, error="deadline reached before the task started")
+        return False
+
+    log.info("task.started", **fields)
+    started = time.perf_counter()
+
+    def elapsed_ms() -> float:
+        return round((time.perf_counter() - started) * 1000, 3)
+
+    try:
+        async with asyncio.timeout(time_left):
+            await _call(task)
+    except TimeoutError:
+        log.error("task.timed_out", **fields, started=True, duration_ms=elapsed_ms(), timeout_s=time_left)
+        return False
+    except asyncio.CancelledError:
+        log.error("task.cancelled", **fields, duration_ms=elapsed_ms())
+        raise
+    except Exception as exc:
+        log.error(
+            "task.failed",
+            **fields,
+            duration_ms=elapsed_ms(),
+            error_type=type(exc).__qualname__,
+            error=str(exc),
+            exc_info=exc,
+        )
+        return False
+    log.info("task.succeeded", **fields, duration_ms=elapsed_ms())
+    return True
+
+
+async def run_tasks(tasks: Sequence[QueuedTask], backend: str, deadline: float | None = None) -> int:
+    """Run ``tasks`` in order; returns how many succeeded.
+
+    If the whole run is cancelled (shutdown grace exceeded), the tasks that never got
+    to start are logged as cancelled too, so none disappears without a trace.
+    """
+    succeeded = 0
+    for index, task in enumerate(tasks):
+        try:
+            succeeded += await run_task(task, backend, deadline)
+        except asyncio.CancelledError:
+            for never_started in tasks[index + 1 :]:
+                log.error("task.cancelled", **task_fields(never_started, backend), started=False)
+            raise
+    return succeeded

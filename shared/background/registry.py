@@ -1,0 +1,57 @@
+"""Stable names and options for task functions.
+
+``@task("users.send_welcome_email", timeout=30)`` names a function so that it can
+be referred to outside this process (an SQS message, a log query), and sets options
+the executor reads. Endpoints still pass the function itself to ``add_task``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_ATTRIBUTE = "__task_options__"
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    name: str | None = None
+    timeout: float | None = None
+
+
+_registry: dict[str, Callable[..., Any]] = {}
+
+
+def task(name: str, *, timeout: float | None = None) -> Callable[[F], F]:
+    """Register ``func`` under ``name``; the function itself is returned unchanged."""
+
+    def register(func: F) -> F:
+        existing = _registry.get(name)
+        if existing is not None and existing is not func:
+            raise ValueError(f"task name {name!r} is already registered to {existing!r}")
+        _registry[name] = func
+        setattr(func, _ATTRIBUTE, TaskOptions(name=name, timeout=timeout))
+        return func
+
+    return register
+
+
+def task_options(func: Callable[..., Any]) -> TaskOptions:
+    options = getattr(func, _ATTRIBUTE, None)
+    return options if isinstance(options, TaskOptions) else TaskOptions()
+
+
+def registered_name(func: Callable[..., Any]) -> str | None:
+    return task_options(func).name
+
+
+def lookup(name: str) -> Callable[..., Any]:
+    """The function registered under ``name``; KeyError when there is none."""
+    return _registry[name]
+
+
+def registered_names() -> list[str]:
+    return sorted(_registry)

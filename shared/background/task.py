@@ -1,0 +1,53 @@
+"""What the task layer knows about one queued task."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.background import BackgroundTask
+
+from shared.background.registry import registered_name, task_options
+
+
+def qualified_name(func: Callable[..., Any]) -> str:
+    """The stable name of a task: its registered name, else ``module.qualname``."""
+    name = registered_name(func)
+    if name:
+        return name
+    module = getattr(func, "__module__", None) or "unknown"
+    qualname = getattr(func, "__qualname__", None) or type(func).__qualname__
+    return f"{module}.{qualname}"
+
+
+@dataclass
+class QueuedTask:
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    name: str
+    task_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    attempt: int = 1
+    timeout: float | None = None
+
+    @classmethod
+    def from_starlette(cls, task: BackgroundTask, default_timeout: float | None = None) -> QueuedTask:
+        options = task_options(task.func)
+        timeout = options.timeout if options.timeout is not None else default_timeout
+        return cls(
+            func=task.func,
+            args=tuple(task.args),
+            kwargs=dict(task.kwargs),
+            name=qualified_name(task.func),
+            timeout=timeout,
+        )
+
+
+def flatten(background: BackgroundTask) -> list[BackgroundTask]:
+    """A response's ``background`` is one task or a ``BackgroundTasks`` holding many."""
+    nested = getattr(background, "tasks", None)
+    if nested is None:
+        return [background]
+    return [leaf for task in nested for leaf in flatten(task)]

@@ -1,0 +1,73 @@
+"""Give every request an id, bind it to every log line, and echo it to the client."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.logs import get_logger
+
+HEADER = "x-request-id"
+_WELL_FORMED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
+
+log = get_logger("shared.request")
+
+
+def _from_header(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == HEADER.encode():
+            candidate = value.decode("latin-1").strip()
+            return candidate if _WELL_FORMED.fullmatch(candidate) else None
+    return None
+
+
+def _from_api_gateway(scope: Scope) -> str | None:
+    """Mangum puts the Lambda event in the scope; API Gateway and URLs carry a request id."""
+    event: Any = scope.get("aws.event") or {}
+    request_id = (event.get("requestContext") or {}).get("requestId")
+    return request_id if isinstance(request_id, str) and request_id else None
+
+
+def resolve_request_id(scope: Scope) -> str:
+    return _from_header(scope) or _from_api_gateway(scope) or uuid.uuid4().hex
+
+
+class RequestIdMiddleware:
+    """Pure ASGI, so the id stays bound while the response's background tasks run."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = resolve_request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != HEADER.encode()]
+                message = {**message, "headers": [*headers, (HEADER.encode(), request_id.encode())]}
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                log.info(
+                    "request.completed",
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                )
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id, service=self.service):
+            await self.app(scope, receive, send_with_id)

@@ -1,0 +1,35 @@
+"""Serve one function with uvicorn: ``python -m shared.serve notifications``.
+
+The container's entry command. Logs go through the project's pipeline, and SIGTERM
+lets in-flight background tasks finish (up to SHUTDOWN_GRACE_SECONDS) before exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import uvicorn
+
+from shared.settings import get_settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("function", nargs="?", default=os.environ.get("FUNCTION", "notifications"))
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument("--access-log", action="store_true", help="also print uvicorn's access lines")
+    args = parser.parse_args(argv)
+    uvicorn.run(
+        f"functions.{args.function}.app:app",
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=int(get_settings().shutdown_grace_seconds),
+    )
+
+
+if __name__ == "__main__":
+    main()
