@@ -8,17 +8,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from shared import background
-from shared.logs import ensure_logging_configured, get_logger
+from shared.logs import ensure_logging_configured
 from shared.request_id import RequestIdMiddleware
-
-log = get_logger("shared.app")
 
 
 async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
-    log.error("request.failed", error_type=type(exc).__qualname__, error=str(exc), exc_info=exc)
+    """The body of an unexpected 500; RequestIdMiddleware has logged the exception."""
+    request_id = request.scope.get("state", {}).get("request_id", "")
     return JSONResponse(
         status_code=500,
-        content={"detail": "Internal Server Error", "request_id": request.scope.get("state", {}).get("request_id")},
+        content={"detail": "Internal Server Error", "request_id": request_id},
+        headers={"X-Request-ID": request_id},
     )
 
 

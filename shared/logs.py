@@ -13,6 +13,7 @@ import sys
 from typing import Any, TextIO
 
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from shared.settings import get_settings
@@ -82,7 +83,8 @@ def configure_logging(service: str | None = None, stream: TextIO | None = None) 
     renderer: Processor
     if as_json:
         renderer = structlog.processors.JSONRenderer()
-        shared.append(structlog.processors.dict_tracebacks)
+        # Tracebacks as data, without local variables: they would leak task arguments.
+        shared.append(structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)))
     else:
         renderer = structlog.dev.ConsoleRenderer()
 

@@ -70,4 +70,10 @@ class RequestIdMiddleware:
                 )
 
         with structlog.contextvars.bound_contextvars(request_id=request_id, service=self.service):
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                # Logged here, where the request's context is still bound; Starlette's
+                # outermost ServerErrorMiddleware then answers with shared.app's JSON 500.
+                log.error("request.failed", error_type=type(exc).__qualname__, error=str(exc), exc_info=exc)
+                raise

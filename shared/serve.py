@@ -17,12 +17,13 @@ from shared.settings import get_settings
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("function", nargs="?", default=os.environ.get("FUNCTION", "notifications"))
+    parser.add_argument("--app", help="serve another ASGI app instead, as module:attribute")
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument("--access-log", action="store_true", help="also print uvicorn's access lines")
     args = parser.parse_args(argv)
     uvicorn.run(
-        f"functions.{args.function}.app:app",
+        args.app or f"functions.{args.function}.app:app",
         host=args.host,
         port=args.port,
         log_config=None,

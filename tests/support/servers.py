@@ -66,10 +66,12 @@ class ServerProcess:
         os.unlink(self._output.name)
 
 
-def start_function(function: str, env: dict[str, str]) -> ServerProcess:
+def start_function(function: str, env: dict[str, str], *extra_args: str) -> ServerProcess:
     """``python -m shared.serve FUNCTION``: the container's own entry command."""
     port = free_port()
-    server = ServerProcess([sys.executable, "-m", "shared.serve", function, "--port", str(port)], env, port)
+    server = ServerProcess(
+        [sys.executable, "-m", "shared.serve", function, "--port", str(port), *extra_args], env, port
+    )
     try:
         wait_until_healthy(f"{server.base_url}/health", server.process)
     except Exception:

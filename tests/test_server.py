@@ -1,0 +1,98 @@
+"""A real uvicorn process: the response comes before the task, and SIGTERM loses nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import httpx
+
+from tests.support.logs import parse_json_lines
+from tests.support.servers import start_function
+
+EMAIL = "foo@example.com"
+
+
+def test_response_arrives_while_the_task_is_still_running(tmp_path: Path) -> None:
+    # Opening a FIFO for writing blocks until a reader opens it: the task cannot finish
+    # before this test opens the reading end, which it does only after the response.
+    fifo = tmp_path / "notifications.fifo"
+    os.mkfifo(fifo)
+    server = start_function("notifications", {"NOTIFICATION_LOG_PATH": str(fifo), "LOG_FORMAT": "json"})
+    try:
+        response = httpx.post(f"{server.base_url}/send-notification/{EMAIL}", timeout=10)
+        assert response.status_code == 200
+        assert response.json() == {"message": "Notification sent in the background"}
+        request_id = response.headers["x-request-id"]
+
+        events = parse_json_lines(server.output())
+        assert [e["event"] for e in events if e.get("request_id") == request_id and e["event"].startswith("task.")] == [
+            "task.queued",
+            "task.started",
+        ]
+
+        with open(fifo) as reader:
+            assert reader.read() == f"notification for {EMAIL}: some notification\n"
+    finally:
+        exit_code = server.stop()
+        output = server.output()
+        server.close()
+    assert exit_code == -signal.SIGTERM  # uvicorn re-raises SIGTERM once it has shut down gracefully
+    finished = [e for e in parse_json_lines(output) if e["event"] == "task.succeeded"]
+    assert [(e["request_id"], e["task"]) for e in finished] == [(request_id, "notifications.write_notification")]
+
+
+def test_sigterm_lets_in_flight_tasks_finish(tmp_path: Path) -> None:
+    log_file = tmp_path / "slow.log"
+    server = start_function(
+        "slow",
+        {"NOTIFICATION_LOG_PATH": str(log_file), "LOG_FORMAT": "json"},
+        "--app",
+        "tests.support.slow_app:app",
+    )
+    try:
+        for name in ("a", "b", "c"):
+            response = httpx.post(f"{server.base_url}/slow/{name}", params={"tasks": 2, "seconds": 0.5}, timeout=10)
+            assert response.json() == {"queued": 2}
+        assert not log_file.exists()
+        server.process.send_signal(signal.SIGTERM)
+        exit_code = server.process.wait(30)
+    finally:
+        output = server.output()
+        server.close()
+
+    assert exit_code == -signal.SIGTERM  # uvicorn re-raises SIGTERM once it has shut down gracefully
+    assert sorted(log_file.read_text().splitlines()) == ["a-0", "a-1", "b-0", "b-1", "c-0", "c-1"]
+    events = parse_json_lines(output)
+    names = [e["event"] for e in events]
+    shutting_down = names.index("Shutting down")
+    assert names.count("task.succeeded") == 6
+    assert all(index > shutting_down for index, name in enumerate(names) if name == "task.succeeded")
+
+
+def test_sigterm_past_the_grace_period_logs_every_unfinished_task(tmp_path: Path) -> None:
+    log_file = tmp_path / "slow.log"
+    server = start_function(
+        "slow",
+        {"NOTIFICATION_LOG_PATH": str(log_file), "LOG_FORMAT": "json", "SHUTDOWN_GRACE_SECONDS": "1"},
+        "--app",
+        "tests.support.slow_app:app",
+    )
+    try:
+        response = httpx.post(f"{server.base_url}/slow/late", params={"tasks": 3, "seconds": 30}, timeout=10)
+        assert response.json() == {"queued": 3}
+        server.process.send_signal(signal.SIGTERM)
+        exit_code = server.process.wait(30)
+    finally:
+        output = server.output()
+        server.close()
+
+    assert exit_code == -signal.SIGTERM  # uvicorn re-raises SIGTERM once it has shut down gracefully
+    assert not log_file.exists()
+    events = parse_json_lines(output)
+    queued = {e["task_id"] for e in events if e["event"] == "task.queued"}
+    cancelled = [e for e in events if e["event"] == "task.cancelled"]
+    assert len(queued) == 3
+    assert {e["task_id"] for e in cancelled} == queued
+    assert [e.get("started", True) for e in cancelled] == [True, False, False]

@@ -1,0 +1,359 @@
+"""The task layer: isolation, structured logs, request ids, timeouts, configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from fastapi import BackgroundTasks, FastAPI
+from fastapi.testclient import TestClient
+
+from shared.app import create_app
+from shared.background import TaskRejected, TaskRoute, install, task
+from shared.background.backends import InlineBackend
+from shared.background.task import QueuedTask
+from shared.settings import get_settings
+from tests.support.logs import LogCapture
+
+EMAIL = "jane.doe@example.com"
+
+
+class Boom(Exception):
+    pass
+
+
+def succeed(results: list[int], index: int) -> None:
+    results.append(index)
+
+
+async def succeed_async(results: list[int], index: int) -> None:
+    await asyncio.sleep(0)
+    results.append(index)
+
+
+def fail(index: int) -> None:
+    raise Boom(f"task {index} failed")
+
+
+@task("tests.sleepy", timeout=0.05)
+async def sleepy(results: list[str]) -> None:
+    await asyncio.sleep(5)
+    results.append("woke up")
+
+
+def blocking_sleepy(seconds: float) -> None:
+    threading.Event().wait(seconds)
+
+
+def record_thread(threads: list[int]) -> None:
+    threads.append(threading.get_ident())
+
+
+def greet(email: str, greeting: str) -> None:
+    pass
+
+
+def build_app(results: list[int], failing: set[int], count: int) -> FastAPI:
+    app = create_app("tasktest")
+
+    @app.post("/work")
+    async def work(background_tasks: BackgroundTasks) -> dict[str, str]:
+        for index in range(count):
+            if index in failing:
+                background_tasks.add_task(fail, index)
+            elif index % 2:
+                background_tasks.add_task(succeed_async, results, index)
+            else:
+                background_tasks.add_task(succeed, results, index)
+        return {"status": "queued"}
+
+    return app
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    yield monkeypatch
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(("count", "failing"), [(5, {0}), (6, {2, 3}), (10, {1, 4, 9}), (4, {0, 1, 2, 3})])
+def test_failing_tasks_never_skip_the_others(logs: LogCapture, count: int, failing: set[int]) -> None:
+    results: list[int] = []
+    with TestClient(build_app(results, failing, count)) as client:
+        response = client.post("/work")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "queued"}
+    assert sorted(results) == [i for i in range(count) if i not in failing]
+    assert len(logs.named("task.succeeded")) == count - len(failing)
+    failures = logs.named("task.failed")
+    assert len(failures) == len(failing)
+    for failure in failures:
+        assert failure["task"] == f"{__name__}.fail"
+        assert failure["level"] == "error"
+        assert failure["error_type"] == "Boom"
+        assert failure["error"].startswith("task ") and failure["error"].endswith(" failed")
+        frames = failure["exception"][0]
+        assert frames["exc_type"] == "Boom"
+        assert frames["frames"][-1]["name"] == "fail"
+        assert "locals" not in frames["frames"][-1]
+
+
+def test_every_event_carries_the_schema(logs: LogCapture) -> None:
+    with TestClient(build_app([], {1}, 2)) as client:
+        response = client.post("/work", headers={"X-Request-ID": "req-123"})
+
+    assert response.headers["x-request-id"] == "req-123"
+    task_events = [e for e in logs.events if e["event"].startswith("task.")]
+    assert [e["event"] for e in task_events] == [
+        "task.queued",
+        "task.queued",
+        "task.started",
+        "task.succeeded",
+        "task.started",
+        "task.failed",
+    ]
+    for event in task_events:
+        assert event["request_id"] == "req-123"
+        assert event["service"] == "tasktest"
+        assert event["backend"] == "inline"
+        assert event["attempt"] == 1
+        assert event["task"] in {f"{__name__}.succeed", f"{__name__}.fail"}
+        assert datetime.fromisoformat(event["timestamp"]).tzinfo is not None
+        assert event["level"] in {"info", "error"}
+    for event in logs.named("task.succeeded") + logs.named("task.failed"):
+        assert event["duration_ms"] >= 0
+    ids = {e["task_id"] for e in logs.named("task.queued")}
+    assert len(ids) == 2
+    assert {e["task_id"] for e in logs.named("task.started")} == ids
+    completed = logs.named("request.completed")
+    assert completed == [completed[0]]
+    assert completed[0]["status"] == 200
+    assert completed[0]["request_id"] == "req-123"
+
+
+@pytest.mark.parametrize("header", [None, "", "has spaces", "x" * 200, "bad\u00e9id", "-starts-with-dash"])
+def test_missing_or_malformed_request_id_is_generated(logs: LogCapture, header: str | None) -> None:
+    headers = {"X-Request-ID": header.encode()} if header is not None else {}
+    with TestClient(build_app([], set(), 1)) as client:
+        response = client.post("/work", headers=headers)
+
+    generated = response.headers["x-request-id"]
+    assert generated != header
+    assert len(generated) == 32
+    assert {e["request_id"] for e in logs.events if e["event"].startswith("task.")} == {generated}
+
+
+def test_each_request_has_its_own_id(logs: LogCapture) -> None:
+    with TestClient(build_app([], set(), 1)) as client:
+        first = client.post("/work").headers["x-request-id"]
+        second = client.post("/work").headers["x-request-id"]
+
+    assert first != second
+    assert [e["request_id"] for e in logs.named("task.succeeded")] == [first, second]
+
+
+def test_task_arguments_are_not_logged_by_default(logs: LogCapture) -> None:
+    app = create_app("tasktest")
+
+    @app.post("/greet")
+    async def endpoint(background_tasks: BackgroundTasks) -> None:
+        background_tasks.add_task(greet, EMAIL, greeting="hi " + EMAIL)
+
+    with TestClient(app) as client:
+        client.post("/greet")
+
+    assert logs.named("task.succeeded")
+    assert "jane" not in logs.stream.getvalue()
+
+
+def test_task_arguments_opt_in_masks_emails(settings_env: pytest.MonkeyPatch) -> None:
+    settings_env.setenv("LOG_TASK_ARGS", "true")
+    get_settings.cache_clear()
+    capture = LogCapture()
+    from shared.logs import configure_logging
+
+    configure_logging("tests", stream=capture.stream)
+    app = create_app("tasktest")
+
+    @app.post("/greet")
+    async def endpoint(background_tasks: BackgroundTasks) -> None:
+        background_tasks.add_task(greet, EMAIL, greeting="hi " + EMAIL)
+
+    with TestClient(app) as client:
+        client.post("/greet")
+
+    queued = capture.named("task.queued")[0]
+    assert queued["task_args"] == ["j***@example.com"]
+    assert queued["task_kwargs"] == {"greeting": "hi j***@example.com"}
+    assert "jane.doe" not in capture.stream.getvalue()
+
+
+def test_log_level_is_honoured(settings_env: pytest.MonkeyPatch) -> None:
+    settings_env.setenv("LOG_LEVEL", "WARNING")
+    get_settings.cache_clear()
+    capture = LogCapture()
+    from shared.logs import configure_logging
+
+    configure_logging("tests", stream=capture.stream)
+    with TestClient(build_app([], {0}, 2)) as client:
+        client.post("/work")
+
+    assert {e["event"] for e in capture.events} == {"task.failed"}
+
+
+def test_console_format_is_readable(settings_env: pytest.MonkeyPatch) -> None:
+    settings_env.setenv("LOG_FORMAT", "console")
+    get_settings.cache_clear()
+    capture = LogCapture()
+    from shared.logs import configure_logging
+
+    configure_logging("tests", stream=capture.stream)
+    with TestClient(build_app([], set(), 1)) as client:
+        client.post("/work")
+
+    text = capture.stream.getvalue()
+    assert "task.succeeded" in text
+    assert not text.lstrip().startswith("{")
+
+
+def test_uvicorn_logs_go_through_the_same_pipeline(logs: LogCapture) -> None:
+    logging.getLogger("uvicorn.error").error("Exception in ASGI application", exc_info=Boom("kaput"))
+    logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:1", "GET", "/health", "1.1", 200)
+
+    error, access = logs.events[-2:]
+    assert error["logger"] == "uvicorn.error"
+    assert error["level"] == "error"
+    assert error["exception"][0]["exc_type"] == "Boom"
+    assert access["logger"] == "uvicorn.access"
+    assert access["event"] == '127.0.0.1:1 - "GET /health HTTP/1.1" 200'
+    assert "timestamp" in access
+
+
+def test_task_timeout_is_logged_and_the_next_task_runs(logs: LogCapture) -> None:
+    app = create_app("tasktest")
+    results: list[str] = []
+
+    @app.post("/slow")
+    async def endpoint(background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(sleepy, results)
+        background_tasks.add_task(results.append, "next ran")
+        return {"status": "ok"}
+
+    with TestClient(app) as client:
+        response = client.post("/slow")
+
+    assert response.json() == {"status": "ok"}
+    assert results == ["next ran"]
+    timed_out = logs.named("task.timed_out")
+    assert [e["task"] for e in timed_out] == ["tests.sleepy"]
+    assert timed_out[0]["timeout_s"] == 0.05
+
+
+def test_default_timeout_applies_to_sync_tasks(settings_env: pytest.MonkeyPatch, logs: LogCapture) -> None:
+    settings_env.setenv("TASK_TIMEOUT_SECONDS", "0.05")
+    get_settings.cache_clear()
+    app = create_app("tasktest")
+
+    @app.post("/slow")
+    async def endpoint(background_tasks: BackgroundTasks) -> None:
+        background_tasks.add_task(blocking_sleepy, 1.0)
+
+    with TestClient(app) as client:
+        client.post("/slow")
+
+    assert [e["task"] for e in logs.named("task.timed_out")] == [f"{__name__}.blocking_sleepy"]
+
+
+def test_sync_tasks_run_off_the_event_loop_thread() -> None:
+    app = create_app("tasktest")
+    threads: list[int] = []
+    loop_threads: list[int] = []
+
+    @app.post("/where")
+    async def endpoint(background_tasks: BackgroundTasks) -> None:
+        loop_threads.append(threading.get_ident())
+        background_tasks.add_task(record_thread, threads)
+
+    with TestClient(app) as client:
+        client.post("/where")
+
+    assert len(threads) == 1
+    assert threads != loop_threads
+
+
+def test_unhandled_error_is_json_500_with_request_id(logs: LogCapture) -> None:
+    app = create_app("tasktest")
+
+    @app.get("/broken")
+    async def broken() -> None:
+        raise Boom("kaput")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/broken", headers={"X-Request-ID": "req-500"})
+
+    assert response.status_code == 500
+    assert response.json() == {"detail": "Internal Server Error", "request_id": "req-500"}
+    assert response.headers["x-request-id"] == "req-500"
+    [failed] = logs.named("request.failed")
+    assert failed["error_type"] == "Boom"
+    assert failed["request_id"] == "req-500"
+
+
+class RejectingBackend(InlineBackend):
+    name = "rejecting"
+
+    def accept(self, task: QueuedTask) -> None:
+        raise TaskRejected(f"{task.name} cannot be queued")
+
+
+def test_a_rejected_task_fails_the_request_and_queues_nothing(logs: LogCapture, notification_log: Path) -> None:
+    app = create_app("tasktest")
+    app.state.task_executor.route(["tests.rejected"], RejectingBackend())
+
+    @task("tests.rejected")
+    def rejected() -> None:
+        pass
+
+    @app.post("/reject")
+    async def endpoint(background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(succeed, [], 1)
+        background_tasks.add_task(rejected)
+        return {"status": "ok"}
+
+    with TestClient(app) as client:
+        response = client.post("/reject")
+
+    assert response.status_code == 500
+    assert response.json() == {"detail": "background task rejected: tests.rejected cannot be queued"}
+    assert logs.named("task.queued") == []
+    assert logs.named("task.started") == []
+
+
+def test_install_refuses_routes_declared_before_it() -> None:
+    app = FastAPI()
+
+    @app.get("/early")
+    async def early() -> None:
+        pass
+
+    with pytest.raises(RuntimeError, match="/early"):
+        install(app)
+
+
+def test_every_route_of_every_function_runs_through_the_task_layer() -> None:
+    import importlib
+
+    functions = sorted(p.parent.name for p in Path("functions").glob("*/app.py"))
+    assert "notifications" in functions
+    for name in functions:
+        app = importlib.import_module(f"functions.{name}.app").app
+        api_routes = [r for r in app.routes if hasattr(r, "endpoint") and hasattr(r, "response_model")]
+        assert api_routes, name
+        assert all(isinstance(route, TaskRoute) for route in api_routes), name
+        assert hasattr(app.state, "task_executor"), name
