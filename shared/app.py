@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse
 from shared import background
 from shared.logs import ensure_logging_configured
 from shared.request_id import RequestIdMiddleware
+from shared.root_path import RootPathMiddleware
+from shared.settings import get_settings
 
 
 async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
@@ -26,6 +28,9 @@ def create_app(service: str, **fastapi_options: Any) -> FastAPI:
     """A FastAPI app with structured logs, request ids, the task layer and ``/health``."""
     ensure_logging_configured(service)
     app = FastAPI(title=service, **fastapi_options)
+    root_path = get_settings().api_root_path
+    if root_path:
+        app.add_middleware(RootPathMiddleware, prefix=root_path)
     background.install(app)
     app.add_middleware(RequestIdMiddleware, service=service)
     app.add_exception_handler(Exception, _unhandled_error)

@@ -1,4 +1,4 @@
-"""Serve one function with uvicorn: ``python -m shared.serve notifications``.
+"""Serve one function with uvicorn: ``python -m shared.serve notifications`` (``all``: every one).
 
 The container's entry command. Logs go through the project's pipeline, and SIGTERM
 lets in-flight background tasks finish (up to SHUTDOWN_GRACE_SECONDS) before exit.
@@ -22,8 +22,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument("--access-log", action="store_true", help="also print uvicorn's access lines")
     args = parser.parse_args(argv)
+    target, factory = args.app or f"functions.{args.function}.app:app", False
+    if args.function == "all" and not args.app:
+        # Every function on one port, each under /<name> as the HTTP API routes them.
+        target, factory = "shared.gateway:create_gateway", True
     uvicorn.run(
-        args.app or f"functions.{args.function}.app:app",
+        target,
+        factory=factory,
         host=args.host,
         port=args.port,
         log_config=None,

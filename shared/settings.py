@@ -25,6 +25,9 @@ class Settings(BaseSettings):
 
     # --- logging -----------------------------------------------------------------
     service_name: str = Field("app", description="Default `service` key; create_app() sets it per function.")
+    api_root_path: str = Field(
+        "", description="Path prefix the HTTP API routes to this function (template.yaml: /<name>); the root_path."
+    )
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     log_task_args: bool = Field(False, description="Log task arguments (e-mail addresses masked).")
@@ -57,6 +60,32 @@ class Settings(BaseSettings):
     uploads_table: str = "fastapi-tasks-uploads"
     uploads_bucket: str = "fastapi-tasks-uploads"
     mail_sender: str = "no-reply@example.com"
+
+    # --- durable tasks (SQS + worker, docs/durable-tasks.md) -------------------------
+    task_max_receives: int = Field(
+        5, ge=1, description="Receives before SQS dead-letters a message: the queue's RedrivePolicy maxReceiveCount."
+    )
+    task_message_max_bytes: int = Field(262_144, gt=0, description="SQS's message size limit (body + attributes).")
+    task_enqueue_attempts: int = Field(4, ge=1, description="SendMessageBatch tries before a task is logged as lost.")
+    task_enqueue_backoff_seconds: float = Field(0.2, ge=0, description="First retry delay; doubles, with jitter.")
+    idempotency_expiry_seconds: int = Field(86_400, gt=0, description="How long a completed task_id is remembered.")
+    task_modules: str = Field("shared.tasks", description="Modules/packages the worker imports to register tasks.")
+    worker_wait_seconds: int = Field(20, ge=0, le=20, description="Long-poll wait; bounds the worker's SIGTERM delay.")
+    worker_batch_size: int = Field(10, ge=1, le=10, description="Messages per ReceiveMessage in the container worker.")
+
+    # --- users, uploads, items (functions/users, uploads, items) -----------------
+    mail_backend: Literal["ses", "log"] = Field(
+        "ses", description="ses: send through SES; log: append to the notification log (no AWS needed)."
+    )
+    items_notify_to: str = Field("catalog@example.com", description="Who is told about new items.")
+    upload_max_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest accepted upload (Lambda: < 4.5 MB).")
+    upload_part_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024, description="S3 multipart part size.")
+    upload_allowed_types: tuple[str, ...] = Field(
+        ("image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf", "text/plain"),
+        description='Accepted sniffed content types; JSON list in the environment, e.g. ["image/png"].',
+    )
+    thumbnail_sizes: tuple[int, ...] = Field((128, 512), description="Longest side, in pixels, of each thumbnail.")
+    thumbnail_max_pixels: int = Field(40_000_000, gt=0, description="Larger images fail instead of exhausting memory.")
 
 
 @lru_cache

@@ -33,7 +33,13 @@ def local_backend(settings: Settings) -> Backend:
 
 def build_executor(settings: Settings | None = None) -> TaskExecutor:
     settings = settings or get_settings()
-    return TaskExecutor(local_backend(settings), default_timeout=settings.task_timeout_seconds)
+    executor = TaskExecutor(local_backend(settings), default_timeout=settings.task_timeout_seconds)
+    if settings.durable_tasks.strip():
+        # Imported only when used: boto3 would lengthen every other function's cold start.
+        from shared.background.sqs import route_durable_tasks
+
+        route_durable_tasks(executor, settings)
+    return executor
 
 
 async def _task_rejected(request: Request, exc: Exception) -> JSONResponse:

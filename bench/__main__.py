@@ -1,0 +1,152 @@
+"""``python -m bench``: run every measurement in one go and write the report.
+
+Writes ``bench/results.md`` (tables, targets and why), ``bench/results.png`` (the
+distributions), ``bench/raw/results.json`` (every sample) and the table between the
+README's bench markers. ``--quick`` runs each measurement with tiny counts (a smoke run
+of the harness: its numbers mean nothing). Exits 1 if a measurement could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import artifacts, cold_start, container, lambda_runtime, task_overhead
+from bench.env import ROOT, progress
+from bench.model import Section, Target
+from bench.report import plot, readme_block, render_markdown, update_readme
+
+MEASUREMENTS = ("lambda", "container", "cold_start", "task_overhead", "artifacts")
+
+
+@dataclass(frozen=True)
+class Counts:
+    lambda_invocations: int
+    lambda_warmup: int
+    container_rounds: int
+    container_duration: float
+    container_warmup: float
+    container_connections: tuple[int, ...]
+    cold_start_repetitions: int
+    cold_start_warmup: bool
+    cold_start_functions: list[str] | None
+    task_requests: int
+    task_rounds: int
+    durable_requests: int
+    durable_warmup: int
+
+
+FULL = Counts(15, 2, 3, 2.0, 0.5, (8, 1), 8, True, None, 1000, 5, 100, 10)
+QUICK = Counts(1, 1, 1, 0.3, 0.1, (2,), 1, False, ["functions.notifications.app"], 50, 2, 5, 1)
+
+
+def _runners(counts: Counts, workdir: Path, build: bool) -> dict[str, Callable[[], Section]]:
+    return {
+        "lambda": lambda: lambda_runtime.measure(workdir, counts.lambda_invocations, counts.lambda_warmup),
+        "container": lambda: container.measure(
+            workdir,
+            counts.container_rounds,
+            counts.container_duration,
+            counts.container_warmup,
+            counts.container_connections,
+        )[0],
+        "cold_start": lambda: cold_start.measure(
+            workdir,
+            counts.cold_start_repetitions,
+            counts.cold_start_warmup,
+            profile_imports=counts.cold_start_warmup,
+            functions=counts.cold_start_functions,
+        ),
+        "task_overhead": lambda: task_overhead.measure(workdir, counts.task_requests, counts.task_rounds),
+        "artifacts": lambda: artifacts.measure(workdir, build, counts.durable_requests, counts.durable_warmup),
+    }
+
+
+def _failed(key: str, error: str) -> Section:
+    return Section(
+        key=key,
+        title=f"{key}: could not run",
+        intro=f"```\n{error.strip()}\n```",
+        targets=[Target(f"{key}", "", "measurement failed", None, error.strip().splitlines()[-1][:200])],
+    )
+
+
+def _load_average() -> str:
+    try:
+        return " / ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny counts: checks the harness, not the numbers")
+    parser.add_argument("--only", default=",".join(MEASUREMENTS), help=f"comma-separated subset of {MEASUREMENTS}")
+    parser.add_argument("--no-sam", action="store_true", help="skip `sam build` (artifact sizes not measured)")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench", help="where results.md and results.png go")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help="README whose bench block is rewritten")
+    parser.add_argument("--no-readme", action="store_true", help="leave the README alone")
+    args = parser.parse_args(argv)
+
+    selected = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(selected) - set(MEASUREMENTS))
+    if unknown:
+        parser.error(f"unknown measurements {unknown}; choose from {MEASUREMENTS}")
+    counts = QUICK if args.quick else FULL
+    started = time.monotonic()
+    load_before = _load_average()
+    sections: list[Section] = []
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
+        runners = _runners(counts, Path(scratch), build=not args.no_sam)
+        for name in MEASUREMENTS:
+            if name not in selected:
+                continue
+            progress(f"== {name} ({time.monotonic() - started:.0f} s elapsed)")
+            try:
+                sections.append(runners[name]())
+            except Exception:
+                failed = True
+                error = traceback.format_exc()
+                print(error, file=sys.stderr, flush=True)
+                sections.append(_failed(name, error))
+    elapsed = time.monotonic() - started
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    plot_path = args.output / "results.png"
+    plotted = plot(sections, plot_path)
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    machine = f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    header = (
+        f"`make bench`{' --quick (tiny counts: these numbers mean nothing)' if args.quick else ''} on {when}, "
+        f"{machine}; load average (1/5/15 min) {load_before} before, {_load_average()} after; "
+        f"took {elapsed:.0f} s. Variants ran side by side and took turns in one run, so read the ratios: "
+        "absolute numbers depend on the machine and on whatever else it was running."
+    )
+    results = args.output / "results.md"
+    results.write_text(render_markdown(sections, header, plot_path.name if plotted else None))
+    raw = args.output / "raw"
+    raw.mkdir(exist_ok=True)
+    (raw / "results.json").write_text(json.dumps([asdict(section) for section in sections], indent=1))
+    progress(f"wrote {results}" + (f" and {plot_path}" if plotted else ""))
+    if not args.no_readme:
+        summary = f"Measured on {when} ({machine}, load average {load_before}); `make bench` reproduces it."
+        progress(update_readme(args.readme, readme_block(sections, summary)))
+    for section in sections:
+        for target in section.targets:
+            progress(f"{target.verdict.strip('*'):>12}  {target.name}: {target.measured}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

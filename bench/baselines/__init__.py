@@ -1,0 +1,1 @@
+"""What users write without the template: the baselines every ratio is computed against."""

@@ -1,0 +1,319 @@
+"""Measurement 2: throughput and latency of one uvicorn worker, template against bare FastAPI.
+
+Every server listens on 127.0.0.1 and runs for the whole measurement; the load generator
+(``bench.loadgen``) is a separate process using keep-alive connections. Variants take
+turns within each round (order reversed every other round), so a noisy neighbour
+slows both sides alike; the throughput ratio is the median of the per-round ratios.
+
+What each server prints (counted, per request, in the tables):
+- template (``python -m shared.serve``): JSON lines ``task.queued``, ``task.started``,
+  ``task.succeeded`` and ``request.completed``; uvicorn's access log off (its default).
+- bare FastAPI (``python -m uvicorn``, default settings): uvicorn's plain-text access line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.env import PYTHON, ROOT, child_env, progress
+from bench.model import Distribution, Section, Table, Target, fmt, fmt_ratio, median, percentile, ratio
+from tests.support.servers import ServerProcess, free_port, wait_until_healthy
+
+PATH = "/send-notification/jane.doe@example.com"
+GRACE = "30"
+
+
+@dataclass
+class Run:
+    rps: float
+    latencies_ms: list[float]
+    errors: int
+    cpu_us_per_request: float
+    lines_per_request: float
+    bytes_per_request: float
+    access_lines_per_request: float
+
+
+@dataclass
+class Variant:
+    label: str
+    role: str  # "template", "baseline" or "diagnostic"
+    command: list[str]
+    env: dict[str, str]
+    runs: dict[int, list[Run]] = field(default_factory=dict)
+    server: ServerProcess | None = None
+
+    def start(self) -> None:
+        port = free_port()
+        self.server = ServerProcess([*self.command, "--port", str(port)], self.env, port)
+
+    def wait_healthy(self) -> None:
+        assert self.server is not None
+        try:
+            wait_until_healthy(f"{self.server.base_url}/health", self.server.process, timeout=60)
+        except Exception:
+            print(self.server.output())
+            raise
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+    def latencies(self, connections: int) -> list[float]:
+        return [value for run in self.runs.get(connections, []) for value in run.latencies_ms]
+
+    def median_of(self, connections: int, attribute: str) -> float:
+        return median([getattr(run, attribute) for run in self.runs.get(connections, [])])
+
+
+@dataclass
+class Scenario:
+    title: str
+    task_ms: int
+    variants: list[Variant]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` (Linux ``/proc``); NaN elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load(variant: Variant, connections: int, warmup: float, duration: float) -> Run:
+    server = variant.server
+    assert server is not None
+    cpu_before = _cpu_seconds(server.process.pid)
+    output_before = server.output()
+    completed = subprocess.run(  # noqa: S603 - our own interpreter and tools, fixed arguments
+        [
+            PYTHON,
+            "-m",
+            "bench.loadgen",
+            "--port",
+            str(server.port),
+            "--path",
+            PATH,
+            "--connections",
+            str(connections),
+            "--warmup",
+            str(warmup),
+            "--duration",
+            str(duration),
+        ],
+        cwd=ROOT,
+        env=variant.env,
+        capture_output=True,
+        text=True,
+        timeout=warmup + duration + 60,
+        check=True,
+    )
+    cpu = _cpu_seconds(server.process.pid) - cpu_before
+    printed = server.output()[len(output_before) :]
+    result = json.loads(completed.stdout)
+    total = max(int(result["total"]), 1)
+    return Run(
+        rps=result["count"] / result["elapsed"],
+        latencies_ms=result["latencies_ms"],
+        errors=int(result["errors"]),
+        cpu_us_per_request=cpu / total * 1e6,
+        lines_per_request=printed.count("\n") / total,
+        bytes_per_request=len(printed.encode()) / total,
+        access_lines_per_request=printed.count('"logger": "uvicorn.access"') / total,
+    )
+
+
+def _scenarios(workdir: Path) -> list[Scenario]:
+    serve = [PYTHON, "-m", "shared.serve"]
+    bare = [PYTHON, "-m", "uvicorn", "bench.baselines.bare_app:app", "--host", "127.0.0.1"]
+    bare += ["--timeout-graceful-shutdown", GRACE]
+    slow = {"BENCH_TASK_MS": "50"}
+    return [
+        Scenario(
+            "cheap task (the tutorial's write_notification, a `def` run in the thread pool)",
+            0,
+            [
+                Variant(
+                    "template: python -m shared.serve notifications",
+                    "template",
+                    [*serve, "notifications"],
+                    child_env(workdir),
+                ),
+                Variant("bare FastAPI + uvicorn", "baseline", bare, child_env(workdir)),
+                Variant(
+                    "template, LOG_LEVEL=WARNING (diagnostic)",
+                    "diagnostic",
+                    [*serve, "notifications"],
+                    child_env(workdir, LOG_LEVEL="WARNING"),
+                ),
+            ],
+        ),
+        Scenario(
+            "50 ms task (`async def`: asyncio.sleep(0.05), then the same write)",
+            50,
+            [
+                Variant(
+                    "template: shared.serve --app bench.template_app:app",
+                    "template",
+                    [*serve, "--app", "bench.template_app:app"],
+                    child_env(workdir, **slow),
+                ),
+                Variant("bare FastAPI + uvicorn", "baseline", bare, child_env(workdir, **slow)),
+            ],
+        ),
+    ]
+
+
+def measure(
+    workdir: Path, rounds: int = 3, duration: float = 2.5, warmup: float = 0.5, connections: tuple[int, ...] = (8, 1)
+) -> tuple[Section, list[Scenario]]:
+    scenarios = _scenarios(workdir)
+    variants = [variant for scenario in scenarios for variant in scenario.variants]
+    progress(f"container: starting {len(variants)} servers")
+    try:
+        for variant in variants:
+            variant.start()
+        for variant in variants:
+            variant.wait_healthy()
+        for scenario in scenarios:
+            for conns in connections:
+                for round_index in range(rounds):
+                    ordered = scenario.variants if round_index % 2 == 0 else scenario.variants[::-1]
+                    for variant in ordered:
+                        run = _load(variant, conns, warmup, duration)
+                        variant.runs.setdefault(conns, []).append(run)
+                        progress(
+                            f"container: {scenario.task_ms} ms task, {conns} conn, round {round_index + 1}/{rounds}, "
+                            f"{variant.label.split(':')[0]}: {run.rps:,.0f} req/s"
+                        )
+    finally:
+        for variant in variants:
+            variant.stop()
+    return _section(scenarios, connections, rounds, duration), scenarios
+
+
+def round_ratios(template: Variant, baseline: Variant, connections: int) -> list[float]:
+    pairs = zip(template.runs.get(connections, []), baseline.runs.get(connections, []), strict=False)
+    return [ratio(ours.rps, theirs.rps) for ours, theirs in pairs]
+
+
+def _section(scenarios: list[Scenario], connections: tuple[int, ...], rounds: int, duration: float) -> Section:
+    section = Section(
+        key="container",
+        title="2. Container: one uvicorn worker under load",
+        intro=(
+            f"`POST {PATH}` on 127.0.0.1, {rounds} rounds of {duration:g} s per variant and load, variants "
+            "interleaved; closed-loop keep-alive connections from a separate load-generator process. "
+            "Latencies pooled over the rounds; req/s is the median round; the ratio is the median of the "
+            "per-round ratios to bare FastAPI. Server CPU is user+system time of the server process per request."
+        ),
+    )
+    headers = [
+        "variant",
+        "connections",
+        "req/s",
+        "ratio",
+        "p50 ms",
+        "p99 ms",
+        "server CPU us/req",
+        "log lines/req",
+        "log bytes/req",
+        "errors",
+    ]
+    for scenario in scenarios:
+        table = Table(scenario.title, headers)
+        baseline = next(v for v in scenario.variants if v.role == "baseline")
+        for conns in connections:
+            for variant in scenario.variants:
+                runs = variant.runs.get(conns, [])
+                latencies = variant.latencies(conns)
+                ratio_cell = (
+                    "baseline" if variant is baseline else fmt_ratio(median(round_ratios(variant, baseline, conns)))
+                )
+                table.rows.append(
+                    [
+                        variant.label,
+                        str(conns),
+                        fmt(variant.median_of(conns, "rps"), 0),
+                        ratio_cell,
+                        fmt(percentile(latencies, 50)),
+                        fmt(percentile(latencies, 99)),
+                        fmt(variant.median_of(conns, "cpu_us_per_request"), 0),
+                        fmt(variant.median_of(conns, "lines_per_request"), 1),
+                        fmt(variant.median_of(conns, "bytes_per_request"), 0),
+                        str(sum(run.errors for run in runs)),
+                    ]
+                )
+                section.distributions.append(
+                    Distribution(
+                        f"{variant.label.split(':')[0]} | {scenario.task_ms} ms task | {conns} conn", latencies
+                    )
+                )
+        section.tables.append(table)
+    section.notes += _notes(scenarios, connections)
+    section.targets.append(_target(scenarios[0], connections[0]))
+    return section
+
+
+def _notes(scenarios: list[Scenario], connections: tuple[int, ...]) -> list[str]:
+    notes = []
+    cheap, slow = scenarios[0], scenarios[-1]
+    single = min(connections)
+    for role in ("template", "baseline"):
+        fast_variant = next(v for v in cheap.variants if v.role == role)
+        slow_variant = next(v for v in slow.variants if v.role == role)
+        fast_p50 = percentile(fast_variant.latencies(single), 50)
+        slow_p50 = percentile(slow_variant.latencies(single), 50)
+        if math.isnan(slow_p50):
+            continue
+        verdict = "does not wait for" if slow_p50 < slow.task_ms else "waits for"
+        notes.append(
+            f"{role}: on one connection, a request sent right after one with a {slow.task_ms} ms task takes "
+            f"p50 {fmt(slow_p50)} ms (cheap task: {fmt(fast_p50)} ms): the next request {verdict} the previous "
+            "request's background work (uvicorn starts the next request as soon as a response is complete)."
+        )
+    return notes
+
+
+def _target(cheap: Scenario, connections: int) -> Target:
+    template = next(v for v in cheap.variants if v.role == "template")
+    baseline = next(v for v in cheap.variants if v.role == "baseline")
+    diagnostic = next((v for v in cheap.variants if v.role == "diagnostic"), None)
+    measured = median(round_ratios(template, baseline, connections))
+    met = None if math.isnan(measured) else measured >= 0.9
+    cpu_ours = template.median_of(connections, "cpu_us_per_request")
+    cpu_theirs = baseline.median_of(connections, "cpu_us_per_request")
+    why = (
+        f"server CPU per request {fmt(cpu_ours, 0)} us against {fmt(cpu_theirs, 0)} us; the template prints "
+        f"{fmt(template.median_of(connections, 'lines_per_request'), 1)} JSON lines per request, bare uvicorn "
+        f"{fmt(baseline.median_of(connections, 'lines_per_request'), 1)} access line"
+    )
+    access = template.median_of(connections, "access_lines_per_request")
+    if access >= 0.5:
+        why += (
+            f" ({fmt(access, 1)} of the template's lines are uvicorn access lines although `shared.serve` runs "
+            "uvicorn with access_log off: the logging setup re-enables them)"
+        )
+    if diagnostic is not None:
+        quiet = median(round_ratios(diagnostic, baseline, connections))
+        why += (
+            f"; with LOG_LEVEL=WARNING the template reaches {fmt_ratio(quiet)} of bare FastAPI, so "
+            f"{'most' if quiet >= 0.9 > measured else 'part'} of the gap is the logging pipeline "
+            "(per-line cost in section 4)"
+        )
+    return Target(
+        name="(2) container throughput, cheap task",
+        goal=">= 0.9x bare FastAPI (req/s, same worker settings)",
+        measured=f"{fmt_ratio(measured)} ({fmt(template.median_of(connections, 'rps'), 0)} vs "
+        f"{fmt(baseline.median_of(connections, 'rps'), 0)} req/s, {connections} connections)",
+        met=met,
+        why=why + ".",
+    )

@@ -1,0 +1,169 @@
+"""Measurement 1: Lambda time-to-response and time-until-environment-free.
+
+The real runtime client (``awslambdaric``) serves each handler in its own process against
+the Runtime + Extensions API emulator of the tests (``tests.support.runtime_api``), which
+records when the response arrived and when the environment became free (the runtime and
+every extension asked for their next event: the moment Lambda could freeze it or hand out
+the next invocation). All four environments run at once and take turns, one invocation at
+a time: the template's ``make_handler`` over ``bench.template_app`` and plain ``Mangum``
+over ``bench.baselines.bare_app``, each with a task of 0 ms (the tutorial's write) and 500 ms.
+The event is the HTTP API (v2) one from ``infra/events``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.env import progress
+from bench.model import Distribution, Section, Table, Target, fmt, fmt_ratio, median, ratio, summary_row
+from tests.support.runtime_api import LambdaEnvironment, RuntimeApiEmulator, RuntimeClientProcess, load_event
+
+EVENT = "notifications-send-notification-http-api.json"
+TASK_MS = (0, 500)
+TEMPLATE = "template (make_handler)"
+PLAIN = "plain Mangum"
+
+
+@dataclass
+class Variant:
+    label: str
+    handler: str
+    task_ms: int
+    response_ms: list[float] = field(default_factory=list)
+    free_ms: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    environment: LambdaEnvironment | None = None
+
+
+def _variants() -> list[Variant]:
+    return [
+        Variant(label, handler, task_ms)
+        for task_ms in TASK_MS
+        for label, handler in ((TEMPLATE, "bench.template_app.handler"), (PLAIN, "bench.baselines.bare_app.handler"))
+    ]
+
+
+def _invoke(variant: Variant, event: dict[str, Any], record: bool) -> None:
+    assert variant.environment is not None
+    invocation = variant.environment.invoke(event, timeout=60).wait_free(60)
+    status = invocation.result.get("statusCode") if invocation.status == "success" else invocation.status
+    if status != 200:
+        variant.failures.append(f"{status}: {invocation.body!r}"[:200])
+    elif record:
+        variant.response_ms.append(invocation.time_to_response * 1000)
+        variant.free_ms.append(invocation.time_to_free * 1000)
+
+
+def _start(variants: list[Variant], workdir: Path) -> None:
+    """Start every environment first, then wait for their inits, which overlap."""
+    for variant in variants:
+        env = {
+            "BENCH_TASK_MS": str(variant.task_ms),
+            "NOTIFICATION_LOG_PATH": str(workdir / "lambda-notifications.log"),
+            "LOG_LEVEL": "INFO",
+        }
+        api = RuntimeApiEmulator(function_name="bench", timeout_s=30).start()
+        variant.environment = LambdaEnvironment(api, RuntimeClientProcess(api, variant.handler, env=env))
+    for variant in variants:
+        assert variant.environment is not None
+        try:
+            variant.environment.api.wait_ready(60, alive=variant.environment.process.alive)
+        except Exception:
+            print(variant.environment.process.output())
+            raise
+
+
+def _stop(variants: list[Variant]) -> None:
+    for variant in variants:
+        if variant.environment is not None:
+            variant.environment.process.close()
+            variant.environment.api.stop()
+            variant.environment = None
+
+
+def measure(workdir: Path, invocations: int = 20, warmup: int = 2) -> Section:
+    variants = _variants()
+    event = load_event(EVENT)
+    progress(f"lambda: starting {len(variants)} runtime-client environments (awslambdaric + emulator)")
+    try:
+        _start(variants, workdir)
+        for index in range(warmup + invocations):
+            for variant in variants if index % 2 == 0 else variants[::-1]:
+                _invoke(variant, event, record=index >= warmup)
+            done = index - warmup + 1
+            if done > 0 and (done % 5 == 0 or done == invocations):
+                progress(f"lambda: {done}/{invocations} invocations per environment")
+    finally:
+        _stop(variants)
+    return _section(variants, invocations, warmup)
+
+
+def _find(variants: list[Variant], label: str, task_ms: int) -> Variant:
+    return next(v for v in variants if v.label == label and v.task_ms == task_ms)
+
+
+def _section(variants: list[Variant], invocations: int, warmup: int) -> Section:
+    section = Section(
+        key="lambda",
+        title="1. Lambda: time to response and until the environment is free",
+        intro=(
+            f"{invocations} warm invocations per environment (after {warmup} discarded), environments taking turns; "
+            "`awslambdaric` against the Runtime/Extensions API emulator on 127.0.0.1, event "
+            f"`infra/events/{EVENT}`. The 500 ms task is `asyncio.sleep(0.5)` then the write; the 0 ms one the "
+            "tutorial's write alone. Ratio: to plain Mangum with the same task."
+        ),
+    )
+    headers = ["handler", "n", "median ms", "p95 ms", "ratio to plain Mangum"]
+    for metric, attribute in (("time to response", "response_ms"), ("time until the environment is free", "free_ms")):
+        table = Table(f"Lambda {metric} (ms)", headers)
+        for task_ms in TASK_MS:
+            plain = _find(variants, PLAIN, task_ms)
+            for variant in (_find(variants, TEMPLATE, task_ms), plain):
+                samples = getattr(variant, attribute)
+                row = summary_row(
+                    f"{variant.label}, {task_ms} ms task",
+                    samples,
+                    None if variant is plain else getattr(plain, attribute),
+                )
+                table.rows.append(row)
+                short = "response" if attribute == "response_ms" else "free"
+                section.distributions.append(
+                    Distribution(f"{variant.label.split(' (')[0]}, {task_ms} ms: {short}", samples)
+                )
+        section.tables.append(table)
+    failures = [f"{v.label}, {v.task_ms} ms: {failure}" for v in variants for failure in v.failures]
+    if failures:
+        section.notes.append(f"{len(failures)} failed invocations, e.g. {failures[0]}")
+    section.targets += _targets(variants)
+    return section
+
+
+def _targets(variants: list[Variant]) -> list[Target]:
+    ours_0 = median(_find(variants, TEMPLATE, 0).response_ms)
+    ours_500 = median(_find(variants, TEMPLATE, 500).response_ms)
+    free_500 = median(_find(variants, TEMPLATE, 500).free_ms)
+    plain_500 = median(_find(variants, PLAIN, 500).response_ms)
+    against_no_task = ratio(ours_500, ours_0)
+    speedup = ratio(plain_500, ours_500)
+    return [
+        Target(
+            name="(1a) Lambda response with a 500 ms task",
+            goal="<= 1.1x the response with no task",
+            measured=f"{fmt_ratio(against_no_task)} ({fmt(ours_500)} vs {fmt(ours_0)} ms)",
+            met=None if math.isnan(against_no_task) else against_no_task <= 1.1,
+            why=(
+                "the handler returns before the task runs; the lambda-extension backend runs it afterwards and "
+                f"holds the environment until it is done (free after {fmt(free_500)} ms)"
+            ),
+        ),
+        Target(
+            name="(1b) Lambda response with a 500 ms task, against plain Mangum",
+            goal=">= 10x faster than plain Mangum",
+            measured=f"{fmt(speedup, 1)}x faster ({fmt(ours_500)} vs {fmt(plain_500)} ms)",
+            met=None if math.isnan(speedup) else speedup >= 10,
+            why="plain Mangum runs the whole ASGI cycle, background task included, before it returns the response",
+        ),
+    ]

@@ -1,0 +1,331 @@
+"""Durable tasks: the ``sqs`` backend sends a request's tasks to a queue a worker drains.
+
+``accept`` runs while the endpoint's response is being built, so a task that could never
+reach the worker (no ``@task`` name, arguments that JSON would change or cannot encode, a
+message over SQS's size limit) fails the request with a clear error instead of vanishing.
+``dispatch`` runs after the response: ``SendMessageBatch`` in chunks of ten, failed entries
+retried with backoff, and every task that still could not be sent logged by id.
+
+The message body (a JSON object) is the contract with ``shared.worker``; see ``TaskMessage``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import random
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import anyio.to_thread
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared import aws
+from shared.background.backends import Backend, TaskRejected
+from shared.background.registry import lookup, registered_name
+from shared.background.task import QueuedTask
+from shared.logs import get_logger
+from shared.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import MessageAttributeValueTypeDef, SendMessageBatchRequestEntryTypeDef
+
+    from shared.background.executor import TaskExecutor
+
+log = get_logger("shared.background.sqs")
+
+BACKEND_NAME = "sqs"
+MESSAGE_VERSION = 1
+BATCH_LIMIT = 10
+BACKOFF_CAP_SECONDS = 5.0
+
+Job = Callable[[], Awaitable[None]]
+
+
+class Deferrer(Protocol):
+    """Runs ``job`` later; on Lambda ``LambdaExtensionBackend.defer``: after the response, before the freeze."""
+
+    def __call__(self, job: Job, *, label: str = ...) -> Awaitable[None]: ...
+
+
+class TaskMessage(BaseModel):
+    """The body of one task message, as the worker reads it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, validate_by_name=True)
+
+    v: Literal[1] = 1
+    task: str
+    task_id: str
+    request_id: str | None = None
+    service: str | None = None
+    call_args: list[Any] = Field(alias="args")
+    call_kwargs: dict[str, Any] = Field(alias="kwargs")
+    attempt: int = 1
+    enqueued_at: datetime
+
+
+def _now() -> str:
+    # Fixed width (milliseconds always present), so accept() measures the size dispatch() sends.
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _context() -> dict[str, Any]:
+    return structlog.contextvars.get_contextvars()
+
+
+def encode_body(task: QueuedTask, name: str, context: dict[str, Any], enqueued_at: str) -> str:
+    """The JSON body of ``task``; TaskRejected if its arguments would not arrive unchanged."""
+    payload = {"args": list(task.args), "kwargs": task.kwargs}
+    # ensure_ascii (the default) keeps the body within the characters SQS accepts.
+    try:
+        encoded = json.dumps(payload, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise TaskRejected(f"task {name!r}: arguments are not JSON-serializable ({exc})") from exc
+    if json.loads(encoded) != payload:
+        raise TaskRejected(
+            f"task {name!r}: arguments would not arrive unchanged through JSON "
+            "(tuples become lists, non-string dict keys become strings); pass lists and string keys"
+        )
+    envelope = json.dumps(
+        {
+            "v": MESSAGE_VERSION,
+            "task": name,
+            "task_id": task.task_id,
+            "request_id": context.get("request_id"),
+            "service": context.get("service"),
+            "attempt": task.attempt,
+            "enqueued_at": enqueued_at,
+        },
+        separators=(",", ":"),
+    )
+    # The arguments are already encoded: splice them in instead of encoding them twice.
+    return envelope[:-1] + "," + encoded[1:]
+
+
+def message_attributes(name: str, task: QueuedTask) -> dict[str, MessageAttributeValueTypeDef]:
+    """Shown next to the body in the console and in DLQ tooling."""
+    return {
+        "task": {"DataType": "String", "StringValue": name},
+        "task_id": {"DataType": "String", "StringValue": task.task_id},
+    }
+
+
+def message_size(body: str, attributes: dict[str, MessageAttributeValueTypeDef]) -> int:
+    """Bytes SQS counts against its limit: the body plus each attribute's name, type and value."""
+    size = len(body.encode())
+    for attribute_name, value in attributes.items():
+        size += len(attribute_name.encode()) + len(value["DataType"].encode())
+        size += len(value.get("StringValue", "").encode())
+    return size
+
+
+@dataclass(frozen=True)
+class _Entry:
+    task: QueuedTask
+    name: str
+    body: str
+    size: int
+
+    def request(self) -> SendMessageBatchRequestEntryTypeDef:
+        return {
+            "Id": self.task.task_id,
+            "MessageBody": self.body,
+            "MessageAttributes": message_attributes(self.name, self.task),
+        }
+
+
+def _chunks(entries: Sequence[_Entry], max_bytes: int) -> Iterator[list[_Entry]]:
+    """At most ten entries per batch, and at most ``max_bytes`` in total (SQS limits both)."""
+    chunk: list[_Entry] = []
+    size = 0
+    for entry in entries:
+        if chunk and (len(chunk) == BATCH_LIMIT or size + entry.size > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(entry)
+        size += entry.size
+    if chunk:
+        yield chunk
+
+
+class SqsBackend:
+    """Sends tasks to ``queue_url``; ``shared.worker`` runs them.
+
+    ``defer``: on Lambda, the sends are handed to the post-response runner so they happen
+    after the client has its response but before the environment is frozen.
+    """
+
+    name = BACKEND_NAME
+
+    def __init__(
+        self,
+        queue_url: str,
+        *,
+        max_bytes: int = 262_144,
+        attempts: int = 4,
+        backoff_seconds: float = 0.2,
+        client: Callable[[], SQSClient] = aws.sqs,
+        defer: Deferrer | None = None,
+    ) -> None:
+        self.queue_url = queue_url
+        self.max_bytes = max_bytes
+        self.attempts = attempts
+        self.backoff_seconds = backoff_seconds
+        self._client = client
+        self._defer = defer
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, defer: Deferrer | None = None) -> SqsBackend:
+        settings = settings or get_settings()
+        if not settings.task_queue_url:
+            raise ValueError("TASK_QUEUE_URL is not set")
+        return cls(
+            settings.task_queue_url,
+            max_bytes=settings.task_message_max_bytes,
+            attempts=settings.task_enqueue_attempts,
+            backoff_seconds=settings.task_enqueue_backoff_seconds,
+            defer=defer,
+        )
+
+    def _name(self, task: QueuedTask) -> str:
+        name = registered_name(task.func)
+        if name is None:
+            raise TaskRejected(
+                f"task {task.name!r} is not registered: a durable task needs @task('stable.name') "
+                "so the worker can find it"
+            )
+        try:
+            registered = lookup(name)
+        except KeyError:
+            registered = None
+        if registered is not task.func:
+            raise TaskRejected(f"task {name!r}: the function passed is not the one registered under that name")
+        return name
+
+    def _entry(self, task: QueuedTask, context: dict[str, Any], enqueued_at: str) -> _Entry:
+        name = self._name(task)
+        body = encode_body(task, name, context, enqueued_at)
+        size = message_size(body, message_attributes(name, task))
+        if size > self.max_bytes:
+            raise TaskRejected(
+                f"task {name!r}: message is {size} bytes, over the SQS limit of {self.max_bytes}; "
+                "store large payloads (e.g. in S3) and pass a reference"
+            )
+        return _Entry(task, name, body, size)
+
+    def accept(self, task: QueuedTask) -> None:
+        self._entry(task, _context(), _now())
+
+    async def dispatch(self, tasks: Sequence[QueuedTask]) -> None:
+        context, enqueued_at = _context(), _now()
+        entries = [self._entry(task, context, enqueued_at) for task in tasks]
+
+        async def send() -> None:
+            unsent = {entry.task.task_id: entry for entry in entries}
+            try:
+                for chunk in _chunks(entries, self.max_bytes):
+                    await self._send_batch([entry.task.task_id for entry in chunk], unsent)
+            except asyncio.CancelledError:
+                # Cut by shutdown or the Lambda deadline: still say which tasks never left.
+                if unsent:
+                    self._lost(list(unsent.values()), "CancelledError", "sending was cancelled")
+                raise
+
+        if self._defer is not None:
+            await self._defer(send, label="sqs.send")
+        else:
+            await send()
+
+    async def _send_batch(self, ids: list[str], unsent: dict[str, _Entry]) -> None:
+        """One SendMessageBatch, retrying what failed; removes from ``unsent`` what was sent or given up."""
+        error_type, error = "", ""
+        for attempt in range(1, self.attempts + 1):
+            pending = [unsent[task_id] for task_id in ids if task_id in unsent]
+            if not pending:
+                return
+            if attempt > 1:
+                delay = min(BACKOFF_CAP_SECONDS, self.backoff_seconds * 2 ** (attempt - 2))
+                delay *= random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not cryptography)
+                log.warning(
+                    "task.enqueue_retry",
+                    backend=self.name,
+                    task_ids=[entry.task.task_id for entry in pending],
+                    enqueue_attempt=attempt,
+                    delay_s=round(delay, 3),
+                    error_type=error_type,
+                    error=error,
+                )
+                await asyncio.sleep(delay)
+            request = functools.partial(
+                self._client().send_message_batch,
+                QueueUrl=self.queue_url,
+                Entries=[entry.request() for entry in pending],
+            )
+            try:
+                response = await anyio.to_thread.run_sync(request)
+            except (BotoCoreError, ClientError) as exc:
+                error_type, error = type(exc).__qualname__, str(exc)
+                continue
+            for sent in response.get("Successful", []):
+                entry = unsent.pop(sent["Id"])
+                log.info(
+                    "task.enqueued",
+                    task=entry.name,
+                    task_id=entry.task.task_id,
+                    backend=self.name,
+                    attempt=entry.task.attempt,
+                    message_id=sent["MessageId"],
+                )
+            for failure in response.get("Failed", []):
+                error_type, error = failure["Code"], failure.get("Message", "")
+                if failure["SenderFault"]:
+                    # The entry itself is wrong (e.g. invalid characters): resending cannot help.
+                    self._lost([unsent.pop(failure["Id"])], error_type, error, attempt)
+        given_up = [unsent.pop(task_id) for task_id in ids if task_id in unsent]
+        if given_up:
+            self._lost(given_up, error_type, error, self.attempts)
+
+    def _lost(self, entries: list[_Entry], error_type: str, error: str, attempts: int | None = None) -> None:
+        log.error(
+            "task.enqueue_failed",
+            backend=self.name,
+            queue_url=self.queue_url,
+            task_ids=[entry.task.task_id for entry in entries],
+            tasks=[entry.name for entry in entries],
+            enqueue_attempts=attempts,
+            error_type=error_type,
+            error=error,
+        )
+
+
+def durable_task_names(settings: Settings) -> list[str]:
+    return [name.strip() for name in settings.durable_tasks.split(",") if name.strip()]
+
+
+def _post_response_deferrer(local: Backend) -> Deferrer | None:
+    from shared.background.lambda_extension import LambdaExtensionBackend
+
+    return local.defer if isinstance(local, LambdaExtensionBackend) else None
+
+
+def route_durable_tasks(executor: TaskExecutor, settings: Settings) -> SqsBackend | None:
+    """Send the tasks named in ``DURABLE_TASKS`` to ``TASK_QUEUE_URL``, if both are set."""
+    names = durable_task_names(settings)
+    if not names:
+        return None
+    if not settings.task_queue_url:
+        log.warning(
+            "durable_tasks.not_configured",
+            durable_tasks=names,
+            consequence="TASK_QUEUE_URL is not set: these tasks run in-process and die with it",
+        )
+        return None
+    backend = SqsBackend.from_settings(settings, defer=_post_response_deferrer(executor.default))
+    executor.route(names, backend)
+    return backend

@@ -1,0 +1,248 @@
+"""The worker as a long-running process, for container deployments.
+
+Long-polls the queue (``ReceiveMessage`` with ``WaitTimeSeconds``) and runs each message
+through the same ``Worker`` as the Lambda handler: succeeded messages are deleted, failed
+ones left to come back after their visibility timeout (and, after ``maxReceiveCount``
+receives, to the dead-letter queue). Scale out by running more processes.
+
+SIGTERM (or SIGINT): the message in hand finishes, the messages received but not started
+are made visible again at once, and the process exits 0. A long poll in progress is not
+interrupted; it returns within ``WORKER_WAIT_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared import aws
+from shared.logs import ensure_logging_configured, get_logger
+from shared.settings import Settings, get_settings
+from shared.worker.processing import Worker
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import MessageTypeDef
+
+log = get_logger("shared.worker")
+
+RECEIVE_ERROR_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class VisibilityDeadline:
+    """Stands in for a Lambda context: a message may run until its visibility timeout ends."""
+
+    deadline: float
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+@dataclass
+class PollStats:
+    succeeded: int = 0
+    failed: int = 0
+    released: int = 0
+
+
+def lambda_record(message: MessageTypeDef, queue_arn: str, region: str) -> dict[str, Any]:
+    """A ``ReceiveMessage`` message in the shape Lambda gives the worker (the SQS event record)."""
+    attributes = {
+        name: {
+            "dataType": value["DataType"],
+            **({"stringValue": value["StringValue"]} if "StringValue" in value else {}),
+        }
+        for name, value in message.get("MessageAttributes", {}).items()
+    }
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": dict(message.get("Attributes", {})),
+        "messageAttributes": attributes,
+        "md5OfBody": message.get("MD5OfBody", ""),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": region,
+    }
+
+
+class Poller:
+    def __init__(
+        self,
+        worker: Worker,
+        queue_url: str,
+        *,
+        wait_seconds: int = 20,
+        batch_size: int = 10,
+        region: str = "us-east-1",
+        client: Callable[[], SQSClient] = aws.sqs,
+    ) -> None:
+        self.worker = worker
+        self.queue_url = queue_url
+        self.wait_seconds = wait_seconds
+        self.batch_size = batch_size
+        self.region = region
+        self._client = client
+        self._stopping = False
+        self.stats = PollStats()
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Poller:
+        settings = settings or get_settings()
+        if not settings.task_queue_url:
+            raise SystemExit("TASK_QUEUE_URL is not set: the worker has no queue to poll")
+        return cls(
+            Worker(settings),
+            settings.task_queue_url,
+            wait_seconds=settings.worker_wait_seconds,
+            batch_size=settings.worker_batch_size,
+            region=settings.aws_region,
+        )
+
+    def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        if not self._stopping:
+            log.info("worker.stopping", signal=signal.Signals(signum).name if signum else None)
+        self._stopping = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    # --- the loop --------------------------------------------------------------------
+
+    def run(self) -> PollStats:
+        queue_arn, visibility_timeout = self._inspect_queue()
+        log.info(
+            "worker.started",
+            queue_url=self.queue_url,
+            wait_seconds=self.wait_seconds,
+            batch_size=self.batch_size,
+            visibility_timeout_s=visibility_timeout,
+            max_receives=self.worker.max_receives,
+        )
+        errors = 0
+        while not self._stopping:
+            try:
+                messages = self._receive()
+            except (BotoCoreError, ClientError) as exc:
+                delay = RECEIVE_ERROR_BACKOFF_S[min(errors, len(RECEIVE_ERROR_BACKOFF_S) - 1)]
+                errors += 1
+                log.error("worker.receive_failed", error_type=type(exc).__qualname__, error=str(exc), retry_in_s=delay)
+                time.sleep(delay)
+                continue
+            errors = 0
+            received_at = time.monotonic()
+            self._process(messages, queue_arn, VisibilityDeadline(received_at + visibility_timeout))
+        self.worker.close()
+        log.info(
+            "worker.stopped",
+            succeeded=self.stats.succeeded,
+            failed=self.stats.failed,
+            released=self.stats.released,
+        )
+        return self.stats
+
+    def _inspect_queue(self) -> tuple[str, int]:
+        """The queue's ARN and visibility timeout; its redrive policy, if any, sets max receives."""
+        attributes = self._client().get_queue_attributes(
+            QueueUrl=self.queue_url, AttributeNames=["QueueArn", "VisibilityTimeout", "RedrivePolicy"]
+        )["Attributes"]
+        policy = attributes.get("RedrivePolicy")
+        if policy:
+            max_receives = int(json.loads(policy)["maxReceiveCount"])
+            if max_receives != self.worker.max_receives:
+                log.warning(
+                    "worker.max_receives_mismatch",
+                    task_max_receives=self.worker.max_receives,
+                    queue_max_receive_count=max_receives,
+                    using=max_receives,
+                )
+                self.worker.max_receives = max_receives
+        else:
+            log.warning(
+                "worker.no_dead_letter_queue",
+                queue_url=self.queue_url,
+                consequence="a message that always fails is retried until the queue's retention period ends",
+            )
+        return attributes["QueueArn"], int(attributes["VisibilityTimeout"])
+
+    def _receive(self) -> list[MessageTypeDef]:
+        response = self._client().receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=self.batch_size,
+            WaitTimeSeconds=self.wait_seconds,
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+            MessageAttributeNames=["All"],
+        )
+        return list(response.get("Messages", []))
+
+    def _process(self, messages: Sequence[MessageTypeDef], queue_arn: str, deadline: VisibilityDeadline) -> None:
+        done: list[MessageTypeDef] = []
+        for index, message in enumerate(messages):
+            if self._stopping:
+                self._release(messages[index:])
+                break
+            record = lambda_record(message, queue_arn, self.region)
+            response = self.worker.handle({"Records": [record]}, deadline)
+            if response["batchItemFailures"]:
+                self.stats.failed += 1
+            else:
+                self.stats.succeeded += 1
+                done.append(message)
+        self._delete(done)
+
+    def _delete(self, messages: Sequence[MessageTypeDef]) -> None:
+        # A message not deleted comes back; its task is recorded as completed, so
+        # idempotency skips it then. Worth a warning, not a retry.
+        if not messages:
+            return
+        try:
+            response = self._client().delete_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+            )
+        except (BotoCoreError, ClientError) as exc:
+            log.warning("worker.delete_failed", message_ids=[m["MessageId"] for m in messages], error=str(exc))
+            return
+        for failure in response.get("Failed", []):
+            log.warning(
+                "worker.delete_failed",
+                message_ids=[messages[int(failure["Id"])]["MessageId"]],
+                error=failure.get("Message", failure["Code"]),
+            )
+
+    def _release(self, messages: Sequence[MessageTypeDef]) -> None:
+        """Make messages received but not started visible again now, for another worker.
+
+        Should this fail, they still come back once their visibility timeout ends.
+        """
+        message_ids = [m["MessageId"] for m in messages]
+        try:
+            self._client().change_message_visibility_batch(
+                QueueUrl=self.queue_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                    for i, m in enumerate(messages)
+                ],
+            )
+        except (BotoCoreError, ClientError) as exc:
+            log.warning("worker.release_failed", message_ids=message_ids, error=str(exc))
+            return
+        self.stats.released += len(messages)
+        log.info("worker.released", message_ids=message_ids)
+
+
+def main() -> None:
+    ensure_logging_configured("worker")
+    poller = Poller.from_settings()
+    poller.install_signal_handlers()
+    poller.run()

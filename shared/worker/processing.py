@@ -1,0 +1,238 @@
+"""Run task messages from SQS: one message at a time, each at most once to completion.
+
+Two Powertools utilities do the hard parts. The batch processor reports only the
+messages that failed (``batchItemFailures``), so a failing task never sends its
+neighbours back to the queue. The idempotency utility records each ``task_id`` in
+DynamoDB, so SQS's at-least-once delivery never runs a task's side effects twice:
+a task that completed is skipped when its message comes back, a failed one is
+forgotten so that the next receive retries it.
+
+Tasks run through the task layer's ``run_task``: the worker's ``task.started`` /
+``task.succeeded`` / ``task.failed`` lines carry the ``task_id`` and ``request_id``
+of the request that queued them, ``backend: "sqs"`` and ``attempt`` = the receive count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import importlib
+import pkgutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+import structlog
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.idempotency import (
+    BasePersistenceLayer,
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
+from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import ValidationError
+
+from shared import aws
+from shared.background.execution import run_task
+from shared.background.registry import lookup, task_options
+from shared.background.sqs import BACKEND_NAME, TaskMessage
+from shared.background.task import QueuedTask
+from shared.logs import get_logger
+from shared.settings import Settings, get_settings
+
+log = get_logger("shared.worker")
+
+IDEMPOTENCY_KEY_PREFIX = "task"
+"""Keys are ``task#<md5 of task_id>``: the same for the Lambda and the container worker."""
+
+
+class RemainingTime(Protocol):
+    """What the worker needs of a Lambda context: how long this message may still take."""
+
+    def get_remaining_time_in_millis(self) -> int: ...
+
+
+class TaskFailed(Exception):
+    """The task raised or timed out; ``run_task`` has logged why."""
+
+
+class MessageRejected(Exception):
+    """The message cannot be run here: unreadable body or a task this worker does not know."""
+
+
+@dataclass(frozen=True)
+class _Duplicate:
+    """What the idempotency hook returns for a task_id that already completed."""
+
+    stored: Any
+
+
+def import_task_modules(spec: str) -> list[str]:
+    """Import each comma-separated module, and every module below it when it is a package.
+
+    Registration happens at import (``@task``), so the worker must import the modules
+    the API side's tasks live in before a message names one of them.
+    """
+    imported: list[str] = []
+    for name in (part.strip() for part in spec.split(",")):
+        if not name:
+            continue
+        module = importlib.import_module(name)
+        imported.append(name)
+        for info in pkgutil.walk_packages(getattr(module, "__path__", []), prefix=f"{name}."):
+            importlib.import_module(info.name)
+            imported.append(info.name)
+    return imported
+
+
+def receive_count(record: SQSRecord) -> int:
+    try:
+        return int(record.attributes.approximate_receive_count)
+    except (KeyError, TypeError, ValueError):
+        return 1
+
+
+class Worker:
+    """Runs the task messages of an SQS batch; ``handle`` is the Lambda handler's body."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        persistence_store: BasePersistenceLayer | None = None,
+        max_receives: int | None = None,
+        service: str = "worker",
+    ) -> None:
+        settings = settings or get_settings()
+        self.service = service
+        import_task_modules(settings.task_modules)
+        self.max_receives = max_receives or settings.task_max_receives
+        self.deadline_margin_s = settings.lambda_deadline_margin_ms / 1000
+        self.default_timeout = settings.task_timeout_seconds
+        self.persistence_store = persistence_store or DynamoDBPersistenceLayer(
+            table_name=settings.idempotency_table, boto3_client=aws.client("dynamodb")
+        )
+        self.idempotency = IdempotencyConfig(
+            event_key_jmespath="task_id",
+            raise_on_no_idempotency_key=True,
+            expires_after_seconds=settings.idempotency_expiry_seconds,
+            response_hook=self._duplicate,
+        )
+        self._run_once: Callable[..., Any] = idempotent_function(
+            self._execute,
+            data_keyword_argument="key",
+            persistence_store=self.persistence_store,
+            config=self.idempotency,
+            key_prefix=IDEMPOTENCY_KEY_PREFIX,
+        )
+        self._runner = asyncio.Runner()
+
+    def close(self) -> None:
+        self._runner.close()
+
+    # --- a batch -----------------------------------------------------------------------
+
+    def handle(self, event: dict[str, Any], context: RemainingTime) -> PartialItemFailureResponse:
+        """Process an SQS event; returns the ids of the messages SQS should deliver again."""
+        # In-progress idempotency records expire with the invocation (or the visibility
+        # timeout), so a message whose worker died is retried instead of blocked.
+        self.idempotency.register_lambda_context(cast(LambdaContext, context))
+        processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+        return process_partial_response(
+            event=event,
+            record_handler=self.process_record,
+            processor=processor,
+            context=cast(LambdaContext, context),
+        )
+
+    # --- one message -------------------------------------------------------------------
+
+    def process_record(self, record: SQSRecord, lambda_context: RemainingTime) -> None:
+        """Run one message's task; raise so the batch processor reports it as failed."""
+        attempt = receive_count(record)
+        deadline = time.monotonic() + lambda_context.get_remaining_time_in_millis() / 1000 - self.deadline_margin_s
+        try:
+            message, func = self._decode(record)
+        except MessageRejected as exc:
+            log.error(
+                "task.rejected", backend=BACKEND_NAME, message_id=record.message_id, attempt=attempt, error=str(exc)
+            )
+            self._dead_letter_if_last(record, attempt, None)
+            raise
+        fields = {"task": message.task, "task_id": message.task_id, "backend": BACKEND_NAME, "attempt": attempt}
+        with structlog.contextvars.bound_contextvars(
+            service=self.service, request_id=message.request_id, queued_by=message.service
+        ):
+            try:
+                result = self._run_once(
+                    key={"task_id": message.task_id}, message=message, func=func, attempt=attempt, deadline=deadline
+                )
+            except IdempotencyAlreadyInProgressError:
+                log.warning("task.in_progress_elsewhere", **fields, message_id=record.message_id)
+                self._dead_letter_if_last(record, attempt, fields)
+                raise
+            except Exception as exc:
+                if not isinstance(exc, TaskFailed):
+                    log.error(
+                        "task.worker_error",
+                        **fields,
+                        message_id=record.message_id,
+                        error_type=type(exc).__qualname__,
+                        error=str(exc),
+                        exc_info=exc,
+                    )
+                self._dead_letter_if_last(record, attempt, fields)
+                raise
+            if isinstance(result, _Duplicate):
+                log.info("task.duplicate", **fields, message_id=record.message_id, completed=result.stored)
+
+    def _decode(self, record: SQSRecord) -> tuple[TaskMessage, Callable[..., Any]]:
+        try:
+            message = TaskMessage.model_validate_json(record.body)
+        except ValidationError as exc:
+            raise MessageRejected(f"not a task message: {exc.error_count()} validation error(s): {exc}") from exc
+        try:
+            return message, lookup(message.task)
+        except KeyError:
+            raise MessageRejected(
+                f"task {message.task!r} is not registered in this worker (TASK_MODULES must import it)"
+            ) from None
+
+    def _execute(
+        self, *, key: dict[str, str], message: TaskMessage, func: Callable[..., Any], attempt: int, deadline: float
+    ) -> dict[str, Any]:
+        """The idempotent unit: returns normally only when the task succeeded."""
+        timeout = task_options(func).timeout
+        queued = QueuedTask(
+            func=func,
+            args=tuple(message.call_args),
+            kwargs=dict(message.call_kwargs),
+            name=message.task,
+            task_id=message.task_id,
+            attempt=attempt,
+            timeout=timeout if timeout is not None else self.default_timeout,
+        )
+        # A fresh copy: the runner would otherwise reuse its first run's context (and request_id).
+        if not self._runner.run(run_task(queued, BACKEND_NAME, deadline), context=contextvars.copy_context()):
+            raise TaskFailed(f"task {message.task!r} ({message.task_id}) failed on attempt {attempt}")
+        return {"task": message.task, "attempt": attempt}
+
+    def _duplicate(self, response: Any, idempotent_data: DataRecord) -> _Duplicate:
+        return _Duplicate(response)
+
+    def _dead_letter_if_last(self, record: SQSRecord, attempt: int, fields: dict[str, Any] | None) -> None:
+        if attempt < self.max_receives:
+            return
+        log.error(
+            "task.dead_lettered",
+            **(fields or {"backend": BACKEND_NAME, "attempt": attempt}),
+            message_id=record.message_id,
+            max_receives=self.max_receives,
+            consequence="SQS moves the message to the dead-letter queue instead of delivering it again",
+        )

@@ -1,0 +1,32 @@
+"""HTTP events for the Lambda tests, derived from the SAM-generated files in ``infra/events``."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from typing import Any
+from urllib.parse import urlencode
+
+from tests.support.runtime_api import load_event
+
+_HTTP_API = load_event("notifications-send-notification-http-api.json")
+
+
+def http_api_event(
+    path: str,
+    *,
+    method: str = "POST",
+    query: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """An HTTP API (payload v2) event for ``method path``; its API Gateway request id is unique."""
+    event = copy.deepcopy(_HTTP_API)
+    event["rawPath"] = path
+    event["rawQueryString"] = urlencode(query or {})
+    event["headers"] = {**event["headers"], **(headers or {})}
+    context = event["requestContext"]
+    context["http"]["path"] = path
+    context["http"]["method"] = method
+    context["requestId"] = request_id or f"apigw-{uuid.uuid4().hex[:12]}"
+    return event

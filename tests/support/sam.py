@@ -1,0 +1,83 @@
+"""SAM CLI and template.yaml for the packaging tests.
+
+SAM CLI lives in its own venv (``.venv-sam``, installed by ``make``); here it runs with
+telemetry off and its weekly version check already done, so it never reaches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cfnlint.decode import cfn_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+SAM_VENV = ROOT / ".venv-sam"
+SAM = SAM_VENV / "bin" / "sam"
+LAMBDA_RUNTIME = ROOT / ".venv-lambda" / "runtime"
+
+
+def sam_environment(config_dir: Path) -> dict[str, str]:
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / "metadata.json").write_text(json.dumps({"lastVersionCheck": time.time(), "telemetryEnabled": False}))
+    return {**os.environ, "__SAM_CLI_APP_DIR": str(config_dir), "SAM_CLI_TELEMETRY": "0"}
+
+
+def run_sam(args: list[str], config_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SAM), *args], cwd=ROOT, env=sam_environment(config_dir), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
+    """A CloudFormation template (short intrinsic tags included) as plain data."""
+    template: dict[str, Any] = cfn_yaml.load(str(path))
+    return template
+
+
+def logical_id(function: str) -> str:
+    """``functions/image_resizer`` -> ``ImageResizerFunction``: the name ``make build-...`` maps back."""
+    return "".join(part.capitalize() for part in function.split("_")) + "Function"
+
+
+def function_folders() -> list[str]:
+    return sorted(path.parent.name for path in (ROOT / "functions").glob("*/app.py"))
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """A function of the template, its Globals merged in."""
+
+    logical_id: str
+    properties: dict[str, Any]
+    environment: dict[str, Any]
+    layers: list[str]
+
+    @property
+    def handler(self) -> str:
+        return str(self.properties["Handler"])
+
+    def http_paths(self) -> list[str]:
+        events = self.properties.get("Events", {}).values()
+        return [event["Properties"]["Path"] for event in events if event["Type"] == "HttpApi"]
+
+
+def functions(template: dict[str, Any]) -> dict[str, FunctionSpec]:
+    """Every ``AWS::Serverless::Function`` by logical id."""
+    globals_ = template.get("Globals", {}).get("Function", {})
+    global_env = globals_.get("Environment", {}).get("Variables", {})
+    specs: dict[str, FunctionSpec] = {}
+    for name, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        properties = {**globals_, **resource["Properties"], "Metadata": resource.get("Metadata", {})}
+        environment = {**global_env, **resource["Properties"].get("Environment", {}).get("Variables", {})}
+        layers = [*globals_.get("Layers", []), *resource["Properties"].get("Layers", [])]
+        specs[name] = FunctionSpec(name, properties, environment, [layer["Ref"] for layer in layers])
+    return specs

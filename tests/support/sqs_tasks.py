@@ -1,0 +1,43 @@
+"""Durable tasks for the worker tests, registered on import (TASK_MODULES in subprocesses).
+
+Each writes one line to the file it is given, so a test can count runs across processes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from shared.background import task
+
+
+def _append(path: str, line: str) -> None:
+    with Path(path).open("a") as file:
+        file.write(line + "\n")
+
+
+@task("tests.durable.record")
+def record(path: str, label: str) -> None:
+    _append(path, label)
+
+
+@task("tests.durable.explode")
+def explode(path: str, label: str) -> None:
+    _append(path, f"exploding {label}")
+    raise RuntimeError(f"poison message {label}")
+
+
+@task("tests.durable.slow")
+def slow(path: str, label: str, seconds: float) -> None:
+    _append(path, f"started {label}")
+    time.sleep(seconds)
+    _append(path, f"finished {label}")
+
+
+@task("tests.durable.noop")
+def noop() -> None:
+    return None
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []

@@ -1,0 +1,73 @@
+"""Both sides on (emulated) Lambda: the real runtime client, the function's own handler, moto's server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import sqs_tasks
+from tests.support.lambda_events import http_api_event
+from tests.support.runtime_api import lambda_environment
+from tests.support.sqs_queues import DurableAws, durable_aws_server, subprocess_env
+
+EMAIL = "jane.doe@example.com"
+
+
+@pytest.fixture
+def durable(monkeypatch: pytest.MonkeyPatch) -> Iterator[DurableAws]:
+    with durable_aws_server(monkeypatch, DURABLE_TASKS="notifications.write_notification") as resources:
+        yield resources
+
+
+def test_api_function_sends_before_the_freeze_and_worker_function_reports_only_its_failure(
+    durable: DurableAws, notification_log: Path, tmp_path: Path
+) -> None:
+    env = subprocess_env(durable)
+    with lambda_environment("functions.notifications.app.handler", env=env) as api:
+        invocation = api.invoke(http_api_event(f"/send-notification/{EMAIL}", request_id="apigw-durable-1"))
+        invocation.wait_free()
+        api_logs = api.logs()
+    events = [line.get("event") for line in api_logs]
+    assert "lambda_extension.registered" in events, "the send is handed to the post-response runner"
+    assert "lambda_extension.unavailable" not in events
+    assert invocation.result["statusCode"] == 200
+    assert json.loads(invocation.result["body"]) == {"message": "Notification sent in the background"}
+    [message] = durable.receive()
+    assert json.loads(message["Body"])["request_id"] == "apigw-durable-1"
+    [enqueued] = [line for line in api_logs if line.get("event") == "task.enqueued"]
+    assert enqueued["message_id"] == message["MessageId"]
+
+    poison = tmp_path / "poison.txt"
+    from shared import aws
+
+    aws.sqs().send_message(
+        QueueUrl=durable.queues.url,
+        MessageBody=json.dumps(
+            {
+                "task": "tests.durable.explode",
+                "task_id": "poison-1",
+                "args": [str(poison), "p"],
+                "kwargs": {},
+                "enqueued_at": "2024-01-01T00:00:00Z",
+            }
+        ),
+    )
+    [poison_message] = durable.receive()
+    event = durable.event([message, poison_message])
+    worker_env = {**env, "TASK_BACKEND": "inline", "TASK_MODULES": "shared.tasks,tests.support.sqs_tasks"}
+    with lambda_environment("functions.worker.app.handler", env=worker_env) as worker:
+        result = worker.invoke(event).wait_free()
+        worker_logs = worker.logs()
+
+    assert result.status == "success"
+    assert result.result == {"batchItemFailures": [{"itemIdentifier": poison_message["MessageId"]}]}
+    assert notification_log.read_text() == f"notification for {EMAIL}: some notification\n"
+    assert sqs_tasks.lines(poison) == ["exploding p"]
+    [succeeded] = [line for line in worker_logs if line.get("event") == "task.succeeded"]
+    assert succeeded["task_id"] == enqueued["task_id"]
+    assert succeeded["request_id"] == "apigw-durable-1"
+    assert succeeded["backend"] == "sqs"
+    assert succeeded["service"] == "worker"

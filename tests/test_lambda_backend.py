@@ -1,0 +1,98 @@
+"""The lambda-extension backend's fallbacks, in-process (the real extension: test_lambda_extension.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from shared.background.lambda_extension import LambdaExtensionBackend
+from shared.background.task import QueuedTask
+from tests.support.logs import LogCapture
+from tests.support.runtime_api import RuntimeApiEmulator
+
+
+@pytest.fixture
+def unregistered(monkeypatch: pytest.MonkeyPatch, logs: LogCapture) -> Iterator[LambdaExtensionBackend]:
+    """The process-wide backend as it is without an Extensions API."""
+    backend = LambdaExtensionBackend(None)
+    backend.start()
+    monkeypatch.setattr(LambdaExtensionBackend, "_instance", backend)
+    monkeypatch.setattr(LambdaExtensionBackend, "_handler_reports_invocations", True)
+    yield backend
+
+
+def test_without_runtime_api_it_warns_and_runs_tasks_before_returning(
+    unregistered: LambdaExtensionBackend, logs: LogCapture
+) -> None:
+    ran: list[str] = []
+    task = QueuedTask(func=ran.append, args=("done",), kwargs={}, name="tests.append")
+
+    async def handler() -> None:
+        with LambdaExtensionBackend.invocation("req-1", remaining_ms=30_000):
+            await unregistered.dispatch([task])
+            assert ran == ["done"]  # before the handler returns: nothing left to freeze
+
+    asyncio.run(handler())
+    [warning] = logs.named("lambda_extension.unavailable")
+    assert warning["level"] == "warning"
+    assert "AWS_LAMBDA_RUNTIME_API" in warning["reason"]
+    assert logs.named("task.succeeded", task="tests.append", backend="lambda-extension")
+
+
+def test_a_registration_refused_falls_back_loudly() -> None:
+    with RuntimeApiEmulator(extensions_api=False) as api:
+        backend = LambdaExtensionBackend(api.address)
+        backend.start()
+    assert not backend.registered
+    assert backend.unavailable_reason is not None and "404" in backend.unavailable_reason
+
+
+def test_a_deferred_job_is_cut_at_the_invocation_deadline(
+    unregistered: LambdaExtensionBackend, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LAMBDA_DEADLINE_MARGIN_MS", "500")
+    finished: list[bool] = []
+
+    async def slow_job() -> None:
+        await asyncio.sleep(30)
+        finished.append(True)
+
+    async def handler() -> None:
+        with LambdaExtensionBackend.invocation("req-2", remaining_ms=600):  # 100 ms left before the margin
+            await unregistered.defer(slow_job, label="tests.slow_job")
+
+    asyncio.run(handler())
+    assert finished == []
+    [timed_out] = logs.named("lambda_extension.job_timed_out")
+    assert timed_out["job"] == "tests.slow_job"
+
+
+@pytest.mark.parametrize(
+    ("entry_point", "tracked"),
+    [
+        ("tests.support.lambda_app.handler", True),
+        ("tests.test_lambda_backend.decorated_handler", True),
+        ("tests.support.lambda_plain.handler", False),
+    ],
+)
+def test_only_an_entry_point_built_by_make_handler_gets_post_response_tasks(
+    entry_point: str, tracked: bool, monkeypatch: pytest.MonkeyPatch, logs: LogCapture
+) -> None:
+    from tests.support.lambda_app import handler
+
+    @functools.wraps(handler)
+    def decorated_handler(event: Any, context: Any) -> Any:  # as Powertools' inject_lambda_context does
+        return handler(event, context)
+
+    monkeypatch.setattr(sys.modules[__name__], "decorated_handler", decorated_handler, raising=False)
+    importlib.import_module(entry_point.rpartition(".")[0])
+    monkeypatch.setenv("_HANDLER", entry_point)
+
+    assert LambdaExtensionBackend(None)._tracks_invocations() is tracked
+    assert bool(logs.named("lambda_extension.unavailable")) is not tracked

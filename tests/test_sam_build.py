@@ -1,0 +1,274 @@
+"""What `sam build` produces is what runs here: each artifact under Lambda's runtime client.
+
+`sam build` runs once per session (it is slow) into a temporary directory, exactly as
+`make sam-build` runs it. Each function's artifact then runs under python3.12 with the
+real runtime client (awslambdaric) against the Runtime API emulator, with its layers and
+the runtime's own packages on ``sys.path`` in Lambda's order, the environment the template
+gives it, the events of ``infra/events``, and moto's server (a separate process) as AWS:
+the nearest stand-in for `sam local invoke` on a machine without Docker.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from infra.sam_build import lambda_python
+from shared.settings import Settings
+from tests.support.runtime_api import Invocation, lambda_environment, load_event
+from tests.support.sam import (
+    LAMBDA_RUNTIME,
+    ROOT,
+    FunctionSpec,
+    function_folders,
+    functions,
+    load_template,
+    logical_id,
+    run_sam,
+)
+from tests.support.servers import ServerProcess, free_port, wait_until_healthy
+
+REGION = "us-east-1"
+
+
+@dataclass(frozen=True)
+class Build:
+    directory: Path
+    template: dict[str, Any]
+
+    def function(self, name: str) -> FunctionSpec:
+        return functions(self.template)[logical_id(name)]
+
+
+@pytest.fixture(scope="session")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
+    directory = tmp_path_factory.mktemp("sam-build") / "build"
+    result = run_sam(["build", "--build-dir", str(directory)], tmp_path_factory.mktemp("sam-config"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Build Succeeded" in result.stdout
+    return Build(directory, load_template(directory / "template.yaml"))
+
+
+@dataclass
+class LocalAws:
+    endpoint: str
+    resources: dict[str, Any]
+
+    def client(self, service: str) -> Any:
+        return boto3.client(
+            service,  # type: ignore[call-overload]
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    def table_items(self, table: str) -> list[dict[str, Any]]:
+        return list(self.client("dynamodb").scan(TableName=table)["Items"])
+
+    def take_messages(self, task: str) -> list[dict[str, Any]]:
+        """Receive (and keep in flight) the queued messages of ``task``."""
+        sqs, found = self.client("sqs"), []
+        for _ in range(5):
+            response = sqs.receive_message(
+                QueueUrl=self.resources["task_queue_url"],
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=1,
+                AttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            )
+            found += [m for m in response.get("Messages", []) if json.loads(m["Body"])["task"] == task]
+            if found:
+                return found
+        return found
+
+
+@pytest.fixture(scope="module")
+def local_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAws]:
+    """moto's server in its own process, provisioned by the same command docker-compose uses."""
+    port = free_port()
+    server = ServerProcess([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], {}, port)
+    try:
+        wait_until_healthy(f"{server.base_url}/moto-api/", server.process)
+        env = {"AWS_ENDPOINT_URL": server.base_url, "AWS_DEFAULT_REGION": REGION}
+        provision = subprocess.run(
+            [sys.executable, "-m", "infra.local_stack", "provision"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert provision.returncode == 0, provision.stderr
+        yield LocalAws(server.base_url, json.loads(provision.stdout))
+    finally:
+        server.close()
+
+
+def function_environment(spec: FunctionSpec, template: dict[str, Any], aws: LocalAws) -> dict[str, str]:
+    """The template's environment for ``spec``, its references replaced by the local resources."""
+    parameters = template["Parameters"]
+    settings_defaults = {name.upper(): field.default for name, field in Settings.model_fields.items()}
+    env: dict[str, str] = {}
+    for key, value in spec.environment.items():
+        if isinstance(value, dict) and value.get("Ref") in parameters:
+            env[key] = str(parameters[value["Ref"]]["Default"])
+        elif isinstance(value, dict) and key == "TASK_QUEUE_URL":
+            env[key] = aws.resources["task_queue_url"]
+        elif isinstance(value, dict):
+            env[key] = str(settings_defaults[key])  # the name infra/local_resources.py created it with
+        else:
+            env[key] = str(value)
+    return env
+
+
+@pytest.fixture
+def invoke(
+    build: Build, local_aws: LocalAws, isolated_settings: Path
+) -> Callable[[str, Any], tuple[Invocation, list[dict[str, Any]]]]:
+    """Run the built ``functions/<name>`` for one event; returns the invocation and its JSON logs."""
+
+    def run(name: str, event: Any) -> tuple[Invocation, list[dict[str, Any]]]:
+        spec = build.function(name)
+        task_root = build.directory / spec.logical_id
+        sys_path = [task_root, *(build.directory / layer / "python" for layer in spec.layers), LAMBDA_RUNTIME]
+        env = {
+            **function_environment(spec, build.template, local_aws),
+            "PYTHONPATH": ":".join(map(str, sys_path)),
+            "AWS_ENDPOINT_URL": local_aws.endpoint,
+            "NOTIFICATION_LOG_PATH": str(isolated_settings),
+        }
+        python = lambda_python()
+        assert python, "no CPython 3.12 here (Lambda's python3.12 runtime): install one, e.g. with pyenv"
+        command = [python, "-m", "awslambdaric", spec.handler]
+        with lambda_environment(spec.handler, env=env, command=command, cwd=task_root, function_name=name) as lam:
+            invocation = lam.invoke(event, timeout=60).wait_free(60)
+            logs = lam.logs()
+        return invocation, logs
+
+    return run
+
+
+def test_each_function_is_its_code_and_the_layers_hold_the_dependencies(build: Build) -> None:
+    for name in function_folders():
+        artifact = build.directory / logical_id(name)
+        assert sorted(p.name for p in artifact.iterdir()) == ["functions", "shared"], name
+        assert sorted(p.name for p in (artifact / "functions").iterdir()) == ["__init__.py", "__pycache__", name]
+        # Bytecode for Lambda's interpreter: its code directory is read-only.
+        assert list((artifact / "functions" / name / "__pycache__").glob("app.cpython-312.pyc"))
+    dependencies = build.directory / "DependenciesLayer" / "python"
+    assert (dependencies / "fastapi").is_dir()
+    assert (dependencies / "mangum").is_dir()
+    for absent in ("PIL", "uvicorn", "boto3", "botocore", "pytest", "moto"):
+        assert not (dependencies / absent).exists(), absent
+    assert (build.directory / "PillowLayer" / "python" / "PIL").is_dir()
+
+
+def test_artifacts_stay_small(build: Build) -> None:
+    """Each deployable artifact (function or layer) under 30 MB unzipped."""
+    for artifact in build.directory.iterdir():
+        if artifact.is_dir():
+            size = sum(path.stat().st_size for path in artifact.rglob("*") if path.is_file())
+            assert size < 30_000_000, f"{artifact.name}: {size / 1e6:.1f} MB"
+
+
+def test_notifications_answers_then_writes_the_log(invoke: Any, isolated_settings: Path) -> None:
+    invocation, logs = invoke("notifications", load_event("notifications-send-notification-http-api.json"))
+    assert invocation.status == "success"
+    assert invocation.result["statusCode"] == 200
+    assert json.loads(invocation.result["body"]) == {"message": "Notification sent in the background"}
+    assert isolated_settings.read_text() == "notification for foo@example.com: some notification\n"
+    succeeded = [line for line in logs if line.get("event") == "task.succeeded"]
+    assert [(line["task"], line["backend"], line["service"]) for line in succeeded] == [
+        ("notifications.write_notification", "lambda-extension", "notifications")
+    ]
+
+
+def test_users_stores_the_user_and_queues_the_welcome_email(invoke: Any, local_aws: LocalAws) -> None:
+    settings = Settings()
+    invocation, _ = invoke("users", load_event("users-register-http-api.json"))
+    assert invocation.result["statusCode"] == 201, invocation.result
+    user = json.loads(invocation.result["body"])
+    assert user["email"] == "jane@example.com"
+    stored = [item for item in local_aws.table_items(settings.users_table) if item.get("name")]
+    assert [item["id"]["S"] for item in stored] == [user["id"]]
+    audit = local_aws.table_items(settings.audit_table)
+    assert [item["subject"]["S"] for item in audit] == [f"user#{user['id']}"]
+    (message,) = local_aws.take_messages("email.send_welcome")
+    assert json.loads(message["Body"])["args"] == ["jane@example.com", "Jane Doe"]
+
+
+def test_items_stores_the_item_and_indexes_it_after_the_response(invoke: Any, local_aws: LocalAws) -> None:
+    settings = Settings()
+    sent_before = local_aws.client("ses").get_send_quota()["SentLast24Hours"]
+    invocation, _ = invoke("items", load_event("items-create-http-api.json"))
+    assert invocation.result["statusCode"] == 201, invocation.result
+    item = json.loads(invocation.result["body"])
+    assert [row["id"]["S"] for row in local_aws.table_items(settings.items_table)] == [item["id"]]
+    index = local_aws.table_items(settings.search_table)
+    assert index
+    assert item["id"] in json.dumps(index)
+    assert local_aws.client("ses").get_send_quota()["SentLast24Hours"] == sent_before + 1
+
+
+def sqs_event(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Received messages as the SQS event Lambda's event source mapping delivers them."""
+    template = load_event("worker-sqs-task.json")["Records"][0]
+    records = []
+    for message in messages:
+        record = copy.deepcopy(template)
+        record.update(
+            messageId=message["MessageId"],
+            receiptHandle=message["ReceiptHandle"],
+            body=message["Body"],
+            md5OfBody=hashlib.md5(message["Body"].encode()).hexdigest(),
+        )
+        record["attributes"]["ApproximateReceiveCount"] = message["Attributes"]["ApproximateReceiveCount"]
+        records.append(record)
+    return {"Records": records}
+
+
+def test_an_upload_is_stored_then_the_worker_makes_its_thumbnails(invoke: Any, local_aws: LocalAws) -> None:
+    """Uploads (202) queues files.process_upload; the built worker, with the Pillow layer, runs it."""
+    settings = Settings()
+    event = load_event("uploads-upload-http-api.json")
+    invocation, _ = invoke("uploads", event)
+    assert invocation.result["statusCode"] == 202, invocation.result
+    upload_id = json.loads(invocation.result["body"])["id"]
+    s3 = local_aws.client("s3")
+    stored = [obj["Key"] for obj in s3.list_objects_v2(Bucket=settings.uploads_bucket).get("Contents", [])]
+    assert len(stored) == 1
+    assert b"\x89PNG" in base64.b64decode(event["body"])
+    assert s3.get_object(Bucket=settings.uploads_bucket, Key=stored[0])["Body"].read().startswith(b"\x89PNG")
+
+    messages = local_aws.take_messages("files.process_upload")
+    assert [json.loads(m["Body"])["args"] for m in messages] == [[upload_id]]
+    worked, logs = invoke("worker", sqs_event(messages))
+    assert worked.result == {"batchItemFailures": []}, worked.result
+    upload = local_aws.client("dynamodb").get_item(TableName=settings.uploads_table, Key={"id": {"S": upload_id}})
+    assert upload["Item"]["status"]["S"] == "processed", upload
+    thumbnails = [t["S"] for t in upload["Item"]["thumbnails"]["L"]]
+    assert len(thumbnails) == len(settings.thumbnail_sizes)
+    keys = {obj["Key"] for obj in s3.list_objects_v2(Bucket=settings.uploads_bucket)["Contents"]}
+    assert set(thumbnails) <= keys
+    assert [line["task"] for line in logs if line.get("event") == "task.succeeded"] == ["files.process_upload"]
+
+
+def test_the_worker_runs_the_sample_queued_task(invoke: Any, isolated_settings: Path) -> None:
+    invocation, logs = invoke("worker", load_event("worker-sqs-task.json"))
+    assert invocation.result == {"batchItemFailures": []}
+    assert isolated_settings.read_text() == "notification for foo@example.com: sent through the queue\n"
+    started = [line for line in logs if line.get("event") == "task.started"]
+    assert [(line["backend"], line["service"]) for line in started] == [("sqs", "worker")]

@@ -1,0 +1,274 @@
+"""template.yaml: valid for SAM and cfn-lint, one function per folder, least privilege, abuse limits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.sam_build import layers_for
+from tests.support.sam import (
+    ROOT,
+    SAM_VENV,
+    TEMPLATE,
+    FunctionSpec,
+    function_folders,
+    functions,
+    load_template,
+    logical_id,
+    run_sam,
+)
+
+TRANSLATE = ROOT / "tests" / "support" / "sam_translate.py"
+# AWS's own policies that SAM attaches to every function role (logs, X-Ray tracing).
+EXPECTED_MANAGED_POLICIES = {"AWSLambdaBasicExecutionRole", "AWSXrayWriteOnlyAccess"}
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template()
+
+
+@pytest.fixture(scope="module")
+def specs(template: dict[str, Any]) -> dict[str, FunctionSpec]:
+    return functions(template)
+
+
+def translate(parameters: dict[str, str] | None = None) -> dict[str, Any]:
+    """The template after AWS::LanguageExtensions and the SAM transform, as CloudFormation deploys it."""
+    result = subprocess.run(
+        [str(SAM_VENV / "bin" / "python"), str(TRANSLATE), str(TEMPLATE), json.dumps(parameters or {})],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    translated: dict[str, Any] = json.loads(result.stdout)
+    return translated
+
+
+@pytest.fixture(scope="module")
+def translated() -> dict[str, Any]:
+    return translate()
+
+
+def test_sam_validate_reports_nothing(tmp_path: Path) -> None:
+    """`sam validate` (the SAM translator, with samconfig.toml's language extensions) and `--lint`."""
+    for args in (["validate", "--region", "us-east-1"], ["validate", "--lint"]):
+        result = run_sam(args, tmp_path / "sam", timeout=180)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.strip().startswith(f"{TEMPLATE} is a valid SAM Template"), result.stdout
+        assert "warn" not in (result.stdout + result.stderr).lower()
+
+
+def test_cfn_lint_reports_nothing() -> None:
+    result = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "cfn-lint"), str(TEMPLATE)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_every_function_folder_has_its_function(specs: dict[str, FunctionSpec]) -> None:
+    assert sorted(specs) == sorted(logical_id(name) for name in function_folders())
+    for name in function_folders():
+        spec = specs[logical_id(name)]
+        assert spec.handler == f"functions/{name}/app.handler"
+        assert spec.properties["CodeUri"] == "."
+        assert spec.properties["Metadata"] == {"BuildMethod": "makefile"}
+        assert spec.properties["Runtime"] == "python3.12"
+        assert spec.environment["SERVICE_NAME"] == name
+
+
+def test_http_functions_are_routed_under_their_own_prefix(specs: dict[str, FunctionSpec]) -> None:
+    """`/<name>/...` reaches functions/<name>, which serves it with root_path /<name>."""
+    routed = {name for name in function_folders() if specs[logical_id(name)].http_paths()}
+    assert routed >= {"notifications", "users", "uploads", "items"}
+    for name in routed:
+        spec = specs[logical_id(name)]
+        assert spec.http_paths() == [f"/{name}/{{proxy+}}"]
+        assert spec.environment["API_ROOT_PATH"] == f"/{name}"
+    for name in set(function_folders()) - routed:
+        assert "API_ROOT_PATH" not in specs[logical_id(name)].environment
+
+
+def test_each_function_gets_the_layers_its_imports_need(specs: dict[str, FunctionSpec]) -> None:
+    """Pillow only where the code imports it; a function importing it without the layer would fail."""
+    for name in function_folders():
+        assert set(specs[logical_id(name)].layers) == {f"{layer}Layer" for layer in layers_for(name)}, name
+    assert "PillowLayer" not in specs["NotificationsFunction"].layers
+    assert "PillowLayer" in specs["UploadsFunction"].layers
+
+
+def test_the_worker_drains_the_queue_with_partial_batch_responses(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    mappings = [r for r in resources.values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
+    assert len(mappings) == 1
+    mapping = mappings[0]["Properties"]
+    assert mapping["FunctionName"] == {"Ref": "WorkerFunction"}
+    assert mapping["EventSourceArn"] == {"Fn::GetAtt": ["TaskQueue", "Arn"]}
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    redrive = resources["TaskQueue"]["Properties"]["RedrivePolicy"]
+    assert redrive == {
+        "deadLetterTargetArn": {"Fn::GetAtt": ["TaskDeadLetterQueue", "Arn"]},
+        "maxReceiveCount": {"Ref": "MaxReceiveCount"},
+    }
+    # Lambda's advice: the visibility timeout is at least six times the worker's timeout.
+    assert (
+        resources["TaskQueue"]["Properties"]["VisibilityTimeout"]
+        >= 6 * resources["WorkerFunction"]["Properties"]["Timeout"]
+    )
+
+
+def test_idempotency_table_has_the_keys_powertools_expects(template: dict[str, Any]) -> None:
+    table = template["Resources"]["IdempotencyTable"]["Properties"]
+    assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+
+
+def test_the_bucket_is_private_and_encrypted(template: dict[str, Any]) -> None:
+    bucket = template["Resources"]["UploadsBucket"]["Properties"]
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    assert len(bucket["PublicAccessBlockConfiguration"]) == 4
+    rule = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+
+
+def _statements(role: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for policy in role["Properties"].get("Policies", []) for s in policy["PolicyDocument"]["Statement"]]
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _is_own_resource(resource: Any) -> bool:
+    """A reference to one of the stack's resources, or an ARN in the stack's own account."""
+    if not isinstance(resource, dict):
+        return False
+    if "Fn::Sub" in resource:
+        text = resource["Fn::Sub"][0] if isinstance(resource["Fn::Sub"], list) else resource["Fn::Sub"]
+        return "${AWS::AccountId}" in text or text.startswith("${")
+    return set(resource) <= {"Ref", "Fn::GetAtt"}
+
+
+def test_roles_allow_no_wildcard_action_and_only_own_resources(translated: dict[str, Any]) -> None:
+    roles = {name: r for name, r in translated["Resources"].items() if r["Type"] == "AWS::IAM::Role"}
+    assert sorted(roles) == sorted(f"{logical_id(name)}Role" for name in function_folders())
+    for name, role in roles.items():
+        managed = {arn.rsplit("/", 1)[-1] for arn in role["Properties"]["ManagedPolicyArns"]}
+        assert managed == EXPECTED_MANAGED_POLICIES, name
+        for statement in _statements(role):
+            assert statement["Effect"] == "Allow"
+            for action in _as_list(statement["Action"]):
+                assert "*" not in action, f"{name} allows {action}"
+            for resource in _as_list(statement["Resource"]):
+                assert _is_own_resource(resource), f"{name}: {statement}"
+
+
+def test_ses_sending_is_limited_to_the_configured_sender(template: dict[str, Any], translated: dict[str, Any]) -> None:
+    ses = [
+        statement
+        for resource in translated["Resources"].values()
+        if resource["Type"] == "AWS::IAM::Role"
+        for statement in _statements(resource)
+        if any(action.startswith("ses:") for action in _as_list(statement["Action"]))
+    ]
+    assert ses
+    for statement in ses:
+        assert sorted(statement["Action"]) == ["ses:SendEmail", "ses:SendRawEmail"]
+        sender = template["Parameters"]["MailSender"]["Default"]
+        assert statement["Condition"] == {"StringEquals": {"ses:FromAddress": sender}}
+
+
+def test_the_api_is_throttled_by_parameters(template: dict[str, Any], translated: dict[str, Any]) -> None:
+    settings = template["Resources"]["HttpApi"]["Properties"]["DefaultRouteSettings"]
+    assert settings == {
+        "ThrottlingBurstLimit": {"Ref": "ThrottlingBurstLimit"},
+        "ThrottlingRateLimit": {"Ref": "ThrottlingRateLimit"},
+    }
+    stage = translated["Resources"]["HttpApiApiGatewayDefaultStage"]["Properties"]["DefaultRouteSettings"]
+    assert stage == {"ThrottlingBurstLimit": 50, "ThrottlingRateLimit": 100}
+
+
+def _route_security(translated: dict[str, Any]) -> dict[str, Any]:
+    body = translated["Resources"]["HttpApi"]["Properties"]["Body"]
+    return {
+        f"{method} {path}": operation.get("security")
+        for path, operations in body["paths"].items()
+        for method, operation in operations.items()
+    }
+
+
+def test_routes_are_open_unless_the_jwt_authorizer_is_switched_on(translated: dict[str, Any]) -> None:
+    security = _route_security(translated)
+    assert len(security) == 4
+    assert set(security.values()) == {None}
+    assert "securitySchemes" not in translated["Resources"]["HttpApi"]["Properties"]["Body"].get("components", {})
+
+
+def test_enable_jwt_auth_puts_the_authorizer_on_every_route() -> None:
+    issuer = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_example"
+    translated = translate({"EnableJwtAuth": "true", "JwtIssuer": issuer, "JwtAudience": "client-a,client-b"})
+    assert set(map(json.dumps, _route_security(translated).values())) == {json.dumps([{"JwtAuthorizer": []}])}
+    scheme = translated["Resources"]["HttpApi"]["Properties"]["Body"]["components"]["securitySchemes"]
+    authorizer = scheme["JwtAuthorizer"]["x-amazon-apigateway-authorizer"]
+    assert authorizer["type"] == "jwt"
+    assert authorizer["jwtConfiguration"] == {"issuer": issuer, "audience": ["client-a", "client-b"]}
+    assert authorizer["identitySource"] == "$request.header.Authorization"
+
+
+def test_jwt_auth_without_issuer_is_refused_before_deployment(template: dict[str, Any]) -> None:
+    rule = template["Rules"]["JwtNeedsIssuerAndAudience"]
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "EnableJwtAuth"}, "true"]}
+    asserted = json.dumps(rule["Assertions"])
+    assert '"Ref": "JwtIssuer"' in asserted
+    assert '"Ref": "JwtAudience"' in asserted
+
+
+def test_logs_are_kept_for_the_retention_parameter(template: dict[str, Any], specs: dict[str, FunctionSpec]) -> None:
+    groups = {name: r for name, r in template["Resources"].items() if r["Type"] == "AWS::Logs::LogGroup"}
+    assert groups
+    for group in groups.values():
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    for spec in specs.values():
+        assert spec.properties["LoggingConfig"]["LogGroup"] == {"Ref": "FunctionLogGroup"}
+
+
+def test_outputs_give_the_api_and_each_function_docs_url(template: dict[str, Any], specs: dict[str, Any]) -> None:
+    outputs = template["Outputs"]
+    assert "ApiUrl" in outputs
+    for name in function_folders():
+        if specs[logical_id(name)].http_paths():
+            url = outputs[f"{logical_id(name).removesuffix('Function')}DocsUrl"]["Value"]
+            assert url == {
+                "Fn::Sub": f"https://${{HttpApi}}.execute-api.${{AWS::Region}}.${{AWS::URLSuffix}}/{name}/docs"
+            }
+
+
+def test_a_function_behind_its_api_prefix_serves_its_routes_and_docs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the HTTP API sends (/users/users/...) reaches the app's /users/...; docs link under /users."""
+    from fastapi.testclient import TestClient
+
+    from shared.app import create_app
+    from shared.settings import get_settings
+
+    monkeypatch.setenv("API_ROOT_PATH", "/users")
+    get_settings.cache_clear()
+    app = create_app("users-probe")
+
+    @app.get("/users/{user_id}")
+    def get_user(user_id: str) -> dict[str, str]:
+        return {"id": user_id}
+
+    client = TestClient(app)
+    assert client.get("/users/users/abc").json() == {"id": "abc"}
+    assert client.get("/users/health").json() == {"status": "ok", "service": "users-probe"}
+    assert "url: '/users/openapi.json'" in client.get("/users/docs").text
+    assert client.get("/users/openapi.json").json()["servers"] == [{"url": "/users"}]
+    # An event with the app's own path (a direct invoke, a Function URL) still works.
+    assert client.get("/health").json()["status"] == "ok"
