@@ -9,6 +9,7 @@ and its own), since Lambda unpacks them all into its environment. The durable-ta
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -58,12 +59,21 @@ def _tree_size(path: Path) -> int:
     return sum(item.stat().st_size for item in path.rglob("*") if item.is_file() and not item.is_symlink())
 
 
+def build_directory(workdir: Path) -> Path:
+    """Where :func:`sam_build` puts the build (``template.yaml`` and one directory per resource)."""
+    return workdir / "sam-build"
+
+
+@functools.cache
 def sam_build(workdir: Path) -> tuple[list[Artifact], str]:
-    """Build every function; returns the artifacts, or none and why not."""
+    """Build every function; returns the artifacts, or none and why not.
+
+    Cached: one build per run, measured here and imported by the cold-start section.
+    """
     sam = sam_cli()
     if sam is None:
         return [], "not built: SAM CLI not found (`make sam-build` installs it into .venv-sam)"
-    build_dir = workdir / "sam-build"
+    build_dir = build_directory(workdir)
     progress("artifacts: sam build (every function, into a scratch directory)")
     env = {**child_env(workdir), "SAM_CLI_TELEMETRY": "0"}
     env.pop("PYTHONPATH", None)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bench.env import PYTHON, ROOT, child_env, progress
 from bench.model import Distribution, Section, Table, Target, fmt, fmt_ratio, median, percentile, ratio
+from tests.support.logs import parse_json_lines
 from tests.support.servers import ServerProcess, free_port, wait_until_healthy
 
 PATH = "/send-notification/jane.doe@example.com"
@@ -127,7 +128,7 @@ def _load(variant: Variant, connections: int, warmup: float, duration: float) ->
         cpu_us_per_request=cpu / total * 1e6,
         lines_per_request=printed.count("\n") / total,
         bytes_per_request=len(printed.encode()) / total,
-        access_lines_per_request=printed.count('"logger": "uvicorn.access"') / total,
+        access_lines_per_request=sum(e.get("logger") == "uvicorn.access" for e in parse_json_lines(printed)) / total,
     )
 
 

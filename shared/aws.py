@@ -1,8 +1,11 @@
 """One boto3 client per service per process, created on first use.
 
 Creating clients is slow (tens of ms each), so a cold start pays only for the ones
-a request needs. ``AWS_ENDPOINT_URL`` points every client at moto's server or any
-other local AWS; unset, the clients talk to AWS itself.
+a request needs. The SDK itself (boto3 and botocore's client machinery: about a third
+of a bare FastAPI app's import time) is imported with the first client, by the first
+request that calls AWS; importing a function never loads it. ``AWS_ENDPOINT_URL``
+points every client at moto's server or any other local AWS; unset, the clients talk
+to AWS itself.
 """
 
 from __future__ import annotations
@@ -10,33 +13,39 @@ from __future__ import annotations
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-import boto3
-from botocore.config import Config
-
 from shared.settings import get_settings
 
 if TYPE_CHECKING:
+    from boto3.session import Session
+    from botocore.config import Config
     from mypy_boto3_dynamodb import DynamoDBServiceResource
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_ses import SESClient
     from mypy_boto3_sqs import SQSClient
 
-_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=3, read_timeout=10)
-
 
 @cache
-def _session() -> boto3.session.Session:
+def _session() -> Session:
+    import boto3
+
     return boto3.session.Session(region_name=get_settings().aws_region)
 
 
 @cache
+def _config() -> Config:
+    from botocore.config import Config
+
+    return Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=3, read_timeout=10)
+
+
+@cache
 def client(service: str) -> Any:
-    return _session().client(service, endpoint_url=get_settings().aws_endpoint_url, config=_CONFIG)  # type: ignore[call-overload]
+    return _session().client(service, endpoint_url=get_settings().aws_endpoint_url, config=_config())  # type: ignore[call-overload]
 
 
 @cache
 def resource(service: str) -> Any:
-    return _session().resource(service, endpoint_url=get_settings().aws_endpoint_url, config=_CONFIG)  # type: ignore[call-overload]
+    return _session().resource(service, endpoint_url=get_settings().aws_endpoint_url, config=_config())  # type: ignore[call-overload]
 
 
 def s3() -> S3Client:

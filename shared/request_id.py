@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.logs import get_logger
+from shared.logs import get_logger, mask_emails
 
 HEADER = "x-request-id"
 _WELL_FORMED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
@@ -31,6 +31,15 @@ def _from_api_gateway(scope: Scope) -> str | None:
     event: Any = scope.get("aws.event") or {}
     request_id = (event.get("requestContext") or {}).get("requestId")
     return request_id if isinstance(request_id, str) and request_id else None
+
+
+def _where(scope: Scope) -> dict[str, str]:
+    """The route's template (``/send-notification/{email}``): no e-mail in the logs, few distinct values.
+
+    Only a request that matched no route logs its path, e-mail addresses masked.
+    """
+    route = getattr(scope.get("route"), "path", None)
+    return {"route": route} if route else {"path": mask_emails(scope["path"])}
 
 
 def resolve_request_id(scope: Scope) -> str:
@@ -64,7 +73,7 @@ class RequestIdMiddleware:
                 log.info(
                     "request.completed",
                     method=scope["method"],
-                    path=scope["path"],
+                    **_where(scope),
                     status=status,
                     duration_ms=round((time.perf_counter() - started) * 1000, 3),
                 )
@@ -75,5 +84,5 @@ class RequestIdMiddleware:
             except Exception as exc:
                 # Logged here, where the request's context is still bound; Starlette's
                 # outermost ServerErrorMiddleware then answers with shared.app's JSON 500.
-                log.error("request.failed", error_type=type(exc).__qualname__, error=str(exc), exc_info=exc)
+                log.error("request.failed", exc_info=exc)
                 raise

@@ -6,7 +6,7 @@ import os
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,9 +28,14 @@ class Settings(BaseSettings):
     api_root_path: str = Field(
         "", description="Path prefix the HTTP API routes to this function (template.yaml: /<name>); the root_path."
     )
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     log_task_args: bool = Field(False, description="Log task arguments (e-mail addresses masked).")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     # --- background tasks --------------------------------------------------------
     task_backend: Literal["auto", "inline", "lambda-extension"] = Field(

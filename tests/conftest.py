@@ -24,6 +24,9 @@ from shared.logs import configure_logging
 from shared.settings import get_settings
 from tests.support.logs import LogCapture
 
+# Before any app is imported: tests reconfigure logging, so loggers must not keep the first configuration.
+configure_logging("tests", cache_loggers=False)
+
 
 @pytest.fixture(autouse=True)
 def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
@@ -44,7 +47,7 @@ def notification_log(isolated_settings: Path) -> Path:
 def logs() -> LogCapture:
     """The real logging pipeline, printing JSON into a buffer the test reads."""
     capture = LogCapture()
-    configure_logging("tests", stream=capture.stream)
+    configure_logging("tests", stream=capture.stream, cache_loggers=False)
     return capture
 
 

@@ -7,6 +7,7 @@ import functools
 import importlib
 import sys
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -96,3 +97,34 @@ def test_only_an_entry_point_built_by_make_handler_gets_post_response_tasks(
 
     assert LambdaExtensionBackend(None)._tracks_invocations() is tracked
     assert bool(logs.named("lambda_extension.unavailable")) is not tracked
+
+
+@pytest.mark.parametrize(
+    "trace_header", [None, "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"]
+)
+def test_lambda_log_keys_are_those_powertools_logger_emits(
+    monkeypatch: pytest.MonkeyPatch, trace_header: str | None
+) -> None:
+    from aws_lambda_powertools.logging.lambda_context import build_lambda_context_model
+    from aws_lambda_powertools.shared.functions import get_tracer_id
+
+    from shared.lambda_handler import lambda_log_keys
+
+    if trace_header is None:
+        monkeypatch.delenv("_X_AMZN_TRACE_ID", raising=False)
+    else:
+        monkeypatch.setenv("_X_AMZN_TRACE_ID", trace_header)
+    context = SimpleNamespace(
+        function_name="notifications",
+        memory_limit_in_mb="512",
+        invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:notifications",
+        aws_request_id="6f0b5b0e-0000-4000-8000-000000000000",
+    )
+
+    keys = lambda_log_keys(context)  # type: ignore[arg-type]
+
+    expected = dict(vars(build_lambda_context_model(context)))
+    if get_tracer_id():
+        expected["xray_trace_id"] = get_tracer_id()
+    assert {k: v for k, v in keys.items() if k != "cold_start"} == expected
+    assert isinstance(keys["cold_start"], bool)

@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from shared.settings import Settings
+from tests.support.logs import parse_json_lines
 from tests.support.sam import ROOT, function_folders
 from tests.support.servers import free_port
 
@@ -184,7 +185,7 @@ def test_make_run_serves_every_function_and_runs_their_background_work(stack: St
     # Ctrl-C stops everything: the worker, the functions' server, moto.
     stack.ctrl_c()
     assert "local_stack: stopped" in stack.output()
-    assert '"event": "worker.stopped"' in stack.output()
+    assert any(event["event"] == "worker.stopped" for event in parse_json_lines(stack.output()))
     assert not port_open(stack.port)
     assert not port_open(stack.aws_port)
     assert len(stack.child_pids()) == 2

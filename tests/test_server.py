@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from tests.support.logs import parse_json_lines
-from tests.support.servers import ServerProcess, start_function
+from tests.support.servers import ServerProcess, free_port, start_function, wait_until_healthy
 
 EMAIL = "foo@example.com"
 
@@ -105,3 +106,44 @@ def test_sigterm_past_the_grace_period_logs_every_unfinished_task(tmp_path: Path
     assert len(queued) == 3
     assert {e["task_id"] for e in cancelled} == queued
     assert [e.get("started", True) for e in cancelled] == [True, False, False]
+
+
+def test_uvicorn_cli_prints_its_own_lines_in_the_same_json(tmp_path: Path) -> None:
+    """Started by plain ``uvicorn`` (its own logging config), every line still is one JSON format."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "functions.notifications.app:app", "--port", str(port)]
+    server = ServerProcess(command, {"NOTIFICATION_LOG_PATH": str(tmp_path / "n.log"), "LOG_FORMAT": "json"}, port)
+    try:
+        wait_until_healthy(f"{server.base_url}/health", server.process)
+        request_id = httpx.post(f"{server.base_url}/send-notification/{EMAIL}").headers["x-request-id"]
+        wait_for_task_events(server, request_id, count=3)
+    finally:
+        server.stop()
+        output = server.output()
+        server.close()
+    lines = [line for line in output.splitlines() if line.strip()]
+    events = parse_json_lines(output)
+    assert len(events) == len(lines)
+    loggers = {e.get("logger") for e in events}
+    assert {"uvicorn.error", "uvicorn.access"} <= loggers
+    access = [e["event"] for e in events if e.get("logger") == "uvicorn.access"]
+    assert any('"POST /send-notification/f***%40example.com HTTP/1.1" 200' in line for line in access)
+    assert EMAIL not in output
+    assert {e["service"] for e in events} == {"notifications"}
+
+
+def test_shared_serve_prints_request_completed_instead_of_access_lines(tmp_path: Path) -> None:
+    server = start_function("notifications", {"NOTIFICATION_LOG_PATH": str(tmp_path / "n.log"), "LOG_FORMAT": "json"})
+    try:
+        request_id = httpx.post(f"{server.base_url}/send-notification/{EMAIL}").headers["x-request-id"]
+        wait_for_task_events(server, request_id, count=3)
+    finally:
+        server.stop()
+        events = parse_json_lines(server.output())
+        server.close()
+    of_request = [e["event"] for e in events if e.get("request_id") == request_id]
+    assert sorted(of_request) == ["request.completed", "task.queued", "task.started", "task.succeeded"]
+    assert not [e for e in events if e.get("logger") == "uvicorn.access"]
+    completed = next(e for e in events if e["event"] == "request.completed" and e["request_id"] == request_id)
+    assert completed["route"] == "/send-notification/{email}"
+    assert "path" not in completed

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -498,17 +499,30 @@ def test_create_resources_is_safe_to_call_again(state: AwsState) -> None:
     assert state.settings.mail_sender in aws.ses().list_identities()["Identities"]
 
 
-def test_importing_a_function_creates_no_client_and_loads_no_image_library() -> None:
-    """Cold start: clients are created on first use, Pillow and puremagic where they are used."""
+def test_importing_a_function_creates_no_client_and_loads_no_image_library_nor_the_sdk() -> None:
+    """Cold start: clients (and boto3 with them) on first use; Pillow, puremagic and Powertools where used.
+
+    Durable tasks routed to SQS, as template.yaml deploys the functions, so the sqs backend is imported too.
+    """
     code = (
         "import json, sys\n"
-        "import functions.users.app, functions.items.app, functions.uploads.app\n"
+        "import functions.users.app, functions.items.app, functions.uploads.app, functions.notifications.app\n"
         "from shared import aws\n"
         "print(json.dumps({'clients': aws.client.cache_info().currsize + aws.resource.cache_info().currsize,"
-        " 'pil': 'PIL' in sys.modules, 'puremagic': 'puremagic' in sys.modules}))\n"
+        " 'pil': 'PIL' in sys.modules, 'puremagic': 'puremagic' in sys.modules, 'boto3': 'boto3' in sys.modules,"
+        " 'powertools': 'aws_lambda_powertools' in sys.modules,"
+        " 'sqs_backend': 'shared.background.sqs' in sys.modules}))\n"
     )
+    env = {**os.environ, "DURABLE_TASKS": "email.send_welcome,files.process_upload", "TASK_QUEUE_URL": "queue-url"}
     output = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1]
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1], env=env
     ).stdout
 
-    assert json.loads(output.strip().splitlines()[-1]) == {"clients": 0, "pil": False, "puremagic": False}
+    assert json.loads(output.strip().splitlines()[-1]) == {
+        "clients": 0,
+        "pil": False,
+        "puremagic": False,
+        "boto3": False,
+        "powertools": False,
+        "sqs_backend": True,
+    }

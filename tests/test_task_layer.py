@@ -135,6 +135,16 @@ def test_every_event_carries_the_schema(logs: LogCapture) -> None:
     assert completed == [completed[0]]
     assert completed[0]["status"] == 200
     assert completed[0]["request_id"] == "req-123"
+    assert completed[0]["route"] == "/work"
+
+
+def test_an_unrouted_path_is_logged_with_emails_masked(logs: LogCapture) -> None:
+    with TestClient(build_app([], set(), 1)) as client:
+        assert client.get("/nowhere/jane.doe@example.com").status_code == 404
+
+    [completed] = logs.named("request.completed")
+    assert completed["path"] == "/nowhere/j***@example.com"
+    assert "route" not in completed
 
 
 @pytest.mark.parametrize("header", [None, "", "has spaces", "x" * 200, "bad\u00e9id", "-starts-with-dash"])
@@ -178,7 +188,7 @@ def test_task_arguments_opt_in_masks_emails(settings_env: pytest.MonkeyPatch) ->
     capture = LogCapture()
     from shared.logs import configure_logging
 
-    configure_logging("tests", stream=capture.stream)
+    configure_logging("tests", stream=capture.stream, cache_loggers=False)
     app = create_app("tasktest")
 
     @app.post("/greet")
@@ -200,7 +210,7 @@ def test_log_level_is_honoured(settings_env: pytest.MonkeyPatch) -> None:
     capture = LogCapture()
     from shared.logs import configure_logging
 
-    configure_logging("tests", stream=capture.stream)
+    configure_logging("tests", stream=capture.stream, cache_loggers=False)
     with TestClient(build_app([], {0}, 2)) as client:
         client.post("/work")
 
@@ -213,7 +223,7 @@ def test_console_format_is_readable(settings_env: pytest.MonkeyPatch) -> None:
     capture = LogCapture()
     from shared.logs import configure_logging
 
-    configure_logging("tests", stream=capture.stream)
+    configure_logging("tests", stream=capture.stream, cache_loggers=False)
     with TestClient(build_app([], set(), 1)) as client:
         client.post("/work")
 
@@ -230,6 +240,7 @@ def test_uvicorn_logs_go_through_the_same_pipeline(logs: LogCapture) -> None:
     assert error["logger"] == "uvicorn.error"
     assert error["level"] == "error"
     assert error["exception"][0]["exc_type"] == "Boom"
+    assert (error["error_type"], error["error"]) == ("Boom", "kaput")
     assert access["logger"] == "uvicorn.access"
     assert access["event"] == '127.0.0.1:1 - "GET /health HTTP/1.1" 200'
     assert "timestamp" in access

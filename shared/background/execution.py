@@ -79,14 +79,7 @@ async def run_task(task: QueuedTask, backend: str, deadline: float | None = None
         log.error("task.cancelled", **fields, duration_ms=elapsed_ms())
         raise
     except Exception as exc:
-        log.error(
-            "task.failed",
-            **fields,
-            duration_ms=elapsed_ms(),
-            error_type=type(exc).__qualname__,
-            error=str(exc),
-            exc_info=exc,
-        )
+        log.error("task.failed", **fields, duration_ms=elapsed_ms(), exc_info=exc)
         return False
     log.info("task.succeeded", **fields, duration_ms=elapsed_ms())
     return True

@@ -312,7 +312,7 @@ class LambdaExtensionBackend:
             try:
                 loop.run_until_complete(loop.create_task(self._run_one(deferred), context=deferred.context))
             except BaseException as exc:  # the runner must outlive any job
-                log.error("lambda_extension.runner_error", error_type=type(exc).__qualname__, exc_info=exc)
+                log.error("lambda_extension.runner_error", exc_info=exc)
             finally:
                 with self._state:
                     self._outstanding -= 1
@@ -326,13 +326,7 @@ class LambdaExtensionBackend:
         except TimeoutError:
             log.error("lambda_extension.job_timed_out", job=deferred.label, error="invocation deadline reached")
         except Exception as exc:
-            log.error(
-                "lambda_extension.job_failed",
-                job=deferred.label,
-                error_type=type(exc).__qualname__,
-                error=str(exc),
-                exc_info=exc,
-            )
+            log.error("lambda_extension.job_failed", job=deferred.label, exc_info=exc)
 
     # --- extension thread --------------------------------------------------------------
 

@@ -17,7 +17,6 @@ from decimal import Decimal
 from typing import Any, TypedDict
 
 import structlog
-from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
 from shared import aws
@@ -99,5 +98,10 @@ def record(
 def history(subject: str, limit: int = 100) -> list[dict[str, Any]]:
     """The records of ``subject``, oldest first."""
     table = aws.dynamodb().Table(get_settings().audit_table)
-    response = table.query(KeyConditionExpression=Key("subject").eq(subject), Limit=limit)
+    response = table.query(
+        KeyConditionExpression="#subject = :subject",
+        ExpressionAttributeNames={"#subject": "subject"},
+        ExpressionAttributeValues={":subject": subject},
+        Limit=limit,
+    )
     return list(response["Items"])

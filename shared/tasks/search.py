@@ -18,8 +18,6 @@ import re
 import unicodedata
 from typing import Any
 
-from boto3.dynamodb.conditions import Key
-
 from shared import aws
 from shared.background import task
 from shared.logs import get_logger
@@ -88,7 +86,8 @@ def _items_matching(term: str) -> dict[str, str]:
     """item id -> name of every item with a word starting with ``term``."""
     table = _table()
     query: dict[str, Any] = {
-        "KeyConditionExpression": Key("pk").eq(_partition(term)) & Key("sk").begins_with(term),
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :term)",
+        "ExpressionAttributeValues": {":pk": _partition(term), ":term": term},
         "ProjectionExpression": "item_id, #name",
         "ExpressionAttributeNames": {"#name": "name"},
     }

@@ -179,14 +179,7 @@ class Worker:
                 raise
             except Exception as exc:
                 if not isinstance(exc, TaskFailed):
-                    log.error(
-                        "task.worker_error",
-                        **fields,
-                        message_id=record.message_id,
-                        error_type=type(exc).__qualname__,
-                        error=str(exc),
-                        exc_info=exc,
-                    )
+                    log.error("task.worker_error", **fields, message_id=record.message_id, exc_info=exc)
                 self._dead_letter_if_last(record, attempt, fields)
                 raise
             if isinstance(result, _Duplicate):
