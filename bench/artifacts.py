@@ -165,7 +165,7 @@ def _section(artifacts: list[Artifact], how: str, durable: dict[str, Any] | str)
                 "met" if met else "**missed**",
             ]
         )
-        heaviest = max([artifact, *attached], key=lambda item: item.bytes)
+        parts = sorted(attached, key=lambda item: item.bytes, reverse=True)
         section.targets.append(
             Target(
                 name=f"(5) artifact size, {artifact.name}",
@@ -174,8 +174,13 @@ def _section(artifacts: list[Artifact], how: str, durable: dict[str, Any] | str)
                 if attached
                 else f"{artifact_mb(artifact.bytes)} MB",
                 met=met,
-                why=f"heaviest part: {heaviest.name} "
-                + ", ".join(f"{name} {artifact_mb(size)}" for name, size in heaviest.largest),
+                why="; ".join(
+                    f"{part.name} {artifact_mb(part.bytes)} MB ("
+                    + ", ".join(f"{name} {artifact_mb(size)}" for name, size in part.largest)
+                    + ")"
+                    for part in parts
+                )
+                + ("" if met else "; Lambda's own limit is 250 MB unzipped, so it deploys, over this budget"),
             )
         )
     if not artifacts:
