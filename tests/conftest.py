@@ -22,6 +22,7 @@ os.environ.pop("AWS_LAMBDA_RUNTIME_API", None)
 
 from shared.logs import configure_logging
 from shared.settings import get_settings
+from tests.support.aws_resources import AwsState, mocked_aws
 from tests.support.logs import LogCapture
 
 # Before any app is imported: tests reconfigure logging, so loggers must not keep the first configuration.
@@ -57,3 +58,10 @@ def notifications_client() -> Iterator[TestClient]:
 
     with TestClient(app) as client:
         yield client
+
+
+@pytest.fixture
+def state() -> Iterator[AwsState]:
+    """moto's ``mock_aws`` holding the bucket, tables and SES sender the functions use."""
+    with mocked_aws() as resources:
+        yield resources

@@ -10,16 +10,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from shared.tasks import search
-from tests.support.aws_resources import AwsState, mocked_aws
+from tests.support.aws_resources import AwsState
 from tests.support.logs import LogCapture
 
 MUG = {"name": "Blue ceramic mug", "description": "Holds 350 ml.\nDishwasher safe.", "tags": ["kitchen"]}
 
 
-@pytest.fixture(autouse=True)
-def state() -> Iterator[AwsState]:
-    with mocked_aws() as resources:
-        yield resources
+pytestmark = pytest.mark.usefixtures("state")  # moto's mock_aws with the template's resources (conftest)
 
 
 @pytest.fixture

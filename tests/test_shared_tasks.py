@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -25,16 +24,13 @@ from shared.background.registry import lookup
 from shared.background.task import QueuedTask
 from shared.settings import get_settings
 from shared.tasks import audit, email, files, search
-from tests.support.aws_resources import AwsState, mocked_aws
+from tests.support.aws_resources import AwsState
 from tests.support.logs import LogCapture
 
 MiB = 1024 * 1024
 
 
-@pytest.fixture(autouse=True)
-def state() -> Iterator[AwsState]:
-    with mocked_aws() as resources:
-        yield resources
+pytestmark = pytest.mark.usefixtures("state")  # moto's mock_aws with the template's resources (conftest)
 
 
 def png(size: tuple[int, int] = (300, 200), mode: str = "RGB") -> bytes:

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from shared.settings import get_settings
-from tests.support.aws_resources import AwsState, mocked_aws
+from tests.support.aws_resources import AwsState
 from tests.support.logs import LogCapture
 from tests.support.servers import start_function
 
@@ -24,10 +24,7 @@ MiB = 1024 * 1024
 ENVELOPE = 64 * 1024
 
 
-@pytest.fixture(autouse=True)
-def state() -> Iterator[AwsState]:
-    with mocked_aws() as resources:
-        yield resources
+pytestmark = pytest.mark.usefixtures("state")  # moto's mock_aws with the template's resources (conftest)
 
 
 @pytest.fixture

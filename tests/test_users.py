@@ -13,17 +13,14 @@ from fastapi.testclient import TestClient
 
 from shared import aws
 from shared.settings import get_settings
-from tests.support.aws_resources import AwsState, mocked_aws
+from tests.support.aws_resources import AwsState
 from tests.support.logs import LogCapture
 
 NAME = "Jane Doe"
 EMAIL = "jane.doe@example.com"
 
 
-@pytest.fixture(autouse=True)
-def state() -> Iterator[AwsState]:
-    with mocked_aws() as resources:
-        yield resources
+pytestmark = pytest.mark.usefixtures("state")  # moto's mock_aws with the template's resources (conftest)
 
 
 @pytest.fixture
