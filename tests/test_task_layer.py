@@ -17,6 +17,7 @@ from shared.app import create_app
 from shared.background import TaskRejected, TaskRoute, install, task
 from shared.background.backends import InlineBackend
 from shared.background.task import QueuedTask
+from shared.logs import configure_logging
 from shared.settings import get_settings
 from tests.support.logs import LogCapture
 
@@ -79,6 +80,16 @@ def build_app(results: list[int], failing: set[int], count: int) -> FastAPI:
 def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     yield monkeypatch
     get_settings.cache_clear()
+
+
+def capture_logs_with(settings_env: pytest.MonkeyPatch, **env: str) -> LogCapture:
+    """The logging pipeline configured anew under ``env``, as a process started with it would be."""
+    for name, value in env.items():
+        settings_env.setenv(name, value)
+    get_settings.cache_clear()
+    capture = LogCapture()
+    configure_logging("tests", stream=capture.stream, cache_loggers=False)
+    return capture
 
 
 @pytest.mark.parametrize(("count", "failing"), [(5, {0}), (6, {2, 3}), (10, {1, 4, 9}), (4, {0, 1, 2, 3})])
@@ -183,12 +194,7 @@ def test_task_arguments_are_not_logged_by_default(logs: LogCapture) -> None:
 
 
 def test_task_arguments_opt_in_masks_emails(settings_env: pytest.MonkeyPatch) -> None:
-    settings_env.setenv("LOG_TASK_ARGS", "true")
-    get_settings.cache_clear()
-    capture = LogCapture()
-    from shared.logs import configure_logging
-
-    configure_logging("tests", stream=capture.stream, cache_loggers=False)
+    capture = capture_logs_with(settings_env, LOG_TASK_ARGS="true")
     app = create_app("tasktest")
 
     @app.post("/greet")
@@ -205,12 +211,7 @@ def test_task_arguments_opt_in_masks_emails(settings_env: pytest.MonkeyPatch) ->
 
 
 def test_log_level_is_honoured(settings_env: pytest.MonkeyPatch) -> None:
-    settings_env.setenv("LOG_LEVEL", "WARNING")
-    get_settings.cache_clear()
-    capture = LogCapture()
-    from shared.logs import configure_logging
-
-    configure_logging("tests", stream=capture.stream, cache_loggers=False)
+    capture = capture_logs_with(settings_env, LOG_LEVEL="WARNING")
     with TestClient(build_app([], {0}, 2)) as client:
         client.post("/work")
 
@@ -218,12 +219,7 @@ def test_log_level_is_honoured(settings_env: pytest.MonkeyPatch) -> None:
 
 
 def test_console_format_is_readable(settings_env: pytest.MonkeyPatch) -> None:
-    settings_env.setenv("LOG_FORMAT", "console")
-    get_settings.cache_clear()
-    capture = LogCapture()
-    from shared.logs import configure_logging
-
-    configure_logging("tests", stream=capture.stream, cache_loggers=False)
+    capture = capture_logs_with(settings_env, LOG_FORMAT="console")
     with TestClient(build_app([], set(), 1)) as client:
         client.post("/work")
 
