@@ -11,7 +11,16 @@ with ``ARTIFACTS_DIR`` set, and the Makefile runs this module:
         without boto3 and its dependencies, which the Lambda runtime ships (``BUNDLE_BOTO3=1``
         pins them into the layer instead: about 33 MB more)
     python -m infra.sam_build layer Pillow "$ARTIFACTS_DIR"
-        pillow (with its bundled image libraries), only for the functions whose code imports it
+    python -m infra.sam_build layer Powertools "$ARTIFACTS_DIR"
+        pillow (with the image libraries thumbnails use), aws-lambda-powertools: each only
+        for the functions whose code imports it
+
+Parts of a layer that no function here uses are left out (``PRUNED``), to keep each
+function with its layers under 30 MB: Pillow's AVIF codec, font rendering, colour
+management, Tk and ImageMath/ImageMorph support (thumbnails read PNG, JPEG, GIF and
+WebP and write WebP), and dnspython, which email-validator imports only to check that
+a domain receives mail (pydantic's ``EmailStr`` never asks it to). Code that needs one
+of them takes it out of ``PRUNED``.
 
 Wheels are chosen for Lambda's CPython 3.12 on manylinux x86_64 whatever machine builds,
 and everything is compiled to bytecode with python3.12 when one is here (Lambda cannot
@@ -66,9 +75,26 @@ NOT_ON_LAMBDA = frozenset({"uvicorn"})
 # Layers with what only some functions import; the Dependencies layer (every function) holds
 # the rest, imported or not (pydantic and FastAPI import email-validator and python-multipart
 # on demand, out of sight of an import scan).
-GATED_LAYERS = {"Pillow": frozenset({"pillow"})}
+GATED_LAYERS = {"Pillow": frozenset({"pillow"}), "Powertools": frozenset({"aws-lambda-powertools"})}
 IMPORT_GATED = frozenset().union(*GATED_LAYERS.values())
 SHARED_LAYER = "Dependencies"
+PRUNED = {
+    "Dependencies": ("dns", "dnspython-*.dist-info"),
+    "Pillow": (
+        "PIL/_avif.*.so",
+        "pillow.libs/libavif-*",
+        "PIL/_imagingft.*.so",
+        "pillow.libs/libfreetype-*",
+        "pillow.libs/libharfbuzz-*",
+        "pillow.libs/libbrotli*",
+        "pillow.libs/libpng16-*",
+        "PIL/_imagingcms.*.so",
+        "pillow.libs/liblcms2-*",
+        "PIL/_imagingtk.*.so",
+        "PIL/_imagingmath.*.so",
+        "PIL/_imagingmorph.*.so",
+    ),
+}
 DYNAMIC_IMPORTS = frozenset({"import_module", "__import__", "iter_modules", "walk_packages"})
 
 
@@ -233,6 +259,19 @@ def _pip_install(target: Path, requirements: Iterable[str]) -> None:
     shutil.rmtree(target / "bin", ignore_errors=True)
 
 
+def prune(layer: str, packages: Path) -> None:
+    """Delete the ``PRUNED`` parts of ``layer``; a pattern that no longer matches is reported."""
+    for pattern in PRUNED.get(layer, ()):
+        matches = list(packages.glob(pattern))
+        if not matches:
+            print(f"sam_build: {layer}Layer: nothing matches {pattern!r} any more (PRUNED in infra/sam_build.py)")
+        for path in matches:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
 def _copy_sources(name: str, artifacts: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(ROOT / "shared", artifacts / "shared", ignore=ignore, dirs_exist_ok=True)
@@ -290,6 +329,7 @@ def build_layer(layer: str, artifacts: Path) -> None:
     distributions = layer_distributions(layer)
     print(f"sam_build: {layer}Layer -> {artifacts} with {', '.join(distributions)}")
     _pip_install(artifacts / "python", distributions)
+    prune(layer, artifacts / "python")
     precompile(artifacts)
 
 

@@ -171,9 +171,10 @@ def test_each_function_is_its_code_and_the_layers_hold_the_dependencies(build: B
     dependencies = build.directory / "DependenciesLayer" / "python"
     assert (dependencies / "fastapi").is_dir()
     assert (dependencies / "mangum").is_dir()
-    for absent in ("PIL", "uvicorn", "boto3", "botocore", "pytest", "moto"):
+    for absent in ("PIL", "aws_lambda_powertools", "dns", "uvicorn", "boto3", "botocore", "pytest", "moto"):
         assert not (dependencies / absent).exists(), absent
     assert (build.directory / "PillowLayer" / "python" / "PIL").is_dir()
+    assert (build.directory / "PowertoolsLayer" / "python" / "aws_lambda_powertools").is_dir()
 
 
 def test_artifacts_stay_small(build: Build) -> None:
@@ -182,6 +183,41 @@ def test_artifacts_stay_small(build: Build) -> None:
         if artifact.is_dir():
             size = sum(path.stat().st_size for path in artifact.rglob("*") if path.is_file())
             assert size < 30_000_000, f"{artifact.name}: {size / 1e6:.1f} MB"
+
+
+PILLOW_CHECK = """
+import io, json
+from PIL import Image, ImageOps, features
+from shared.tasks.files import THUMBNAIL_TYPES, sniff
+sizes = {}
+for fmt in ("PNG", "JPEG", "GIF", "WEBP"):
+    source = io.BytesIO()
+    Image.new("RGB", (640, 480), (200, 40, 40)).save(source, fmt)
+    content_type = sniff(source.getvalue())
+    assert content_type in THUMBNAIL_TYPES, (fmt, content_type)
+    source.seek(0)
+    with Image.open(source) as opened:
+        image = ImageOps.exif_transpose(opened).convert("RGB")
+    image.thumbnail((128, 128))
+    out = io.BytesIO()
+    image.save(out, "WEBP", quality=80)
+    sizes[fmt] = Image.open(io.BytesIO(out.getvalue())).size
+print(json.dumps({"sizes": sizes, "avif": features.check("avif"), "freetype2": features.check("freetype2")}))
+"""
+
+
+def test_the_pruned_pillow_layer_still_thumbnails_every_accepted_type(build: Build) -> None:
+    """Without AVIF, fonts and colour management (infra/sam_build.py PRUNED), PNG/JPEG/GIF/WebP still become WebP."""
+    spec = build.function("worker")
+    sys_path = [build.directory / spec.logical_id, *(build.directory / layer / "python" for layer in spec.layers)]
+    python = lambda_python()
+    assert python, "no CPython 3.12 here (Lambda's python3.12 runtime): install one, e.g. with pyenv"
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": ":".join(map(str, [*sys_path, LAMBDA_RUNTIME]))}
+    result = subprocess.run([python, "-c", PILLOW_CHECK], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["sizes"] == {fmt: [128, 96] for fmt in ("PNG", "JPEG", "GIF", "WEBP")}
+    assert (report["avif"], report["freetype2"]) == (False, False)
 
 
 def test_notifications_answers_then_writes_the_log(invoke: Any, isolated_settings: Path) -> None:
