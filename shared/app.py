@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from shared import background
+from shared.body_limit import BodyLimitMiddleware
 from shared.logs import ensure_logging_configured
 from shared.request_id import RequestIdMiddleware
 from shared.root_path import RootPathMiddleware
@@ -24,16 +26,33 @@ async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def create_app(service: str, **fastapi_options: Any) -> FastAPI:
-    """A FastAPI app with structured logs, request ids, the task layer and ``/health``."""
+def create_app(
+    service: str,
+    *,
+    max_body_bytes: int | Callable[[], int] | None = None,
+    calls_aws: bool = False,
+    **fastapi_options: Any,
+) -> FastAPI:
+    """A FastAPI app with structured logs, request ids, the task layer and ``/health``.
+
+    ``max_body_bytes`` caps request bodies (413 as JSON). ``calls_aws`` answers AWS
+    throttling and outages with 503 and ``Retry-After``; only the functions that call
+    AWS in a request pay for importing botocore's exceptions at cold start.
+    """
     ensure_logging_configured(service)
     app = FastAPI(title=service, **fastapi_options)
     root_path = get_settings().api_root_path
     if root_path:
         app.add_middleware(RootPathMiddleware, prefix=root_path)
     background.install(app)
+    if max_body_bytes is not None:
+        app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(RequestIdMiddleware, service=service)
     app.add_exception_handler(Exception, _unhandled_error)
+    if calls_aws:
+        from shared.http_errors import install_aws_error_handler
+
+        install_aws_error_handler(app)
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, str]:

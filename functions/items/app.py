@@ -10,8 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from shared import aws
 from shared.app import create_app
-from shared.body_limit import BodyLimitMiddleware
-from shared.http_errors import error_responses, install_aws_error_handler
+from shared.http_errors import error_responses
 from shared.lambda_handler import make_handler
 from shared.settings import get_settings
 from shared.tasks import audit, search
@@ -24,9 +23,9 @@ if TYPE_CHECKING:
 app = create_app(
     "items",
     description="A catalogue with a DynamoDB search index, updated in the background after each write.",
+    max_body_bytes=64 * 1024,
+    calls_aws=True,
 )
-app.add_middleware(BodyLimitMiddleware, max_bytes=64 * 1024)
-install_aws_error_handler(app)
 
 ItemName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), SingleLine]
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32), SingleLine]

@@ -10,8 +10,7 @@ from pydantic import BaseModel
 
 from shared import aws
 from shared.app import create_app
-from shared.body_limit import BodyLimitMiddleware
-from shared.http_errors import error_responses, install_aws_error_handler
+from shared.http_errors import error_responses
 from shared.lambda_handler import make_handler
 from shared.logs import get_logger
 from shared.settings import get_settings
@@ -33,12 +32,6 @@ if TYPE_CHECKING:
 
 log = get_logger("functions.uploads")
 
-app = create_app(
-    "uploads",
-    description="File uploads stored in S3 at once; size, SHA-256, real type and thumbnails follow.",
-)
-install_aws_error_handler(app)
-
 MULTIPART_ENVELOPE_BYTES = 64 * 1024
 """Room for the multipart boundaries and part headers around the file itself."""
 
@@ -47,7 +40,12 @@ def body_limit() -> int:
     return get_settings().upload_max_bytes + MULTIPART_ENVELOPE_BYTES
 
 
-app.add_middleware(BodyLimitMiddleware, max_bytes=body_limit)
+app = create_app(
+    "uploads",
+    description="File uploads stored in S3 at once; size, SHA-256, real type and thumbnails follow.",
+    max_body_bytes=body_limit,
+    calls_aws=True,
+)
 
 
 class UploadAccepted(BaseModel):

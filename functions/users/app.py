@@ -10,8 +10,7 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
 from shared import aws
 from shared.app import create_app
-from shared.body_limit import BodyLimitMiddleware
-from shared.http_errors import error_responses, install_aws_error_handler
+from shared.http_errors import error_responses
 from shared.lambda_handler import make_handler
 from shared.settings import get_settings
 from shared.tasks import audit
@@ -21,9 +20,9 @@ from shared.validation import ResourceId, SingleLine, new_id
 app = create_app(
     "users",
     description="Registration with a welcome e-mail (SES) and an audit record, sent after the response.",
+    max_body_bytes=16 * 1024,
+    calls_aws=True,
 )
-app.add_middleware(BodyLimitMiddleware, max_bytes=16 * 1024)
-install_aws_error_handler(app)
 
 PersonName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), SingleLine]
 
