@@ -15,8 +15,8 @@ with ``ARTIFACTS_DIR`` set, and the Makefile runs this module:
         pillow (with the image libraries thumbnails use), aws-lambda-powertools: each only
         for the functions whose code imports it
 
-Parts of a layer that no function here uses are left out (``PRUNED``), to keep each
-function with its layers under 30 MB: Pillow's AVIF codec, font rendering, colour
+Parts of a layer that no function here uses are left out (``PRUNED``), to keep the
+artifacts small (``make bench`` reports each function with its layers): Pillow's AVIF codec, font rendering, colour
 management, Tk and ImageMath/ImageMorph support (thumbnails read PNG, JPEG, GIF and
 WebP and write WebP), and dnspython, which email-validator imports only to check that
 a domain receives mail (pydantic's ``EmailStr`` never asks it to). Code that needs one
