@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from typing import Any, TextIO
 
 import orjson
@@ -71,6 +72,26 @@ def _add_error_summary(_: WrappedLogger, __: str, event_dict: EventDict) -> Even
     return event_dict
 
 
+class _IsoTimestamp:
+    """``timestamp`` as ``TimeStamper(fmt="iso", utc=True)`` writes it, for half its cost.
+
+    The date and time of day are formatted once per second; each line adds its microseconds.
+    """
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1, "")
+
+    def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        now = time.time()
+        second, formatted = self._second
+        if int(now) != second:
+            second = int(now)
+            formatted = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, formatted)
+        event_dict["timestamp"] = f"{formatted}.{int((now - second) * 1_000_000):06d}Z"
+        return event_dict
+
+
 def _drop_below_root_level(_: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """Our events honour the root logger's level, as stdlib lines do, even when it changes later."""
     if NAME_TO_LEVEL[method_name] < logging.root.level:
@@ -117,7 +138,7 @@ def configure_logging(service: str | None = None, stream: TextIO | None = None, 
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _IsoTimestamp(),
         _add_service(service),
         _add_error_summary,
     ]

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared.logs import get_logger, mask_emails
 
 HEADER = "x-request-id"
+_HEADER_BYTES = HEADER.encode()
 _WELL_FORMED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
 
 log = get_logger("shared.request")
@@ -20,7 +21,7 @@ log = get_logger("shared.request")
 
 def _from_header(scope: Scope) -> str | None:
     for name, value in scope.get("headers", []):
-        if name == HEADER.encode():
+        if name == _HEADER_BYTES:
             candidate = value.decode("latin-1").strip()
             return candidate if _WELL_FORMED.fullmatch(candidate) else None
     return None
@@ -66,8 +67,8 @@ class RequestIdMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != HEADER.encode()]
-                message = {**message, "headers": [*headers, (HEADER.encode(), request_id.encode())]}
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != _HEADER_BYTES]
+                message = {**message, "headers": [*headers, (_HEADER_BYTES, request_id.encode())]}
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 log.info(
@@ -78,11 +79,13 @@ class RequestIdMiddleware:
                     duration_ms=round((time.perf_counter() - started) * 1000, 3),
                 )
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id, service=self.service):
-            try:
-                await self.app(scope, receive, send_with_id)
-            except Exception as exc:
-                # Logged here, where the request's context is still bound; Starlette's
-                # outermost ServerErrorMiddleware then answers with shared.app's JSON 500.
-                log.error("request.failed", exc_info=exc)
-                raise
+        bound = structlog.contextvars.bind_contextvars(request_id=request_id, service=self.service)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Logged here, where the request's context is still bound; Starlette's
+            # outermost ServerErrorMiddleware then answers with shared.app's JSON 500.
+            log.error("request.failed", exc_info=exc)
+            raise
+        finally:
+            structlog.contextvars.reset_contextvars(**bound)

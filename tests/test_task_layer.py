@@ -17,7 +17,7 @@ from shared.app import create_app
 from shared.background import TaskRejected, TaskRoute, install, task
 from shared.background.backends import InlineBackend
 from shared.background.task import QueuedTask
-from shared.logs import configure_logging
+from shared.logs import _IsoTimestamp, configure_logging
 from shared.settings import get_settings
 from tests.support.logs import LogCapture
 
@@ -147,6 +147,19 @@ def test_every_event_carries_the_schema(logs: LogCapture) -> None:
     assert completed[0]["status"] == 200
     assert completed[0]["request_id"] == "req-123"
     assert completed[0]["route"] == "/work"
+
+
+def test_timestamps_are_iso_utc_with_microseconds_and_follow_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    stamp = _IsoTimestamp()
+    clock = iter([1_700_000_000.5, 1_700_000_000.75, 1_700_000_001.25, 1_700_003_600.0])
+    monkeypatch.setattr("shared.logs.time.time", lambda: next(clock))
+    stamps = [stamp(None, "info", {})["timestamp"] for _ in range(4)]
+    assert stamps == [
+        "2023-11-14T22:13:20.500000Z",
+        "2023-11-14T22:13:20.750000Z",
+        "2023-11-14T22:13:21.250000Z",
+        "2023-11-14T23:13:20.000000Z",
+    ]
 
 
 def test_an_unrouted_path_is_logged_with_emails_masked(logs: LogCapture) -> None:
