@@ -15,12 +15,15 @@ with ``ARTIFACTS_DIR`` set, and the Makefile runs this module:
         pillow (with the image libraries thumbnails use), aws-lambda-powertools: each only
         for the functions whose code imports it
 
-Parts of a layer that no function here uses are left out (``PRUNED``), to keep the
-artifacts small (``make bench`` reports each function with its layers): Pillow's AVIF codec, font rendering, colour
-management, Tk and ImageMath/ImageMorph support (thumbnails read PNG, JPEG, GIF and
-WebP and write WebP), and dnspython, which email-validator imports only to check that
-a domain receives mail (pydantic's ``EmailStr`` never asks it to). Code that needs one
-of them takes it out of ``PRUNED``.
+Parts of a layer that no function here uses are left out (``PRUNED``), to keep each
+function with its layers under 30 MB (``make bench`` reports them): Pillow's AVIF codec,
+font rendering, colour management, Tk and ImageMath/ImageMorph support (thumbnails read
+PNG, JPEG, GIF and WebP and write WebP); dnspython, which email-validator imports only
+to check that a domain receives mail (pydantic's ``EmailStr`` never asks it to); and the
+Powertools utilities other than batch processing and idempotency (its REST event
+handler alone is 2.7 MB). A function whose code imports a pruned package fails the
+build with a message saying so: take the package out of ``PRUNED``. Compiled extension
+modules lose their symbol tables (``strip``), which wheels sometimes keep.
 
 Wheels are chosen for Lambda's CPython 3.12 on manylinux x86_64 whatever machine builds,
 and everything is compiled to bytecode with python3.12 when one is here (Lambda cannot
@@ -94,6 +97,23 @@ PRUNED = {
         "PIL/_imagingmath.*.so",
         "PIL/_imagingmorph.*.so",
     ),
+    "Powertools": (
+        "aws_lambda_powertools/event_handler",
+        *(
+            f"aws_lambda_powertools/utilities/{utility}"
+            for utility in (
+                "auth_alpha",
+                "circuit_breaker",
+                "data_masking",
+                "feature_flags",
+                "kafka",
+                "metadata",
+                "parameters",
+                "streaming",
+                "validation",
+            )
+        ),
+    ),
 }
 DYNAMIC_IMPORTS = frozenset({"import_module", "__import__", "iter_modules", "walk_packages"})
 
@@ -166,8 +186,8 @@ def _imports(path: Path) -> tuple[set[str], bool]:
     return modules, dynamic
 
 
-def imported_top_levels(entry: Path) -> set[str]:
-    """Third-party top-level module names reachable from ``entry`` through local imports.
+def imported_modules(entry: Path) -> set[str]:
+    """Third-party modules (dotted names) reachable from ``entry`` through local imports.
 
     A module that imports by name at run time (``importlib.import_module``,
     ``pkgutil.walk_packages``) could reach any module of ``shared/``, so then all of
@@ -193,8 +213,19 @@ def imported_top_levels(entry: Path) -> set[str]:
                     if found:
                         pending.append(found)
             elif top and top not in sys.stdlib_module_names and top != "__future__":
-                third_party.add(top)
+                third_party.add(module)
     return third_party
+
+
+def pruned_imports(entry: Path) -> list[str]:
+    """The packages ``PRUNED`` leaves out of a layer that ``entry``'s code imports from."""
+    pruned = [pattern.replace("/", ".") for patterns in PRUNED.values() for pattern in patterns if "*" not in pattern]
+    imported = imported_modules(entry)
+    return [
+        package
+        for package in pruned
+        if any(module == package or module.startswith(f"{package}.") for module in imported)
+    ]
 
 
 def locked_versions() -> dict[str, str]:
@@ -212,7 +243,7 @@ def imported_distributions(entry: Path) -> set[str]:
     providers = importlib.metadata.packages_distributions()
     locked = locked_versions()
     found: set[str] = set()
-    for top in sorted(imported_top_levels(entry)):
+    for top in sorted({module.partition(".")[0] for module in imported_modules(entry)}):
         distributions = {canonical(name) for name in providers.get(top, [])}
         if not distributions:
             print(f"sam_build: {top!r} is imported but not installed here; skipped (optional import?)", file=sys.stderr)
@@ -251,9 +282,10 @@ def layer_distributions(layer: str) -> list[str]:
 # --- building ---------------------------------------------------------------------------
 
 
-def _pip_install(target: Path, requirements: Iterable[str]) -> None:
+def _pip_install(target: Path, requirements: Iterable[str], *, with_dependencies: bool = True) -> None:
     source = ["--no-index", "--find-links", str(WHEELS)] if WHEELS.is_dir() else []
     pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--disable-pip-version-check"]
+    pip += [] if with_dependencies else ["--no-deps"]
     options = ["--target", str(target), "--upgrade", "-c", str(LOCK), *source, *platform_args()]
     subprocess.run([*pip, *options, *requirements], check=True)  # noqa: S603
     shutil.rmtree(target / "bin", ignore_errors=True)
@@ -272,6 +304,22 @@ def prune(layer: str, packages: Path) -> None:
                 path.unlink()
 
 
+def strip_extensions(packages: Path) -> None:
+    """Drop the symbol tables of compiled extension modules: nothing on Lambda reads them.
+
+    Some wheels ship them (Pillow's ``_imaging`` is 3.5 MB with them, 0.8 MB without).
+    Without GNU ``strip`` here the layer keeps them: bigger, working the same.
+    """
+    strip = shutil.which("strip")
+    if strip is None:
+        print("sam_build: no `strip` here; extension modules keep their symbol tables")
+        return
+    for extension in sorted([*packages.rglob("*.cpython-*.so"), *packages.rglob("*.abi3.so")]):
+        result = subprocess.run([strip, "--strip-unneeded", str(extension)], capture_output=True, text=True)  # noqa: S603
+        if result.returncode != 0:
+            print(f"sam_build: {extension.relative_to(packages)} left as it is: {result.stderr.strip()}")
+
+
 def _copy_sources(name: str, artifacts: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(ROOT / "shared", artifacts / "shared", ignore=ignore, dirs_exist_ok=True)
@@ -280,14 +328,18 @@ def _copy_sources(name: str, artifacts: Path) -> None:
     shutil.copytree(ROOT / "functions" / name, artifacts / "functions" / name, ignore=ignore, dirs_exist_ok=True)
 
 
-def _is_python312(candidate: str) -> bool:
+def _python312_executable(candidate: str) -> str | None:
+    """The interpreter's own path (not a pyenv shim's, which depends on the environment)."""
     try:
         result = subprocess.run(  # noqa: S603
-            [candidate, "-c", "import sys; print(sys.version_info[:2] == (3, 12))"], capture_output=True, text=True
+            [candidate, "-c", "import sys; print(sys.version_info[:2] == (3, 12), sys.executable)"],
+            capture_output=True,
+            text=True,
         )
     except OSError:
-        return False
-    return result.stdout.strip() == "True"
+        return None
+    is_312, _, executable = result.stdout.strip().partition(" ")
+    return executable if is_312 == "True" else None
 
 
 def lambda_python() -> str | None:
@@ -299,7 +351,7 @@ def lambda_python() -> str | None:
     candidates = [os.environ.get("LAMBDA_PYTHON", "python3.12")]
     pyenv_root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
     candidates += sorted(map(str, Path(pyenv_root).glob("versions/3.12.*/bin/python3.12")), reverse=True)
-    return next((candidate for candidate in candidates if _is_python312(candidate)), None)
+    return next(filter(None, map(_python312_executable, candidates)), None)
 
 
 def precompile(artifacts: Path) -> None:
@@ -318,6 +370,12 @@ def precompile(artifacts: Path) -> None:
 def build_function(logical_name: str, artifacts: Path) -> None:
     folder = function_dir(logical_name)
     imported_distributions(folder / "app.py")  # fails on an import that is not a runtime dependency
+    pruned = pruned_imports(folder / "app.py")
+    if pruned:
+        raise SystemExit(
+            f"functions/{folder.name} imports from {', '.join(pruned)}, which its layers leave out: "
+            "take it out of PRUNED in infra/sam_build.py"
+        )
     artifacts.mkdir(parents=True, exist_ok=True)
     print(f"sam_build: functions/{folder.name} -> {artifacts}")
     _copy_sources(folder.name, artifacts)
@@ -325,11 +383,17 @@ def build_function(logical_name: str, artifacts: Path) -> None:
 
 
 def build_layer(layer: str, artifacts: Path) -> None:
-    """Lambda puts a layer's ``python/`` directory on ``sys.path``."""
+    """Lambda puts a layer's ``python/`` directory on ``sys.path``.
+
+    A gated layer holds its distributions alone: what they depend on comes from the
+    Dependencies layer or the runtime (Powertools: typing-extensions, jmespath), since
+    layers unpack into the same directory and a second copy would only overwrite the first.
+    """
     distributions = layer_distributions(layer)
     print(f"sam_build: {layer}Layer -> {artifacts} with {', '.join(distributions)}")
-    _pip_install(artifacts / "python", distributions)
+    _pip_install(artifacts / "python", distributions, with_dependencies=layer == SHARED_LAYER)
     prune(layer, artifacts / "python")
+    strip_extensions(artifacts / "python")
     precompile(artifacts)
 
 
@@ -340,6 +404,7 @@ def prepare() -> None:
     subprocess.run([*pip, "--dest", str(WHEELS), *platform_args(), "-r", str(LOCK)], check=True)  # noqa: S603
     shutil.rmtree(RUNTIME, ignore_errors=True)
     _pip_install(RUNTIME, RUNTIME_DISTRIBUTIONS)
+    precompile(RUNTIME)  # as the runtime's read-only copy of the SDK must be, or every cold start compiles it
 
 
 def main(argv: list[str] | None = None) -> None:

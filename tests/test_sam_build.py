@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -24,8 +25,10 @@ from typing import Any
 
 import boto3
 import pytest
+from packaging.requirements import Requirement
 
-from infra.sam_build import lambda_python
+from infra import sam_build
+from infra.sam_build import GATED_LAYERS, SHARED_LAYER, canonical, lambda_python, pruned_imports
 from shared.settings import Settings
 from tests.support.runtime_api import Invocation, lambda_environment, load_event
 from tests.support.sam import (
@@ -177,12 +180,33 @@ def test_each_function_is_its_code_and_the_layers_hold_the_dependencies(build: B
     assert (build.directory / "PowertoolsLayer" / "python" / "aws_lambda_powertools").is_dir()
 
 
-def test_artifacts_stay_small(build: Build) -> None:
-    """Each deployable artifact (function or layer) under 30 MB unzipped."""
-    for artifact in build.directory.iterdir():
-        if artifact.is_dir():
-            size = sum(path.stat().st_size for path in artifact.rglob("*") if path.is_file())
-            assert size < 30_000_000, f"{artifact.name}: {size / 1e6:.1f} MB"
+def test_a_gated_layer_holds_its_own_distributions_and_finds_their_dependencies(build: Build) -> None:
+    """Layers unpack into one directory: Powertools' typing-extensions comes from the Dependencies layer only."""
+    shared_layer = build.directory / f"{SHARED_LAYER}Layer" / "python"
+    elsewhere = {
+        canonical(distribution.metadata["Name"])
+        for distribution in importlib.metadata.distributions(path=[str(shared_layer), str(LAMBDA_RUNTIME)])
+    }
+    for layer, own in GATED_LAYERS.items():
+        packages = build.directory / f"{layer}Layer" / "python"
+        installed = list(importlib.metadata.distributions(path=[str(packages)]))
+        assert {canonical(distribution.metadata["Name"]) for distribution in installed} == own
+        for distribution in installed:
+            for requirement in map(Requirement, distribution.requires or []):
+                if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                    assert canonical(requirement.name) in elsewhere, f"{layer}Layer needs {requirement}"
+
+
+def test_each_function_with_its_layers_stays_under_30_mb(build: Build) -> None:
+    """What Lambda unpacks for a function: its own code and every layer it uses."""
+
+    def size(artifact: Path) -> int:
+        return sum(path.stat().st_size for path in artifact.rglob("*") if path.is_file())
+
+    for name in function_folders():
+        spec = build.function(name)
+        total = size(build.directory / spec.logical_id) + sum(size(build.directory / layer) for layer in spec.layers)
+        assert total < 30_000_000, f"{spec.logical_id} with {', '.join(spec.layers)}: {total / 1e6:.1f} MB"
 
 
 PILLOW_CHECK = """
@@ -218,6 +242,28 @@ def test_the_pruned_pillow_layer_still_thumbnails_every_accepted_type(build: Bui
     report = json.loads(result.stdout)
     assert report["sizes"] == {fmt: [128, 96] for fmt in ("PNG", "JPEG", "GIF", "WEBP")}
     assert (report["avif"], report["freetype2"]) == (False, False)
+
+
+def test_a_function_importing_a_pruned_package_fails_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The layers leave out PRUNED packages: code reaching one (here through shared/) must not deploy."""
+    for name in function_folders():
+        assert pruned_imports(ROOT / "functions" / name / "app.py") == [], name
+    project = tmp_path / "project"
+    (project / "functions" / "probe").mkdir(parents=True)
+    (project / "shared").mkdir()
+    (project / "functions" / "__init__.py").write_text("")
+    (project / "functions" / "probe" / "app.py").write_text("from shared.routes import router\n")
+    (project / "shared" / "__init__.py").write_text("")
+    (project / "shared" / "routes.py").write_text(
+        "from aws_lambda_powertools.event_handler import APIGatewayHttpResolver\n"
+        "from aws_lambda_powertools.utilities.batch import BatchProcessor\n"
+    )
+    monkeypatch.setattr(sam_build, "ROOT", project)
+
+    assert pruned_imports(project / "functions" / "probe" / "app.py") == ["aws_lambda_powertools.event_handler"]
+    with pytest.raises(SystemExit, match=r"functions/probe imports from aws_lambda_powertools\.event_handler.*PRUNED"):
+        sam_build.build_function("Probe", tmp_path / "artifacts")
+    assert not (tmp_path / "artifacts").exists()
 
 
 def test_notifications_answers_then_writes_the_log(invoke: Any, isolated_settings: Path) -> None:
