@@ -151,7 +151,7 @@ def deployed_layout(workdir: Path, names: list[str]) -> Layout | str:
     """The modules as ``sam build`` lays them out, or why that is not possible here."""
     from cfnlint.decode.cfn_yaml import loads  # type: ignore[import-untyped]
 
-    from infra.sam_build import RUNTIME, SHARED_LAYER, lambda_python
+    from infra.sam_build import RUNTIME, SHARED_LAYER, lambda_python, precompile
 
     python = lambda_python()
     if python is None:
@@ -162,6 +162,7 @@ def deployed_layout(workdir: Path, names: list[str]) -> Layout | str:
     built, how = artifacts.sam_build(workdir)
     if not built:
         return how
+    precompile(RUNTIME)  # `prepare` does it; a stand-in installed before it did would compile boto3 at every import
     build = artifacts.build_directory(workdir)
     template = loads((build / "template.yaml").read_text())
     deployed = _functions_of(template)
@@ -189,7 +190,7 @@ def deployed_layout(workdir: Path, names: list[str]) -> Layout | str:
     description = (
         f"Imported as deployed: each function's `sam build` directory ({how}) as the working directory and first "
         "on `sys.path`, then its layers' `python/` and the runtime's packages (`.venv-lambda/runtime`: awslambdaric, "
-        f"boto3), under `{Path(python).name}` "
+        f"boto3; precompiled, as Lambda's read-only copy must be), under `{Path(python).name}` "
         f"{_version(python)}, with the template's environment (parameters at their defaults). Baseline: "
         f"`{BASELINE}` in its own precompiled directory, on the same interpreter and the same {SHARED_LAYER} layer."
     )
