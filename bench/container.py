@@ -288,8 +288,10 @@ def _target(cheap: Scenario, connections: int) -> Target:
     template = next(v for v in cheap.variants if v.role == "template")
     baseline = next(v for v in cheap.variants if v.role == "baseline")
     diagnostic = next((v for v in cheap.variants if v.role == "diagnostic"), None)
-    measured = median(round_ratios(template, baseline, connections))
+    rounds = round_ratios(template, baseline, connections)
+    measured = median(rounds)
     met = None if math.isnan(measured) else measured >= 0.9
+    spread = f"; rounds {fmt_ratio(min(rounds))} to {fmt_ratio(max(rounds))}" if len(rounds) > 1 else ""
     cpu_ours = template.median_of(connections, "cpu_us_per_request")
     cpu_theirs = baseline.median_of(connections, "cpu_us_per_request")
     why = (
@@ -314,7 +316,7 @@ def _target(cheap: Scenario, connections: int) -> Target:
         name="(2) container throughput, cheap task",
         goal=">= 0.9x bare FastAPI (req/s, same worker settings)",
         measured=f"{fmt_ratio(measured)} ({fmt(template.median_of(connections, 'rps'), 0)} vs "
-        f"{fmt(baseline.median_of(connections, 'rps'), 0)} req/s, {connections} connections)",
+        f"{fmt(baseline.median_of(connections, 'rps'), 0)} req/s, {connections} connections{spread})",
         met=met,
         why=why + ".",
     )
