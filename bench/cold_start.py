@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cfnlint.decode.cfn_yaml import loads  # type: ignore[import-untyped]
+
 from bench import artifacts
 from bench.env import PYTHON, ROOT, child_env, progress
 from bench.model import Distribution, Section, Table, Target, fmt, fmt_ratio, median, percentile, ratio
@@ -97,10 +99,8 @@ class Layout:
 
 
 def function_modules() -> list[str]:
-    """``functions.<name>.app`` for every function that has an ``app.py``."""
-    return [
-        f"functions.{path.parent.name}.app" for path in sorted((ROOT / "functions").glob("*/app.py")) if path.is_file()
-    ]
+    """Each function's handler module, as ``template.yaml`` names it (the worker's is not its app.py)."""
+    return sorted(_functions_of(loads((ROOT / "template.yaml").read_text())))
 
 
 # --- where the modules come from ----------------------------------------------------------
@@ -149,8 +149,6 @@ def _baseline_root(workdir: Path) -> Path:
 
 def deployed_layout(workdir: Path, names: list[str]) -> Layout | str:
     """The modules as ``sam build`` lays them out, or why that is not possible here."""
-    from cfnlint.decode.cfn_yaml import loads  # type: ignore[import-untyped]
-
     from infra.sam_build import RUNTIME, SHARED_LAYER, lambda_python, precompile
 
     python = lambda_python()

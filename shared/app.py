@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from shared import background
+from shared.background.app import install as install_task_layer
 from shared.body_limit import BodyLimitMiddleware
 from shared.logs import ensure_logging_configured
 from shared.request_id import RequestIdMiddleware
@@ -44,7 +44,7 @@ def create_app(
     root_path = get_settings().api_root_path
     if root_path:
         app.add_middleware(RootPathMiddleware, prefix=root_path)
-    background.install(app)
+    install_task_layer(app)
     if max_body_bytes is not None:
         app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(RequestIdMiddleware, service=service)

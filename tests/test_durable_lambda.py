@@ -58,7 +58,7 @@ def test_api_function_sends_before_the_freeze_and_worker_function_reports_only_i
     [poison_message] = durable.receive()
     event = durable.event([message, poison_message])
     worker_env = {**env, "TASK_BACKEND": "inline", "TASK_MODULES": "shared.tasks,tests.support.sqs_tasks"}
-    with lambda_environment("functions.worker.app.handler", env=worker_env) as worker:
+    with lambda_environment("functions.worker.sqs.handler", env=worker_env) as worker:
         result = worker.invoke(event).wait_free()
         worker_logs = worker.logs()
 

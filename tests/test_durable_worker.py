@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,22 @@ from shared.background.task import QueuedTask
 from shared.worker import Worker, make_sqs_handler
 from tests.support import sqs_tasks
 from tests.support.logs import LogCapture
+from tests.support.servers import ROOT
 from tests.support.sqs_queues import DurableAws, FakeLambdaContext, durable_aws, executor_from_settings
 
 EMAIL = "jane.doe@example.com"
+
+
+def test_the_lambda_entry_imports_no_fastapi() -> None:
+    """Lambda imports ``functions.worker.sqs`` (template.yaml): SQS events need no web framework."""
+    probe = (
+        "import sys, functions.worker.sqs\n"
+        "print(sorted({name.partition('.')[0] for name in sys.modules} & {'fastapi', 'mangum'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
 
 
 @pytest.fixture

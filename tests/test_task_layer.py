@@ -14,7 +14,8 @@ from fastapi import BackgroundTasks, FastAPI
 from fastapi.testclient import TestClient
 
 from shared.app import create_app
-from shared.background import TaskRejected, TaskRoute, install, task
+from shared.background import TaskRejected, task
+from shared.background.app import TaskRoute, install
 from shared.background.backends import InlineBackend
 from shared.background.task import QueuedTask
 from shared.logs import _IsoTimestamp, configure_logging

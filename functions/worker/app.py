@@ -1,8 +1,9 @@
 """Worker: runs durable tasks from the SQS queue (docs/durable-tasks.md).
 
 ``handler`` is the Lambda handler of the queue's event source mapping (SQS events,
-not HTTP). ``app`` serves ``/health`` and ``/queue`` (the queue's and its dead-letter
-queue's depth) for a container deployment, next to ``python -m functions.worker``.
+not HTTP), defined in ``sqs.py`` so that Lambda can import it without FastAPI. ``app``
+serves ``/health`` and ``/queue`` (the queue's and its dead-letter queue's depth) for a
+container deployment, next to ``python -m functions.worker``.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import HTTPException, status
 from pydantic import BaseModel
 
+from functions.worker.sqs import handler
 from shared import aws
 from shared.app import create_app
 from shared.settings import get_settings
-from shared.worker import make_sqs_handler
+
+__all__ = ["app", "handler"]
 
 app = create_app("worker")
 
@@ -64,6 +67,3 @@ def queue_status() -> QueueStatus:
     except (BotoCoreError, ClientError) as exc:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"SQS: {exc}") from exc
     return QueueStatus(queue=depth, dead_letter_queue=dead_letter, max_receive_count=max_receive_count)
-
-
-handler = make_sqs_handler()

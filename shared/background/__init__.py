@@ -1,22 +1,19 @@
 """The background-task layer: FastAPI's ``BackgroundTasks``, run safely everywhere.
 
-An app opts in with one call, ``install(app)`` (``shared.app.create_app`` does it).
-Endpoints keep calling ``background_tasks.add_task(func, *args, **kwargs)``.
+An app opts in with one call, ``shared.background.app.install(app)``
+(``shared.app.create_app`` does it). Endpoints keep calling
+``background_tasks.add_task(func, *args, **kwargs)``. Only ``app`` and ``routing``
+import FastAPI: the SQS worker runs tasks through this package without it.
 """
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
-
 from shared.background.backends import Backend, InlineBackend, TaskRejected
 from shared.background.executor import TaskExecutor
 from shared.background.registry import task
-from shared.background.routing import TaskRoute
 from shared.settings import Settings, get_settings, running_on_lambda
 
-__all__ = ["Backend", "TaskExecutor", "TaskRejected", "TaskRoute", "install", "local_backend", "task"]
+__all__ = ["Backend", "TaskExecutor", "TaskRejected", "build_executor", "local_backend", "task"]
 
 
 def local_backend(settings: Settings) -> Backend:
@@ -39,27 +36,4 @@ def build_executor(settings: Settings | None = None) -> TaskExecutor:
         from shared.background.sqs import route_durable_tasks
 
         route_durable_tasks(executor, settings)
-    return executor
-
-
-async def _task_rejected(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(
-        status_code=500,
-        content={"detail": f"background task rejected: {exc}"},
-    )
-
-
-def install(app: FastAPI, executor: TaskExecutor | None = None) -> TaskExecutor:
-    """Run every background task of ``app`` through the task layer.
-
-    Call it before declaring routes (routers: ``APIRouter(route_class=TaskRoute)``);
-    routes declared earlier would bypass the layer, so they are refused loudly.
-    """
-    unmanaged = [route.path for route in app.routes if isinstance(route, APIRoute) and not isinstance(route, TaskRoute)]
-    if unmanaged:
-        raise RuntimeError(f"install() must come before these routes are declared: {unmanaged}")
-    executor = executor or build_executor()
-    app.router.route_class = TaskRoute
-    app.state.task_executor = executor
-    app.add_exception_handler(TaskRejected, _task_rejected)
     return executor

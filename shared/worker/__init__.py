@@ -1,7 +1,7 @@
 """The durable-task worker: runs the task messages ``shared.background.sqs`` sends.
 
 - on Lambda: ``make_sqs_handler()`` is the handler of an SQS event source mapping
-  (``functions/worker/app.py``), with ``ReportBatchItemFailures`` enabled;
+  (``functions/worker/sqs.py``), with ``ReportBatchItemFailures`` enabled;
 - in a container: ``python -m shared.worker`` long-polls ``TASK_QUEUE_URL``.
 """
 
@@ -12,6 +12,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 
+from shared.logs import ensure_logging_configured
 from shared.worker.poller import Poller
 from shared.worker.processing import RemainingTime, Worker, import_task_modules
 
@@ -26,6 +27,7 @@ def make_sqs_handler(worker: Callable[[], Worker] | None = None) -> SqsHandler:
     Building it creates the DynamoDB client of the idempotency store; deferring that
     keeps it out of the init phase (and out of tests that only import the module).
     """
+    ensure_logging_configured("worker")
     built: list[Worker] = []
 
     def handler(event: dict[str, Any], context: RemainingTime) -> PartialItemFailureResponse:
