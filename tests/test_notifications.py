@@ -112,5 +112,17 @@ def test_concurrent_appends_never_interleave(notification_log: Path) -> None:
     assert all(line.startswith("notification for user") and line.endswith(": " + "x" * 500) for line in lines)
 
 
+def test_a_missing_notification_log_directory_is_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.settings import get_settings
+    from shared.tasks.notifications import write_notification
+
+    nested = tmp_path / "logs" / "today" / "notifications.log"
+    monkeypatch.setenv("NOTIFICATION_LOG_PATH", str(nested))
+    get_settings.cache_clear()
+    write_notification(EMAIL, message="first")
+    write_notification(EMAIL, message="second")
+    assert nested.read_text() == f"notification for {EMAIL}: first\nnotification for {EMAIL}: second\n"
+
+
 def test_health(notifications_client: TestClient) -> None:
     assert notifications_client.get("/health").json() == {"status": "ok", "service": "notifications"}
