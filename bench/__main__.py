@@ -46,7 +46,7 @@ class Counts:
     durable_warmup: int
 
 
-FULL = Counts(40, 2, 3, 2.0, 0.5, (8, 1), 12, True, None, 1000, 5, 100, 10)
+FULL = Counts(40, 2, 5, 2.0, 0.5, (8, 1), 12, True, None, 1000, 5, 100, 10)
 QUICK = Counts(1, 1, 1, 0.3, 0.1, (2,), 1, False, ["functions.notifications.app"], 50, 2, 5, 1)
 
 
