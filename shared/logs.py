@@ -23,7 +23,29 @@ from shared.settings import get_settings
 
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*(@|%40)([A-Za-z0-9.-]+)")  # also URL-quoted
 
-get_logger = structlog.get_logger
+
+class _ModuleLogger:
+    """A module-level logger: structlog's lazy logger that also keeps each method it looks up.
+
+    With ``cache_logger_on_first_use`` structlog keeps the assembled logger, but still
+    reaches every ``log.info`` through a ``__getattr__``; keeping the method skips that.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, method_name: str) -> Any:
+        if method_name.startswith("_"):
+            raise AttributeError(method_name)
+        method = getattr(structlog.get_logger(self._name), method_name)
+        if structlog.get_config()["cache_logger_on_first_use"]:
+            setattr(self, method_name, method)
+        return method
+
+
+def get_logger(name: str) -> Any:
+    """A logger for module level: assembled on first use, after ``configure_logging``."""
+    return _ModuleLogger(name)
 
 
 def mask_emails(value: Any) -> Any:
@@ -82,13 +104,12 @@ class _IsoTimestamp:
         self._second: tuple[int, str] = (-1, "")
 
     def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-        now = time.time()
-        second, formatted = self._second
-        if int(now) != second:
-            second = int(now)
+        second, microsecond = divmod(time.time_ns() // 1000, 1_000_000)
+        cached_second, formatted = self._second
+        if second != cached_second:
             formatted = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = (second, formatted)
-        event_dict["timestamp"] = f"{formatted}.{int((now - second) * 1_000_000):06d}Z"
+        event_dict["timestamp"] = f"{formatted}.{microsecond:06d}Z"
         return event_dict
 
 

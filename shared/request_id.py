@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 import structlog
@@ -44,7 +44,7 @@ def _where(scope: Scope) -> dict[str, str]:
 
 
 def resolve_request_id(scope: Scope) -> str:
-    return _from_header(scope) or _from_api_gateway(scope) or uuid.uuid4().hex
+    return _from_header(scope) or _from_api_gateway(scope) or os.urandom(16).hex()
 
 
 class RequestIdMiddleware:

@@ -18,7 +18,7 @@ from shared.background import TaskRejected, task
 from shared.background.app import TaskRoute, install
 from shared.background.backends import InlineBackend
 from shared.background.task import QueuedTask
-from shared.logs import _IsoTimestamp, configure_logging
+from shared.logs import _IsoTimestamp, configure_logging, get_logger
 from shared.settings import get_settings
 from tests.support.logs import LogCapture
 
@@ -152,8 +152,10 @@ def test_every_event_carries_the_schema(logs: LogCapture) -> None:
 
 def test_timestamps_are_iso_utc_with_microseconds_and_follow_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     stamp = _IsoTimestamp()
-    clock = iter([1_700_000_000.5, 1_700_000_000.75, 1_700_000_001.25, 1_700_003_600.0])
-    monkeypatch.setattr("shared.logs.time.time", lambda: next(clock))
+    clock = iter(
+        [1_700_000_000_500_000_000, 1_700_000_000_750_000_000, 1_700_000_001_250_000_000, 1_700_003_600_000_000_000]
+    )
+    monkeypatch.setattr("shared.logs.time.time_ns", lambda: next(clock))
     stamps = [stamp(None, "info", {})["timestamp"] for _ in range(4)]
     assert stamps == [
         "2023-11-14T22:13:20.500000Z",
@@ -161,6 +163,21 @@ def test_timestamps_are_iso_utc_with_microseconds_and_follow_the_clock(monkeypat
         "2023-11-14T22:13:21.250000Z",
         "2023-11-14T23:13:20.000000Z",
     ]
+
+
+def test_module_loggers_follow_the_configuration_until_they_cache_it() -> None:
+    first, second, third = LogCapture(), LogCapture(), LogCapture()
+    log = get_logger("tests.module_logger")  # before any configuration, as at import time
+    configure_logging("tests", stream=first.stream, cache_loggers=False)
+    log.info("one")
+    configure_logging("tests", stream=second.stream, cache_loggers=True)
+    log.info("two")
+    configure_logging("tests", stream=third.stream, cache_loggers=False)
+    log.info("three")
+
+    assert [e["event"] for e in first.events] == ["one"]
+    assert [e["event"] for e in second.events] == ["two", "three"]
+    assert third.events == []
 
 
 def test_an_unrouted_path_is_logged_with_emails_masked(logs: LogCapture) -> None:

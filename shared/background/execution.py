@@ -7,13 +7,13 @@ next task still runs: plain Starlette would skip every task after the first fail
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import anyio.to_thread
-from starlette._utils import is_async_callable
 
 from shared.background.task import QueuedTask
 from shared.logs import get_logger, mask_emails
@@ -40,7 +40,7 @@ def task_fields(task: QueuedTask, backend: str) -> dict[str, Any]:
 
 
 async def _call(task: QueuedTask) -> None:
-    if is_async_callable(task.func):
+    if task.is_async:
         await task.func(*task.args, **task.kwargs)
     else:
         # abandon_on_cancel: a timed-out sync task cannot be stopped, but we stop waiting for it.
@@ -69,8 +69,10 @@ async def run_task(task: QueuedTask, backend: str, deadline: float | None = None
     def elapsed_ms() -> float:
         return round((time.perf_counter() - started) * 1000, 3)
 
+    # asyncio.timeout(None) costs as much as a real limit; most tasks have none.
+    limit = asyncio.timeout(time_left) if time_left is not None else contextlib.nullcontext()
     try:
-        async with asyncio.timeout(time_left):
+        async with limit:
             await _call(task)
     except TimeoutError:
         log.error("task.timed_out", **fields, started=True, duration_ms=elapsed_ms(), timeout_s=time_left)
