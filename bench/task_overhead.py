@@ -232,7 +232,7 @@ def _section(tasks: list[Variant], whole: list[Variant], requests: int, rounds: 
             f"{group}: the layer adds {fmt(median(layer.samples_us) - base, 1)} us per task, of which "
             f"{fmt(logging_us, 1)} us is its three log lines (task.queued, task.started, task.succeeded; "
             f"about {fmt(logging_us / 3, 1)} us each) and {fmt(median(quiet.samples_us) - base, 1)} us the rest "
-            "(QueuedTask and its id, isolation, timeout scope, the filtered log calls)."
+            "(QueuedTask and its id, isolation, the timeout check, the filtered log calls)."
         )
     per_request = Table(
         f"Whole request, in-process ASGI call of `POST {EMAIL_PATH}` (CPU microseconds)",
