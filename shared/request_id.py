@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.ids import new_id
 from shared.logs import get_logger, mask_emails
 
 HEADER = "x-request-id"
@@ -44,7 +44,7 @@ def _where(scope: Scope) -> dict[str, str]:
 
 
 def resolve_request_id(scope: Scope) -> str:
-    return _from_header(scope) or _from_api_gateway(scope) or os.urandom(16).hex()
+    return _from_header(scope) or _from_api_gateway(scope) or new_id()
 
 
 class RequestIdMiddleware:

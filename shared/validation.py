@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import unicodedata
-import uuid
 from typing import Annotated
 
 from fastapi import Path
@@ -11,10 +10,6 @@ from pydantic import AfterValidator
 
 ID_PATTERN = r"^[0-9a-f]{32}$"
 _LINE_BREAKS = frozenset("\n\r\t")
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
 
 
 def _reject_control(value: str, allowed: frozenset[str]) -> str:

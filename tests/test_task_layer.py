@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from datetime import datetime
@@ -18,8 +19,10 @@ from shared.background import TaskRejected, task
 from shared.background.app import TaskRoute, install
 from shared.background.backends import InlineBackend
 from shared.background.task import QueuedTask
+from shared.ids import new_id
 from shared.logs import _IsoTimestamp, configure_logging, get_logger
 from shared.settings import get_settings
+from shared.validation import ID_PATTERN
 from tests.support.logs import LogCapture
 
 EMAIL = "jane.doe@example.com"
@@ -178,6 +181,12 @@ def test_module_loggers_follow_the_configuration_until_they_cache_it() -> None:
     assert [e["event"] for e in first.events] == ["one"]
     assert [e["event"] for e in second.events] == ["two", "three"]
     assert third.events == []
+
+
+def test_new_ids_are_distinct_and_fit_the_resource_id_pattern() -> None:
+    ids = {new_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(re.fullmatch(ID_PATTERN, value) for value in ids)
 
 
 def test_an_unrouted_path_is_logged_with_emails_masked(logs: LogCapture) -> None:

@@ -11,11 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from shared import aws
 from shared.app import create_app
 from shared.http_errors import error_responses
+from shared.ids import new_id
 from shared.lambda_handler import make_handler
 from shared.settings import get_settings
 from shared.tasks import audit, search
 from shared.tasks.email import send_item_created
-from shared.validation import MultiLine, ResourceId, SingleLine, new_id
+from shared.validation import MultiLine, ResourceId, SingleLine
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import Table

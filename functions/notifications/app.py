@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any
 
 from fastapi import BackgroundTasks, Depends, Request, status
@@ -11,6 +10,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse
 
 from shared.app import create_app
+from shared.ids import new_id
 from shared.lambda_handler import make_handler
 from shared.tasks.notifications import (
     process_data,
@@ -92,7 +92,7 @@ class ProcessAccepted(BaseModel):
 
 @app.post("/process", status_code=status.HTTP_202_ACCEPTED)
 async def process(body: ProcessRequest, background_tasks: BackgroundTasks) -> ProcessAccepted:
-    job_id = uuid.uuid4().hex
+    job_id = new_id()
     background_tasks.add_task(process_data_async if body.run_async else process_data, job_id, body.data)
     return ProcessAccepted(status="processing started", job_id=job_id)
 

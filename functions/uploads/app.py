@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from shared import aws
 from shared.app import create_app
 from shared.http_errors import error_responses
+from shared.ids import new_id
 from shared.lambda_handler import make_handler
 from shared.logs import get_logger
 from shared.settings import get_settings
@@ -25,7 +26,7 @@ from shared.tasks.files import (
     sniff,
     store_stream,
 )
-from shared.validation import ResourceId, new_id
+from shared.validation import ResourceId
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import Table

@@ -11,11 +11,12 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 from shared import aws
 from shared.app import create_app
 from shared.http_errors import error_responses
+from shared.ids import new_id
 from shared.lambda_handler import make_handler
 from shared.settings import get_settings
 from shared.tasks import audit
 from shared.tasks.email import send_welcome_email
-from shared.validation import ResourceId, SingleLine, new_id
+from shared.validation import ResourceId, SingleLine
 
 app = create_app(
     "users",

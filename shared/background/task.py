@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +10,7 @@ from starlette._utils import is_async_callable
 from starlette.background import BackgroundTask
 
 from shared.background.registry import registered_name, task_options
+from shared.ids import new_id
 
 
 def qualified_name(func: Callable[..., Any]) -> str:
@@ -29,8 +29,7 @@ class QueuedTask:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     name: str
-    # 32 hex digits like uuid4().hex, without building a UUID: a few µs on every task.
-    task_id: str = field(default_factory=lambda: os.urandom(16).hex())
+    task_id: str = field(default_factory=new_id)
     attempt: int = 1
     timeout: float | None = None
     is_async: bool | None = None  # None: worked out from ``func`` (Starlette's tasks know already)

@@ -11,7 +11,6 @@ only ``dynamodb:PutItem`` (and ``Query`` to read) on this table to make that a r
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypedDict
@@ -21,6 +20,7 @@ from botocore.exceptions import ClientError
 
 from shared import aws
 from shared.background import task
+from shared.ids import new_id
 from shared.logs import get_logger
 from shared.settings import get_settings
 
@@ -44,7 +44,7 @@ def stamp() -> Stamp:
     the record's key the same on every retry of the task, and its time the action's.
     """
     return Stamp(
-        event_id=uuid.uuid4().hex,
+        event_id=new_id(),
         occurred_at=utc_now(),
         request_id=structlog.contextvars.get_contextvars().get("request_id"),
     )
@@ -67,7 +67,7 @@ def record(
     request_id: str | None = None,
 ) -> bool:
     """Append one record; False when this ``event_id`` was recorded before."""
-    event_id = event_id or uuid.uuid4().hex
+    event_id = event_id or new_id()
     occurred_at = occurred_at or utc_now()
     context = structlog.contextvars.get_contextvars()
     item: dict[str, Any] = {

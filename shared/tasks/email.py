@@ -7,12 +7,11 @@ of the notifications function, for a laptop without any AWS at all.
 
 from __future__ import annotations
 
-import uuid
-
 from botocore.exceptions import ClientError
 
 from shared import aws
 from shared.background import task
+from shared.ids import new_id
 from shared.logs import get_logger, mask_emails
 from shared.settings import get_settings
 from shared.tasks import notification_log
@@ -30,7 +29,7 @@ def deliver(to: str, subject: str, body: str) -> str:
     if settings.mail_backend == "log":
         one_line = " ".join(body.split())
         notification_log.append(f"email to {to}: [{subject}] {one_line}\n")
-        message_id = f"log-{uuid.uuid4().hex}"
+        message_id = f"log-{new_id()}"
     else:
         try:
             response = aws.ses().send_email(
