@@ -7,9 +7,11 @@
 FROM python:3.12-slim-bookworm AS build
 WORKDIR /app
 COPY requirements.txt ./
+# Exactly the lock's export: every package pinned and hash-checked, nothing resolved (--no-deps).
 # Wheels only (--only-binary): nothing is compiled, so the build stage needs no compiler either.
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: -r requirements.txt
+    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps --only-binary=:all: \
+        -r requirements.txt
 COPY shared/ shared/
 COPY functions/ functions/
 # Bytecode at build time: the app user cannot write __pycache__ next to root-owned sources.

@@ -1,52 +1,67 @@
 # Every target installs what it needs on first use: `make test` works on a fresh clone.
+# Versions come from the locks alone (uv.lock, infra/sam-cli/uv.lock): nothing is resolved here.
 PYTHON ?= python3
+# uv itself, pinned: installed with pip into a bootstrap venv, so nothing needs to be there first.
+UV_VERSION := 0.13.9
+UV_VENV := .venv-uv
+UV := $(UV_VENV)/bin/uv
 VENV := .venv
 PY := $(VENV)/bin/python
-INSTALLED := $(VENV)/.installed
-# SAM CLI pins versions that conflict with the project's dependencies: it gets its own venv.
+# SAM CLI pins versions that conflict with the project's dependencies: it gets its own venv and lock.
 SAM_VENV := .venv-sam
 SAM := $(SAM_VENV)/bin/sam
-SAM_INSTALLED := $(SAM_VENV)/.installed
 # Wheels for Lambda's CPython 3.12 and a stand-in of its runtime (infra/sam_build.py).
 LAMBDA_READY := .venv-lambda/.installed
 export SAM_CLI_TELEMETRY ?= 0
+# uv uses the machine's Pythons and never downloads one.
+export UV_PYTHON_DOWNLOADS := never
+SYNC_HINT := make: could not install the lock (see above); after editing pyproject.toml, run `make lock`
 
-.PHONY: test lint run bench deploy clean sam-build sam-build-ready lock
+.PHONY: test lint run bench deploy clean sam-build sam-build-ready lock upgrade sync sync-sam
 
-$(INSTALLED): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $@
+$(UV):
+	$(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/python -m pip install --quiet uv==$(UV_VERSION)
 
-test: $(INSTALLED) $(SAM_INSTALLED) $(LAMBDA_READY) ## run the whole suite (lint, types, tests)
+# Always run (a no-op in milliseconds when in sync): .venv holds exactly uv.lock, whatever was installed by hand.
+sync: | $(UV) ## install exactly uv.lock into .venv
+	@$(UV) sync --locked --quiet --python $(PYTHON) || { echo "$(SYNC_HINT)" >&2; exit 2; }
+
+sync-sam: | $(UV)
+	@UV_PROJECT_ENVIRONMENT=$(CURDIR)/$(SAM_VENV) $(UV) sync --locked --quiet --project infra/sam-cli \
+		--python $(PYTHON) || { echo "$(SYNC_HINT)" >&2; exit 2; }
+
+test: sync sync-sam $(LAMBDA_READY) ## run the whole suite (lint, types, tests)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
-lint: $(INSTALLED)
+lint: sync
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-run: $(INSTALLED) ## the local stack: moto as local AWS, every function on one port, the durable worker
+run: sync ## the local stack: moto as local AWS, every function on one port, the durable worker
 	$(PY) -m infra.local_stack
 
-$(SAM_INSTALLED): requirements-sam.txt
-	$(PYTHON) -m venv $(SAM_VENV)
-	$(SAM_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(SAM_VENV)/bin/python -m pip install --quiet -r requirements-sam.txt
-	touch $@
-
-$(LAMBDA_READY): requirements.txt | $(INSTALLED)
+$(LAMBDA_READY): requirements.txt | sync
 	$(PY) -m infra.sam_build prepare
 	touch $@
 
-lock: $(INSTALLED) ## pin the runtime dependencies into requirements.txt after editing pyproject.toml
+lock: | $(UV) ## after editing pyproject.toml: re-lock (keeping the pins that still fit), export, install
+	$(UV) lock --python $(PYTHON)
+	$(UV) lock --project infra/sam-cli --python $(PYTHON)
+	$(MAKE) sync
 	$(PY) -m infra.lock
 
-sam-build: $(INSTALLED) $(SAM_INSTALLED) $(LAMBDA_READY) ## build every function as AWS gets it, into .aws-sam/build
+upgrade: | $(UV) ## move every package to its newest release that fits, then run `make test`
+	$(UV) lock --upgrade --python $(PYTHON)
+	$(UV) lock --upgrade --project infra/sam-cli --python $(PYTHON)
+	$(MAKE) sync
+	$(PY) -m infra.lock
+
+sam-build: sync sync-sam $(LAMBDA_READY) ## build every function as AWS gets it, into .aws-sam/build
 	$(SAM) build
 
 # `sam build` runs `make build-<LogicalId>` per function and layer (BuildMethod: makefile).
@@ -57,14 +72,14 @@ build-%Layer: sam-build-ready
 	$(PY) -m infra.sam_build layer $* "$(ARTIFACTS_DIR)"
 
 sam-build-ready:
-	@test -x $(PY) || $(MAKE) $(INSTALLED)
+	@test -x $(PY) || $(MAKE) sync
 	@test -f $(LAMBDA_READY) || $(MAKE) $(LAMBDA_READY)
 
-bench: $(INSTALLED) $(SAM_INSTALLED) $(LAMBDA_READY) ## template vs plain FastAPI and Mangum: bench/results.md, README table
+bench: sync sync-sam $(LAMBDA_READY) ## template vs plain FastAPI and Mangum: bench/results.md, README table
 	$(PY) -m bench
 
 deploy: sam-build ## sam build, then sam deploy --guided (asks for the stack name, region and parameters)
 	$(SAM) deploy --guided
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) .venv-lambda .aws-sam .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SAM_VENV) $(UV_VENV) .venv-lambda .aws-sam .pytest_cache .mypy_cache .ruff_cache

@@ -51,9 +51,12 @@ import tomllib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from infra.lock import LOCK, platform_args
+from infra.lock import LOCK
 
 ROOT = Path(__file__).resolve().parents[1]
+PYTHON_VERSION = "3.12"
+# Amazon Linux 2023 (Lambda's python3.12) has glibc 2.34; pip does not widen --platform itself.
+PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64")
 LOCAL_PACKAGES = ("shared", "functions")
 LAMBDA_DIR = ROOT / ".venv-lambda"
 WHEELS = LAMBDA_DIR / "wheels"
@@ -215,6 +218,14 @@ def imported_modules(entry: Path) -> set[str]:
             elif top and top not in sys.stdlib_module_names and top != "__future__":
                 third_party.add(module)
     return third_party
+
+
+def platform_args() -> list[str]:
+    """pip options selecting wheels for Lambda's CPython 3.12 on x86_64, whatever machine runs pip."""
+    args = ["--only-binary=:all:", "--python-version", PYTHON_VERSION, "--implementation", "cp"]
+    for platform in PLATFORMS:
+        args += ["--platform", platform]
+    return args
 
 
 def pruned_imports(entry: Path) -> list[str]:

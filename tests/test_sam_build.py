@@ -30,6 +30,7 @@ from packaging.requirements import Requirement
 from infra import sam_build
 from infra.sam_build import GATED_LAYERS, SHARED_LAYER, canonical, lambda_python, pruned_imports
 from shared.settings import Settings
+from tests.support.lock import versions_differing_from_the_lock
 from tests.support.runtime_api import Invocation, lambda_environment, load_event
 from tests.support.sam import (
     LAMBDA_RUNTIME,
@@ -178,6 +179,11 @@ def test_each_function_is_its_code_and_the_layers_hold_the_dependencies(build: B
         assert not (dependencies / absent).exists(), absent
     assert (build.directory / "PillowLayer" / "python" / "PIL").is_dir()
     assert (build.directory / "PowertoolsLayer" / "python" / "aws_lambda_powertools").is_dir()
+
+
+def test_the_layers_and_the_runtime_stand_in_carry_the_locked_versions(build: Build) -> None:
+    layers = [build.directory / f"{layer}Layer" / "python" for layer in (SHARED_LAYER, *GATED_LAYERS)]
+    assert versions_differing_from_the_lock([*layers, LAMBDA_RUNTIME]) == {}
 
 
 def test_a_gated_layer_holds_its_own_distributions_and_finds_their_dependencies(build: Build) -> None:
