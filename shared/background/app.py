@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
+from starlette.types import ASGIApp
 
 from shared.background import TaskExecutor, TaskRejected, build_executor
-from shared.background.routing import TaskRoute
+from shared.background.routing import TaskRoute, UnmanagedRouteError, manage_routes, unmanaged_routes
 
-__all__ = ["TaskRoute", "install"]
+__all__ = ["TaskRoute", "UnmanagedRouteError", "install"]
 
 
 async def _task_rejected(request: Request, exc: Exception) -> JSONResponse:
@@ -23,17 +23,31 @@ async def _task_rejected(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _manage_at_start(app: ASGIApp, fastapi_app: FastAPI) -> ASGIApp:
+    """A "middleware" Starlette builds once, when the app starts (lifespan or first request).
+
+    It adds nothing to the request path: it gives every route declared by then (included
+    routers at any depth, added after ``install`` or not) the task layer, and raises
+    ``UnmanagedRouteError`` for one it cannot manage, so the app refuses to start.
+    """
+    manage_routes(fastapi_app.router.routes)
+    return app
+
+
 def install(app: FastAPI, executor: TaskExecutor | None = None) -> TaskExecutor:
     """Run every background task of ``app`` through the task layer.
 
-    Call it before declaring routes (routers: ``APIRouter(route_class=TaskRoute)``);
-    routes declared earlier would bypass the layer, so they are refused loudly.
+    Call it before declaring routes: routes declared earlier are refused loudly. Routes
+    declared later, on the app or on any ``APIRouter`` it includes, are taken over when
+    the app starts.
     """
-    unmanaged = [route.path for route in app.routes if isinstance(route, APIRoute) and not isinstance(route, TaskRoute)]
+    unmanaged = unmanaged_routes(app.router.routes)
     if unmanaged:
         raise RuntimeError(f"install() must come before these routes are declared: {unmanaged}")
     executor = executor or build_executor()
     app.router.route_class = TaskRoute
     app.state.task_executor = executor
-    app.add_exception_handler(TaskRejected, _task_rejected)
+    if TaskRejected not in app.exception_handlers:
+        app.add_exception_handler(TaskRejected, _task_rejected)
+    app.add_middleware(_manage_at_start, fastapi_app=app)
     return executor
