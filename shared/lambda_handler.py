@@ -24,6 +24,7 @@ from mangum import Mangum
 from mangum.types import ASGI, LambdaContext
 
 from shared.background.lambda_extension import LambdaExtensionBackend
+from shared.lambda_paths import HANDLERS
 from shared.logs import get_logger
 
 log = get_logger("shared.lambda")
@@ -70,7 +71,9 @@ class LambdaHandler:
 
     def __init__(self, app: ASGI, **mangum_options: Any) -> None:
         # lifespan="off": Mangum would run startup and shutdown around every invocation.
-        self.adapter = Mangum(app, lifespan="off", **mangum_options)
+        # custom_handlers: Mangum's own, with the root path each event shape implies.
+        handlers = [*(mangum_options.pop("custom_handlers", None) or []), *HANDLERS]
+        self.adapter = Mangum(app, lifespan="off", custom_handlers=handlers, **mangum_options)
         LambdaExtensionBackend.track_invocations()
 
     def __call__(self, event: Any, context: LambdaContext) -> dict[str, Any]:
