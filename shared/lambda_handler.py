@@ -24,8 +24,10 @@ from mangum import Mangum
 from mangum.types import ASGI, LambdaContext
 
 from shared.background.lambda_extension import LambdaExtensionBackend
+from shared.lambda_lifespan import Lifespan
 from shared.lambda_paths import HANDLERS
 from shared.logs import get_logger
+from shared.settings import running_on_lambda
 
 log = get_logger("shared.lambda")
 
@@ -70,13 +72,18 @@ class LambdaHandler:
     reports_invocations = True  # what the lambda-extension backend looks for on the entry point
 
     def __init__(self, app: ASGI, **mangum_options: Any) -> None:
-        # lifespan="off": Mangum would run startup and shutdown around every invocation.
+        # lifespan="off": Mangum would run startup and shutdown around every invocation;
+        # Lifespan runs startup once, at init on Lambda (else at the first call).
         # custom_handlers: Mangum's own, with the root path each event shape implies.
+        self.lifespan = Lifespan(app)
         handlers = [*(mangum_options.pop("custom_handlers", None) or []), *HANDLERS]
-        self.adapter = Mangum(app, lifespan="off", custom_handlers=handlers, **mangum_options)
+        self.adapter = Mangum(self.lifespan, lifespan="off", custom_handlers=handlers, **mangum_options)
         LambdaExtensionBackend.track_invocations()
+        if running_on_lambda():
+            self.lifespan.start()
 
     def __call__(self, event: Any, context: LambdaContext) -> dict[str, Any]:
+        self.lifespan.start()
         with (
             structlog.contextvars.bound_contextvars(**lambda_log_keys(context)),
             LambdaExtensionBackend.invocation(context.aws_request_id, context.get_remaining_time_in_millis()),
@@ -102,7 +109,9 @@ class LambdaHandler:
                     adapter.body  # noqa: B018
                     return
                 except Exception as exc:
-                    problem = f"malformed {type(adapter).__name__} event: {type(exc).__name__}: {exc}"
+                    mangum_class = (c for c in type(adapter).__mro__ if c.__module__.startswith("mangum."))
+                    shape = next(mangum_class, type(adapter)).__name__
+                    problem = f"malformed {shape} event: {type(exc).__name__}: {exc}"
         message = f"Unsupported event: this function serves HTTP requests from {SUPPORTED_EVENTS} ({problem})"
         log.error("lambda.invalid_event", error=message, event_keys=keys)
         raise InvalidEventError(message)

@@ -11,6 +11,7 @@ import importlib
 import json
 import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -36,6 +37,14 @@ OWN_ROUTE: dict[str, tuple[str, str, int, Any]] = {
     "uploads": ("GET", f"/uploads/{MISSING}", 404, {"detail": f"Upload {MISSING} not found."}),
     "items": ("GET", "/items/search?q=mug", 200, {"query": "mug", "results": []}),
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def lifespans_shut_down() -> Iterator[None]:
+    """The handlers start their apps' lifespans at their first call here; end them with the module."""
+    yield
+    for name in HTTP_FUNCTIONS:
+        importlib.import_module(f"functions.{name}.app").handler.lifespan.shutdown()
 
 
 def context() -> SimpleNamespace:

@@ -25,6 +25,8 @@ from shared.tasks import notification_log
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    if os.environ.get("ROUTER_APP_FAIL_STARTUP"):
+        raise ConnectionError("the lifespan could not open its client")
     notification_log.append(f"lifespan startup {os.getpid()}\n")
     app.state.client = f"client-{os.getpid()}"
     yield {"opened_by": "lifespan"}

@@ -1,0 +1,75 @@
+"""An app's lifespan on Lambda: startup once per execution environment, at init.
+
+Under uvicorn and ``TestClient`` FastAPI runs the lifespan around the server's life; on
+Lambda the handler runs it when the function is imported, before the first invocation,
+and never again: a client opened or a model loaded there serves every invocation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tests.support.lambda_events import http_api_event
+from tests.support.runtime_api import InitFailed, lambda_environment
+
+
+def startups(log_file: Path) -> list[str]:
+    lines = log_file.read_text().splitlines() if log_file.exists() else []
+    return [line for line in lines if line.startswith("lifespan startup")]
+
+
+def test_startup_runs_once_at_init_and_its_state_serves_every_invocation(tmp_path: Path) -> None:
+    log_file = tmp_path / "notifications.log"
+    handler = "tests.support.router_app.handler"
+    with lambda_environment(handler, env={"NOTIFICATION_LOG_PATH": str(log_file)}) as env:
+        # Init is complete and no invocation was handed out yet: startup has run, in the init phase.
+        assert not env.api.invocations
+        [startup] = startups(log_file)
+        pid = startup.split()[-1]
+
+        labels = [f"state-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+        invocations = [env.invoke(http_api_event(f"/state/{label}", method="GET")).wait_free() for label in labels]
+        complete = env.logs()
+
+    assert pid == str(env.process.pid)
+    for invocation in invocations:
+        assert invocation.result["statusCode"] == 200
+        assert json.loads(invocation.result["body"]) == {"client": f"client-{pid}", "opened_by": "lifespan"}
+    lines = log_file.read_text().splitlines()
+    assert [f"state {label} client-{pid}" for label in labels] == [line for line in lines if line.startswith("state")]
+    assert startups(log_file) == [startup], "startup ran once for three invocations"
+    [started] = [line for line in complete if line.get("event") == "Application startup complete."]
+    assert "function_request_id" not in started, "logged during init, outside any invocation"
+
+
+def test_a_failing_startup_fails_the_init_loudly(tmp_path: Path) -> None:
+    env = {"NOTIFICATION_LOG_PATH": str(tmp_path / "n.log"), "ROUTER_APP_FAIL_STARTUP": "1"}
+    with pytest.raises(InitFailed) as failed, lambda_environment("tests.support.router_app.handler", env=env):
+        pass
+    assert "the lifespan could not open its client" in str(failed.value)
+
+
+def test_outside_lambda_the_handler_starts_the_lifespan_at_its_first_call(notification_log: Path) -> None:
+    from tests.support.router_app import handler
+
+    context = SimpleNamespace(
+        function_name="fn",
+        memory_limit_in_mb="512",
+        invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:fn",
+        aws_request_id="local",
+        get_remaining_time_in_millis=lambda: 30_000,
+    )
+    try:
+        answers = [handler(http_api_event(f"/state/local{index}", method="GET"), context) for index in range(3)]
+    finally:
+        handler.lifespan.shutdown()
+
+    assert [json.loads(answer["body"])["opened_by"] for answer in answers] == ["lifespan"] * 3
+    assert startups(notification_log) == [f"lifespan startup {os.getpid()}"]
+    assert notification_log.read_text().splitlines()[-1] == f"lifespan shutdown {os.getpid()}"
