@@ -17,11 +17,12 @@ ALB) into an ASGI request. Around it, per invocation, this module:
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import structlog
 from mangum import Mangum
-from mangum.types import ASGI, LambdaContext
+from mangum.types import ASGI
 
 from shared.background.lambda_extension import LambdaExtensionBackend
 from shared.lambda_lifespan import Lifespan
@@ -47,23 +48,40 @@ def _is_cold_start() -> bool:
     return cold and os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") != "provisioned-concurrency"
 
 
-def lambda_log_keys(context: LambdaContext) -> dict[str, Any]:
+_CONTEXT_KEYS = (
+    ("function_name", "function_name"),
+    ("function_memory_size", "memory_limit_in_mb"),
+    ("function_arn", "invoked_function_arn"),
+    ("function_request_id", "aws_request_id"),
+)
+
+
+def lambda_log_keys(context: Any) -> dict[str, Any]:
     """Powertools Logger's Lambda keys, with its names, for this invocation.
 
     Written out rather than imported: importing any part of Powertools loads its Logger,
-    Metrics and Tracer, a cold-start cost for six lines (a test compares the two).
+    Metrics and Tracer, a cold-start cost for six lines (a test compares the two). Any
+    context object works (tests and harnesses pass ``{}`` or a stub): keys it lacks are absent.
     """
-    keys: dict[str, Any] = {
-        "function_name": context.function_name,
-        "function_memory_size": context.memory_limit_in_mb,
-        "function_arn": context.invoked_function_arn,
-        "function_request_id": context.aws_request_id,
-        "cold_start": _is_cold_start(),
-    }
+    keys: dict[str, Any] = {}
+    for key, attribute in _CONTEXT_KEYS:
+        value = getattr(context, attribute, None)
+        if value is not None:
+            keys[key] = value
+    keys["cold_start"] = _is_cold_start()
     trace_header = os.environ.get("_X_AMZN_TRACE_ID")  # Root=1-...;Parent=...;Sampled=1
     if trace_header:
         keys["xray_trace_id"] = trace_header.split(";")[0].removeprefix("Root=")
     return keys
+
+
+def _invocation(context: Any) -> AbstractContextManager[None]:
+    """Report the invocation to the lambda-extension backend; a context without an id cannot be."""
+    request_id = getattr(context, "aws_request_id", None)
+    if not isinstance(request_id, str):
+        return nullcontext()
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return LambdaExtensionBackend.invocation(request_id, remaining() if callable(remaining) else None)
 
 
 class LambdaHandler:
@@ -82,17 +100,17 @@ class LambdaHandler:
         if running_on_lambda():
             self.lifespan.start()
 
-    def __call__(self, event: Any, context: LambdaContext) -> dict[str, Any]:
+    def __call__(self, event: Any, context: Any) -> dict[str, Any]:
         self.lifespan.start()
         with (
             structlog.contextvars.bound_contextvars(**lambda_log_keys(context)),
-            LambdaExtensionBackend.invocation(context.aws_request_id, context.get_remaining_time_in_millis()),
+            _invocation(context),
         ):
             self.check_event(event, context)
             response: dict[str, Any] = self.adapter(event, context)
             return response
 
-    def check_event(self, event: Any, context: LambdaContext) -> None:
+    def check_event(self, event: Any, context: Any) -> None:
         """Raise ``InvalidEventError`` (and log it) unless Mangum can serve ``event``."""
         if not isinstance(event, dict):
             problem = f"the event is a JSON {type(event).__name__}, not an object"
