@@ -37,7 +37,8 @@ def create_app(
 
     ``max_body_bytes`` caps request bodies (413 as JSON). ``calls_aws`` answers AWS
     throttling and outages with 503 and ``Retry-After``; only the functions that call
-    AWS in a request pay for importing botocore's exceptions at cold start.
+    AWS in a request pay for importing botocore's exceptions at cold start. Handlers in
+    ``exception_handlers=`` win over these defaults, the catch-all (``Exception``/500) included.
     """
     ensure_logging_configured(service)
     app = FastAPI(title=service, **fastapi_options)
@@ -48,7 +49,8 @@ def create_app(
     if max_body_bytes is not None:
         app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(RequestIdMiddleware, service=service)
-    app.add_exception_handler(Exception, _unhandled_error)
+    if not {Exception, 500} & app.exception_handlers.keys():  # the user's own catch-all wins
+        app.add_exception_handler(Exception, _unhandled_error)
     if calls_aws:
         from shared.http_errors import install_aws_error_handler
 

@@ -65,6 +65,10 @@ async def _aws_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_aws_error_handler(app: FastAPI) -> None:
-    """AWS throttling and outages answer 503 with Retry-After; other AWS errors stay 500s."""
-    app.add_exception_handler(BotoCoreError, _aws_error)
-    app.add_exception_handler(ClientError, _aws_error)
+    """AWS throttling and outages answer 503 with Retry-After; other AWS errors stay 500s.
+
+    A handler the app already has for either exception (its own) is kept.
+    """
+    for error in (BotoCoreError, ClientError):
+        if error not in app.exception_handlers:
+            app.add_exception_handler(error, _aws_error)

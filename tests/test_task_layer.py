@@ -11,7 +11,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from fastapi import BackgroundTasks, FastAPI
+from fastapi import BackgroundTasks, FastAPI, Request
+from fastapi.responses import PlainTextResponse
 from fastapi.testclient import TestClient
 
 from shared.app import create_app
@@ -404,3 +405,38 @@ def test_every_route_of_every_function_runs_through_the_task_layer() -> None:
         assert api_routes, name
         assert all(isinstance(route, TaskRoute) for route in api_routes), name
         assert hasattr(app.state, "task_executor"), name
+
+
+async def _mine(request: Request, exc: Exception) -> PlainTextResponse:
+    return PlainTextResponse(f"mine: {type(exc).__name__}", status_code=599)
+
+
+@pytest.mark.parametrize("key", [Exception, 500])
+def test_the_users_own_catch_all_exception_handler_wins(key: type[Exception] | int, logs: LogCapture) -> None:
+    """FastAPI's test_override_server_error_exception_response, through create_app."""
+    app = create_app("tasktest", exception_handlers={key: _mine})
+
+    @app.get("/broken")
+    async def broken() -> None:
+        raise Boom("kaput")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/broken")
+
+    assert (response.status_code, response.text) == (599, "mine: Boom")
+    assert logs.named("request.failed")[0]["error_type"] == "Boom"
+
+
+def test_the_users_own_aws_error_handler_wins() -> None:
+    from botocore.exceptions import ClientError
+
+    app = create_app("tasktest", calls_aws=True, exception_handlers={ClientError: _mine})
+
+    @app.get("/aws")
+    async def aws_call() -> None:
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "GetItem")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/aws")
+
+    assert (response.status_code, response.text) == (599, "mine: ClientError")
