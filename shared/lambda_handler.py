@@ -16,7 +16,6 @@ ALB) into an ASGI request. Around it, per invocation, this module:
 
 from __future__ import annotations
 
-import os
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -25,6 +24,7 @@ from mangum import Mangum
 from mangum.types import ASGI
 
 from shared.background.lambda_extension import LambdaExtensionBackend
+from shared.lambda_keys import lambda_log_keys
 from shared.lambda_lifespan import Lifespan
 from shared.lambda_paths import HANDLERS
 from shared.logs import get_logger
@@ -34,45 +34,9 @@ log = get_logger("shared.lambda")
 
 SUPPORTED_EVENTS = "API Gateway REST (v1) or HTTP API (v2), a Lambda Function URL or an Application Load Balancer"
 
-_cold_start = True
-
 
 class InvalidEventError(ValueError):
     """The event is not an HTTP request this function can serve."""
-
-
-def _is_cold_start() -> bool:
-    """True on the first invocation of this environment, like Powertools (provisioned ones are warm)."""
-    global _cold_start
-    cold, _cold_start = _cold_start, False
-    return cold and os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") != "provisioned-concurrency"
-
-
-_CONTEXT_KEYS = (
-    ("function_name", "function_name"),
-    ("function_memory_size", "memory_limit_in_mb"),
-    ("function_arn", "invoked_function_arn"),
-    ("function_request_id", "aws_request_id"),
-)
-
-
-def lambda_log_keys(context: Any) -> dict[str, Any]:
-    """Powertools Logger's Lambda keys, with its names, for this invocation.
-
-    Written out rather than imported: importing any part of Powertools loads its Logger,
-    Metrics and Tracer, a cold-start cost for six lines (a test compares the two). Any
-    context object works (tests and harnesses pass ``{}`` or a stub): keys it lacks are absent.
-    """
-    keys: dict[str, Any] = {}
-    for key, attribute in _CONTEXT_KEYS:
-        value = getattr(context, attribute, None)
-        if value is not None:
-            keys[key] = value
-    keys["cold_start"] = _is_cold_start()
-    trace_header = os.environ.get("_X_AMZN_TRACE_ID")  # Root=1-...;Parent=...;Sampled=1
-    if trace_header:
-        keys["xray_trace_id"] = trace_header.split(";")[0].removeprefix("Root=")
-    return keys
 
 
 def _invocation(context: Any) -> AbstractContextManager[None]:

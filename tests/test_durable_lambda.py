@@ -71,3 +71,11 @@ def test_api_function_sends_before_the_freeze_and_worker_function_reports_only_i
     assert succeeded["request_id"] == "apigw-durable-1"
     assert succeeded["backend"] == "sqs"
     assert succeeded["service"] == "worker"
+    task_lines = [line for line in worker_logs if str(line.get("event", "")).startswith("task.")]
+    assert len(task_lines) >= 3  # started + succeeded, started + failed
+    for line in task_lines:  # the keys every HTTP function's line has on Lambda
+        assert line["function_request_id"] == result.request_id
+        assert line["function_name"] == "fastapi-tasks-test"
+        assert line["cold_start"] is True
+        assert line["function_arn"].endswith(":function:fastapi-tasks-test")
+    assert {line["request_id"] for line in task_lines if line["task_id"] == enqueued["task_id"]} == {"apigw-durable-1"}

@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 
+from shared.lambda_keys import lambda_log_keys
 from shared.logs import ensure_logging_configured
 from shared.worker.poller import Poller
 from shared.worker.processing import RemainingTime, Worker, import_task_modules
@@ -31,8 +33,10 @@ def make_sqs_handler(worker: Callable[[], Worker] | None = None) -> SqsHandler:
     built: list[Worker] = []
 
     def handler(event: dict[str, Any], context: RemainingTime) -> PartialItemFailureResponse:
-        if not built:
-            built.append(worker() if worker else Worker())
-        return built[0].handle(event, context)
+        # The Lambda keys HTTP functions log, on every line of the invocation.
+        with structlog.contextvars.bound_contextvars(**lambda_log_keys(context)):
+            if not built:
+                built.append(worker() if worker else Worker())
+            return built[0].handle(event, context)
 
     return handler
