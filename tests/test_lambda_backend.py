@@ -43,7 +43,7 @@ def test_without_runtime_api_it_warns_and_runs_tasks_before_returning(
     [warning] = logs.named("lambda_extension.unavailable")
     assert warning["level"] == "warning"
     assert "AWS_LAMBDA_RUNTIME_API" in warning["reason"]
-    assert logs.named("task.succeeded", task="tests.append", backend="lambda-extension")
+    assert logs.named("task.succeeded", task="tests.append", backend="lambda-before-response")
 
 
 def test_a_registration_refused_falls_back_loudly() -> None:

@@ -293,8 +293,8 @@ def test_shutdown_right_after_a_response_loses_no_task(tmp_path: Path) -> None:
     ("handler", "options", "backend", "extensions", "warning"),
     [
         (TEST_APP, {"env": {"TASK_BACKEND": "inline"}}, "inline", 0, None),
-        (TEST_APP, {"extensions_api": False}, "lambda-extension", 0, "lambda_extension.unavailable"),
-        ("tests.support.lambda_plain.handler", {}, "lambda-extension", 1, "lambda_extension.unavailable"),
+        (TEST_APP, {"extensions_api": False}, "lambda-before-response", 0, "lambda_extension.unavailable"),
+        ("tests.support.lambda_plain.handler", {}, "lambda-before-response", 1, "lambda_extension.unavailable"),
     ],
     ids=["forced-inline", "no-extensions-api", "plain-mangum-entry-point"],
 )
@@ -317,6 +317,8 @@ def test_without_post_response_execution_tasks_finish_before_the_response(
             assert moments.at("runtime.success", invocation).log_lines[-1] == f"slow inline{index}"
             [done] = env.logs("task.succeeded", request_id=f"gw-{index}")  # plain Mangum binds no Lambda keys
             assert done["backend"] == backend
+            [queued] = env.logs("task.queued", request_id=f"gw-{index}")
+            assert queued["backend"] == backend
         assert len(env.api.extensions) == extensions
         assert not env.logs("lambda_extension.handler_not_started")  # nothing waits for a handler that never reports
         if warning:

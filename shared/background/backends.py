@@ -19,7 +19,9 @@ class TaskRejected(Exception):
 
 
 class Backend(Protocol):
-    name: str
+    @property
+    def name(self) -> str:
+        """The ``backend`` of the task lines: where and when the tasks run."""
 
     def accept(self, task: QueuedTask) -> None:
         """Raise TaskRejected when ``task`` cannot be queued."""

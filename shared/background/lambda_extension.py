@@ -147,10 +147,14 @@ def _monotonic_from_epoch_ms(epoch_ms: Any) -> float | None:
     return time.monotonic() + (epoch_ms / 1000 - time.time())
 
 
+BEFORE_RESPONSE = "lambda-before-response"
+"""The ``backend`` of task lines when post-response execution is impossible (the reason is
+logged once, ``lambda_extension.unavailable``): they ran before the handler returned."""
+
+
 class LambdaExtensionBackend:
     """Tasks run after the response, in the same environment, before it is frozen."""
 
-    name = "lambda-extension"
     extension_name = "fastapi-background-tasks"
 
     _instance: ClassVar[LambdaExtensionBackend | None] = None
@@ -166,6 +170,7 @@ class LambdaExtensionBackend:
         self._returned: deque[str] = deque(maxlen=64)
         self._given_up: str | None = None
         self._tracked: bool | None = None
+        self._unreported_logged = False
         self._outstanding = 0
         self._jobs: queue.SimpleQueue[_Deferred] = queue.SimpleQueue()
 
@@ -209,6 +214,11 @@ class LambdaExtensionBackend:
     def registered(self) -> bool:
         return self.extension_id is not None
 
+    @property
+    def name(self) -> str:
+        """``lambda-extension`` when this invocation's tasks run after its response, else ``lambda-before-response``."""
+        return "lambda-extension" if self._post_response_possible() else BEFORE_RESPONSE
+
     # --- what the Lambda handler tells us ------------------------------------------
 
     @classmethod
@@ -226,6 +236,8 @@ class LambdaExtensionBackend:
         handler is done, so its jobs run before it returns. Decorators using
         ``functools.wraps`` (Powertools' ``inject_lambda_context``) are seen through.
         """
+        if self._tracked is not None:
+            return self._tracked
         with self._state:
             if self._tracked is None:
                 entry_point = _entry_point()
@@ -268,10 +280,10 @@ class LambdaExtensionBackend:
         return None
 
     async def dispatch(self, tasks: Sequence[QueuedTask]) -> None:
-        deadline = self._current_deadline()
+        deadline, name = self._current_deadline(), self.name
 
         async def run() -> None:
-            await run_tasks(tasks, self.name, deadline=deadline)
+            await run_tasks(tasks, name, deadline=deadline)
 
         await self._defer(run, label="tasks", deadline=None)
 
@@ -296,11 +308,22 @@ class LambdaExtensionBackend:
     async def _defer(self, job: Job, *, label: str, deadline: float | None) -> None:
         deferred = _Deferred(job, contextvars.copy_context(), deadline, label)
         if not self._post_response_possible():
+            self._explain_unreported_invocation()
             await self._run_one(deferred)
             return
         with self._state:
             self._outstanding += 1
         self._jobs.put(deferred)
+
+    def _explain_unreported_invocation(self) -> None:
+        """The one fallback not logged elsewhere: a handler that reported no invocation (logged once)."""
+        if self._invocation is None and self.registered and not self._unreported_logged and self._tracks_invocations():
+            self._unreported_logged = True
+            log.warning(
+                "lambda_extension.unavailable",
+                reason="the handler reported no invocation (its context has no aws_request_id)",
+                consequence="tasks run before the handler returns, so responses wait for them",
+            )
 
     # --- runner thread ---------------------------------------------------------------
 
