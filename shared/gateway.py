@@ -31,13 +31,15 @@ class _OwnRouter:
 
     Starlette keeps the outermost router in ``scope["router"]`` and builds URLs from the
     outermost app's root; here the function's router and its mount point take their place.
+    The ``Mount`` is no route of the function either: a path it does not serve is logged as
+    an unmatched path, as the function alone logs it, not as ``"route": "/<name>"``.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope = {key: value for key, value in scope.items() if key != "router"}
+        scope = {key: value for key, value in scope.items() if key not in ("router", "route")}
         scope["app_root_path"] = scope.get("root_path", "")
         await self.app(scope, receive, send)
 

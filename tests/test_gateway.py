@@ -1,0 +1,39 @@
+"""``python -m shared.serve all`` (``make run``, the image's default command): every function on one port."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support.logs import parse_json_lines
+from tests.support.servers import start_function
+
+
+def test_a_path_no_route_serves_is_logged_as_a_masked_path_not_as_the_mount(tmp_path: Path) -> None:
+    server = start_function("all", {"NOTIFICATION_LOG_PATH": str(tmp_path / "n.log"), "LOG_FORMAT": "json"})
+    try:
+        missing = httpx.get(f"{server.base_url}/notifications/nowhere/jane@example.com", timeout=10)
+        served = httpx.get(f"{server.base_url}/notifications/health", timeout=10)
+        ids = {missing.headers["x-request-id"], served.headers["x-request-id"]}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            completed = {
+                e["request_id"]: e
+                for e in parse_json_lines(server.output())
+                if e["event"] == "request.completed" and e.get("request_id") in ids
+            }
+            if len(completed) == 2:
+                break
+            time.sleep(0.02)
+    finally:
+        server.stop()
+        server.close()
+
+    assert missing.status_code == 404
+    not_found = completed[missing.headers["x-request-id"]]
+    assert "route" not in not_found
+    assert not_found["path"] == "/notifications/nowhere/j***@example.com"
+    assert not_found["service"] == "notifications"
+    assert completed[served.headers["x-request-id"]]["route"] == "/health"
