@@ -11,13 +11,15 @@ In front of the app's path, a request's path may carry
   event names no route: a path under the prefix is taken as routed by a ``/items/*`` rule.
 
 Each handler is Mangum's own for its shape, with the ASGI ``path`` set to the path the
-client asked for and ``root_path`` to everything in front of the app's path. Routing,
+client asked for and ``root_path`` to everything in front of the app's path (worked out
+once per event: Mangum reads ``scope`` again to build the response). Routing,
 ``url_for`` (``Location`` headers), ``/docs`` and the OpenAPI ``servers`` (Try it out) then
 all agree with the URL the client used.
 """
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 from urllib.parse import unquote
 
@@ -72,7 +74,7 @@ def _route_template(event: dict[str, Any]) -> str:
 class RestApi(APIGateway):
     """API Gateway REST API (payload v1): ``path`` lacks the stage, ``requestContext.path`` has it."""
 
-    @property
+    @cached_property
     def scope(self) -> Scope:
         app_path = unquote(self.event["path"] or "/")
         client_path = unquote(self.event["requestContext"].get("path") or app_path)
@@ -83,7 +85,7 @@ class RestApi(APIGateway):
 class HttpApi(HTTPGateway):
     """HTTP API (payload v1 or v2) and Function URLs: a named stage is part of the path."""
 
-    @property
+    @cached_property
     def scope(self) -> Scope:
         request_context = self.event["requestContext"]
         if self.event["version"] == "2.0":
@@ -97,7 +99,7 @@ class HttpApi(HTTPGateway):
 class LoadBalancer(ALB):
     """Application Load Balancer: the path as the client sent it; no stage, no route."""
 
-    @property
+    @cached_property
     def scope(self) -> Scope:
         path = unquote(self.event["path"] or "/")
         return _resolve(super().scope, path, "", None, self.config)
