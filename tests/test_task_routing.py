@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import APIRouter, BackgroundTasks, FastAPI
+from fastapi import APIRouter, BackgroundTasks, FastAPI, Request
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
@@ -165,3 +166,32 @@ def test_on_lambda_a_router_route_runs_its_tasks_after_the_response(
     assert failed["backend"] == succeeded["backend"] == "lambda-extension"
     assert f"record {label}" in log_file.read_text()
     assert not env.logs("request.failed", function_request_id=invocation.request_id)
+
+
+def test_an_exception_handlers_background_tasks_run_through_the_layer(logs: LogCapture, notification_log: Path) -> None:
+    from tests.support.router_app import fail, record
+
+    app = create_app("routing")
+
+    class Refused(Exception):
+        pass
+
+    @app.exception_handler(Refused)
+    async def refused(request: Request, exc: Refused) -> JSONResponse:
+        tasks = BackgroundTasks()
+        tasks.add_task(fail, "handler")
+        tasks.add_task(record, "handler")
+        return JSONResponse({"detail": "refused"}, status_code=409, background=tasks)
+
+    @app.post("/refuse")
+    async def refuse() -> None:
+        raise Refused
+
+    with TestClient(app) as client:
+        response = client.post("/refuse")
+
+    assert response.status_code == 409
+    request_id = response.headers["x-request-id"]
+    assert logs.named("task.failed", request_id=request_id, task="tests.support.router_app.fail")
+    assert logs.named("task.succeeded", request_id=request_id, task="tests.support.router_app.record")
+    assert "record handler" in notification_log.read_text()

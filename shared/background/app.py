@@ -6,8 +6,14 @@ worker on Lambda) imports no FastAPI: a queue-driven cold start skips the web fr
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette._utils import is_async_callable
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp
 
 from shared.background import TaskExecutor, TaskRejected, build_executor
@@ -21,6 +27,44 @@ async def _task_rejected(request: Request, exc: Exception) -> JSONResponse:
         status_code=500,
         content={"detail": f"background task rejected: {exc}"},
     )
+
+
+def _with_task_layer(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """An exception handler whose response's background tasks go through the task layer too."""
+    if getattr(handler, "runs_tasks_through_the_layer", False):
+        return handler
+
+    async def handle(conn: HTTPConnection, exc: Exception) -> Any:
+        if is_async_callable(handler):
+            response = await handler(conn, exc)
+        else:
+            response = await run_in_threadpool(handler, conn, exc)
+        background = getattr(response, "background", None)
+        executor = getattr(conn.app.state, "task_executor", None)
+        if background is not None and executor is not None:
+            response.background = executor.take(background)
+        return response
+
+    handle.runs_tasks_through_the_layer = True  # type: ignore[attr-defined]
+    return handle
+
+
+class _ExceptionHandlers(dict[Any, Callable[..., Any]]):
+    """``app.exception_handlers`` whose handlers, those set at install and every one added
+    later (``add_exception_handler``, ``@app.exception_handler``), are ``_with_task_layer``."""
+
+    def __init__(self, handlers: Mapping[Any, Callable[..., Any]]) -> None:
+        super().__init__()
+        for key, handler in handlers.items():
+            self[key] = handler
+
+    def __setitem__(self, key: Any, handler: Callable[..., Any]) -> None:
+        super().__setitem__(key, _with_task_layer(handler))
+
+    def setdefault(self, key: Any, handler: Callable[..., Any]) -> Callable[..., Any]:
+        if key not in self:
+            self[key] = handler
+        return self[key]
 
 
 def _manage_at_start(app: ASGIApp, fastapi_app: FastAPI) -> ASGIApp:
@@ -39,7 +83,8 @@ def install(app: FastAPI, executor: TaskExecutor | None = None) -> TaskExecutor:
 
     Call it before declaring routes: routes declared earlier are refused loudly. Routes
     declared later, on the app or on any ``APIRouter`` it includes, are taken over when
-    the app starts.
+    the app starts. Responses of exception handlers (a ``BackgroundTask`` on an error
+    response) go through the layer too.
     """
     unmanaged = unmanaged_routes(app.router.routes)
     if unmanaged:
@@ -47,6 +92,7 @@ def install(app: FastAPI, executor: TaskExecutor | None = None) -> TaskExecutor:
     executor = executor or build_executor()
     app.router.route_class = TaskRoute
     app.state.task_executor = executor
+    app.exception_handlers = _ExceptionHandlers(app.exception_handlers)
     if TaskRejected not in app.exception_handlers:
         app.add_exception_handler(TaskRejected, _task_rejected)
     app.add_middleware(_manage_at_start, fastapi_app=app)
