@@ -37,9 +37,12 @@ def _from_api_gateway(scope: Scope) -> str | None:
 def _where(scope: Scope) -> dict[str, str]:
     """The route's template (``/send-notification/{email}``): no e-mail in the logs, few distinct values.
 
-    Only a request that matched no route logs its path, e-mail addresses masked.
+    Only a request that matched no route logs its path, e-mail addresses masked. A route
+    of an included router is logged with the router's prefixes (FastAPI keeps that
+    effective route in its own scope entry; ``scope["route"]`` is the router's own).
     """
-    route = getattr(scope.get("route"), "path", None)
+    included = scope.get("fastapi", {}).get("effective_route_context")
+    route = getattr(included, "path", None) or getattr(scope.get("route"), "path", None)
     return {"route": route} if route else {"path": mask_emails(scope["path"])}
 
 

@@ -58,6 +58,8 @@ def test_a_router_route_runs_every_task_and_logs_it(
     assert succeeded["task"] == "tests.support.router_app.record"
     assert f"record {label}" in notification_log.read_text()
     assert logs.named("request.failed") == []
+    [completed] = logs.named("request.completed", request_id=request_id)
+    assert completed["route"] == route
 
 
 def test_a_routers_own_route_class_keeps_working(router_client: TestClient) -> None:
