@@ -83,9 +83,14 @@ def test_routes_declared_any_way_are_task_routes_once_the_app_started() -> None:
         pass
 
     with TestClient(app):
-        pass
+
+        @inner.get("/after-start")
+        async def declared_while_serving() -> None:
+            pass
+
     assert isinstance(inner.routes[0], TaskRoute) and isinstance(inner.routes[0], TimedRouteForTest)
     assert isinstance(outer.routes[-1], TaskRoute)
+    assert isinstance(inner.routes[-1], TaskRoute) and isinstance(inner.routes[-1], TimedRouteForTest)
 
 
 class TimedRouteForTest(APIRoute):

@@ -101,3 +101,17 @@ def manage_routes(routes: Iterable[BaseRoute]) -> None:
         mark_changed = getattr(router, "_mark_routes_changed", None)
         if mark_changed is not None:
             mark_changed()
+    for router in _included_routers(routes):
+        # Routes its decorators declare from now on, even once the app serves, get the layer too.
+        if isinstance(router.route_class, type) and issubclass(router.route_class, APIRoute):
+            router.route_class = task_route_class(router.route_class)
+
+
+def _included_routers(routes: Iterable[BaseRoute]) -> Iterator[Any]:
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield included
+            yield from _included_routers(included.routes)
+        elif isinstance(route, Mount) and not isinstance(route.app, Starlette) and route.routes:
+            yield from _included_routers(route.routes)
