@@ -60,7 +60,11 @@ def load_apps(names: Sequence[str] | None = None) -> dict[str, FastAPI]:
 
 
 def create_gateway(apps: Mapping[str, FastAPI] | None = None) -> Starlette:
-    """One app mounting ``apps`` (default: every function), running each one's lifespan."""
+    """One app mounting ``apps`` (default: every function), running each one's lifespan.
+
+    Each app is set up at startup as it is when served alone (its middleware built, its
+    routes given the task layer), so what would stop it from starting stops the gateway.
+    """
     ensure_logging_configured("gateway")  # before the functions claim the server's own log lines
     mounted = dict(apps) if apps is not None else load_apps()
 
@@ -68,6 +72,8 @@ def create_gateway(apps: Mapping[str, FastAPI] | None = None) -> Starlette:
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             for app in mounted.values():
+                if app.middleware_stack is None:  # built now, as the app alone builds it at startup
+                    app.middleware_stack = app.build_middleware_stack()
                 await stack.enter_async_context(app.router.lifespan_context(app))
             yield
 

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.logs import parse_json_lines
 from tests.support.servers import start_function
@@ -37,3 +38,17 @@ def test_a_path_no_route_serves_is_logged_as_a_masked_path_not_as_the_mount(tmp_
     assert not_found["path"] == "/notifications/nowhere/j***@example.com"
     assert not_found["service"] == "notifications"
     assert completed[served.headers["x-request-id"]]["route"] == "/health"
+
+
+def test_a_function_that_cannot_start_alone_stops_the_gateway_from_starting() -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from shared.app import create_app
+    from shared.background.app import UnmanagedRouteError
+    from shared.gateway import create_gateway
+
+    broken = create_app("broken")
+    broken.mount("/plain", FastAPI())
+    with pytest.raises(UnmanagedRouteError, match="mounted at /plain"), TestClient(create_gateway({"broken": broken})):
+        pass
