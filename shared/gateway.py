@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from shared.background.routing import manage_routes
 from shared.logs import ensure_logging_configured
 
 FUNCTIONS_DIR = Path(__file__).resolve().parents[1] / "functions"
@@ -62,8 +63,8 @@ def load_apps(names: Sequence[str] | None = None) -> dict[str, FastAPI]:
 def create_gateway(apps: Mapping[str, FastAPI] | None = None) -> Starlette:
     """One app mounting ``apps`` (default: every function), running each one's lifespan.
 
-    Each app is set up at startup as it is when served alone (its middleware built, its
-    routes given the task layer), so what would stop it from starting stops the gateway.
+    Each app's routes get the task layer at startup, as when the app is served alone: a
+    route that cannot be managed stops the gateway from starting.
     """
     ensure_logging_configured("gateway")  # before the functions claim the server's own log lines
     mounted = dict(apps) if apps is not None else load_apps()
@@ -72,8 +73,7 @@ def create_gateway(apps: Mapping[str, FastAPI] | None = None) -> Starlette:
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             for app in mounted.values():
-                if app.middleware_stack is None:  # built now, as the app alone builds it at startup
-                    app.middleware_stack = app.build_middleware_stack()
+                manage_routes(app.router.routes)  # as the app does when it starts alone
                 await stack.enter_async_context(app.router.lifespan_context(app))
             yield
 

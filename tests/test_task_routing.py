@@ -7,6 +7,7 @@ failing task never skips the next, every task is logged, the response is not hel
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,8 +24,8 @@ from shared.app import create_app
 from shared.background.app import TaskRoute, UnmanagedRouteError, install
 from tests.support.lambda_events import http_api_event
 from tests.support.logs import LogCapture, parse_json_lines
-from tests.support.runtime_api import LambdaEnvironment, lambda_environment
-from tests.support.servers import start_function
+from tests.support.runtime_api import InitFailed, LambdaEnvironment, lambda_environment
+from tests.support.servers import ServerProcess, free_port, start_function
 
 ROUTES = ["/v1/outer/fail/{label}", "/v1/outer/inner/fail/{label}", "/v1/outer/inner/late/{label}"]
 """A router's route, a nested router's (with its own route class), one declared after the include."""
@@ -202,3 +203,25 @@ def test_an_exception_handlers_background_tasks_run_through_the_layer(logs: LogC
     assert logs.named("task.failed", request_id=request_id, task="tests.support.router_app.fail")
     assert logs.named("task.succeeded", request_id=request_id, task="tests.support.router_app.record")
     assert "record handler" in notification_log.read_text()
+
+
+def test_under_uvicorn_an_app_with_a_route_it_cannot_manage_refuses_to_start(tmp_path: Path) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "shared.serve", "--app", "tests.support.unmanaged_app:app", "--port", str(port)]
+    server = ServerProcess(command, {"LOG_FORMAT": "json", "NOTIFICATION_LOG_PATH": str(tmp_path / "n.log")}, port)
+    try:
+        exit_code = server.process.wait(30)
+        output = server.output()
+    finally:
+        server.close()
+    assert exit_code != 0
+    assert "the app mounted at /plain runs its background tasks without the task layer" in output
+
+
+def test_on_lambda_an_app_with_a_route_it_cannot_manage_fails_its_init(tmp_path: Path) -> None:
+    env = {"NOTIFICATION_LOG_PATH": str(tmp_path / "n.log")}
+    with (
+        pytest.raises(InitFailed, match="the app mounted at /plain"),
+        lambda_environment("tests.support.unmanaged_app.handler", env=env),
+    ):
+        pass

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette._utils import is_async_callable
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.background import TaskExecutor, TaskRejected, build_executor
 from shared.background.routing import TaskRoute, UnmanagedRouteError, manage_routes, unmanaged_routes
@@ -67,14 +67,32 @@ class _ExceptionHandlers(dict[Any, Callable[..., Any]]):
         return self[key]
 
 
+class _Refusing:
+    """What an app that cannot take over one of its routes serves: its startup fails, and so
+    does every request if nothing ran the lifespan. Raising while the middleware is built
+    instead would not do: uvicorn takes that for an app without lifespan support and serves it."""
+
+    def __init__(self, error: UnmanagedRouteError) -> None:
+        self.error = error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.failed", "message": str(self.error)})
+        raise self.error
+
+
 def _manage_at_start(app: ASGIApp, fastapi_app: FastAPI) -> ASGIApp:
     """A "middleware" Starlette builds once, when the app starts (lifespan or first request).
 
     It adds nothing to the request path: it gives every route declared by then (included
-    routers at any depth, added after ``install`` or not) the task layer, and raises
-    ``UnmanagedRouteError`` for one it cannot manage, so the app refuses to start.
+    routers at any depth, added after ``install`` or not) the task layer. An app with a
+    route it cannot manage refuses to start (``UnmanagedRouteError``, one line naming it).
     """
-    manage_routes(fastapi_app.router.routes)
+    try:
+        manage_routes(fastapi_app.router.routes)
+    except UnmanagedRouteError as error:
+        return _Refusing(error)
     return app
 
 
