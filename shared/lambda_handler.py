@@ -1,7 +1,9 @@
 """The Lambda entry point of a function: Mangum over the same FastAPI app.
 
 Mangum turns each event shape (API Gateway REST v1, HTTP API v2, Function URL,
-ALB) into an ASGI request. Around it, per invocation, this module:
+ALB) into an ASGI request, with the path the client used (``shared.lambda_paths``).
+The app's lifespan startup runs once per environment, at init (``shared.lambda_lifespan``).
+Around Mangum, per invocation, this module:
 
 - binds the keys Powertools Logger emits (``function_name``, ``function_memory_size``,
   ``function_arn``, ``function_request_id``, ``cold_start``, ``xray_trace_id``) to every
