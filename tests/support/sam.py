@@ -50,6 +50,12 @@ def function_folders() -> list[str]:
     return sorted(path.parent.name for path in (ROOT / "functions").glob("*/app.py"))
 
 
+def http_functions(template: dict[str, Any] | None = None) -> list[str]:
+    """The function folders the template routes an HTTP API path to."""
+    specs = functions(template or load_template())
+    return [name for name in function_folders() if logical_id(name) in specs and specs[logical_id(name)].http_paths()]
+
+
 @dataclass(frozen=True)
 class FunctionSpec:
     """A function of the template, its Globals merged in."""
