@@ -20,6 +20,11 @@ os.environ.update(
 os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_LAMBDA_RUNTIME_API", None)
 
+from infra.template import template
+
+# The names of template.yaml's tables and buckets, as the functions get them (USERS_TABLE=...).
+os.environ.update(template().name_environment())
+
 from shared.logs import configure_logging
 from shared.settings import get_settings
 from tests.support.aws_resources import AwsState, mocked_aws
@@ -62,6 +67,6 @@ def notifications_client() -> Iterator[TestClient]:
 
 @pytest.fixture
 def state() -> Iterator[AwsState]:
-    """moto's ``mock_aws`` holding the bucket, tables and SES sender the functions use."""
+    """moto's ``mock_aws`` holding template.yaml's tables, bucket, queues and SES sender."""
     with mocked_aws() as resources:
         yield resources
