@@ -148,8 +148,13 @@ def test_the_bucket_is_private_and_encrypted(template: dict[str, Any]) -> None:
     assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
 
 
-def _statements(role: dict[str, Any]) -> list[dict[str, Any]]:
-    return [s for policy in role["Properties"].get("Policies", []) for s in policy["PolicyDocument"]["Statement"]]
+def _statements(role: dict[str, Any], resources: dict[str, Any]) -> list[dict[str, Any]]:
+    """A role's inline statements and those of the stack's managed policies it attaches."""
+    documents = [policy["PolicyDocument"] for policy in role["Properties"].get("Policies", [])]
+    for arn in role["Properties"]["ManagedPolicyArns"]:
+        if isinstance(arn, dict):
+            documents.append(resources[arn["Ref"]]["Properties"]["PolicyDocument"])
+    return [statement for document in documents for statement in document["Statement"]]
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -169,10 +174,15 @@ def _is_own_resource(resource: Any) -> bool:
 def test_roles_allow_no_wildcard_action_and_only_own_resources(translated: dict[str, Any]) -> None:
     roles = {name: r for name, r in translated["Resources"].items() if r["Type"] == "AWS::IAM::Role"}
     assert sorted(roles) == sorted(f"{logical_id(name)}Role" for name in function_folders())
+    resources = translated["Resources"]
     for name, role in roles.items():
-        managed = {arn.rsplit("/", 1)[-1] for arn in role["Properties"]["ManagedPolicyArns"]}
+        arns = role["Properties"]["ManagedPolicyArns"]
+        managed = {arn.rsplit("/", 1)[-1] for arn in arns if isinstance(arn, str)}
         assert managed == EXPECTED_MANAGED_POLICIES, name
-        for statement in _statements(role):
+        # Any other managed policy is one of the stack's own, checked like inline statements.
+        for arn in arns:
+            assert isinstance(arn, str) or resources[arn["Ref"]]["Type"] == "AWS::IAM::ManagedPolicy", arn
+        for statement in _statements(role, resources):
             assert statement["Effect"] == "Allow"
             for action in _as_list(statement["Action"]):
                 assert "*" not in action, f"{name} allows {action}"
@@ -181,11 +191,12 @@ def test_roles_allow_no_wildcard_action_and_only_own_resources(translated: dict[
 
 
 def test_ses_sending_is_limited_to_the_configured_sender(template: dict[str, Any], translated: dict[str, Any]) -> None:
+    """Every role that may send e-mail, however it got the statement, only from MailSender."""
     ses = [
         statement
         for resource in translated["Resources"].values()
         if resource["Type"] == "AWS::IAM::Role"
-        for statement in _statements(resource)
+        for statement in _statements(resource, translated["Resources"])
         if any(action.startswith("ses:") for action in _as_list(statement["Action"]))
     ]
     assert ses
@@ -286,3 +297,21 @@ def test_a_function_behind_its_api_prefix_serves_its_routes_and_docs(monkeypatch
     assert client.get("/users/openapi.json").json()["servers"] == [{"url": "/users"}]
     # An event with the app's own path (a direct invoke, a Function URL) still works.
     assert client.get("/health").json()["status"] == "ok"
+
+
+def test_shared_statements_are_declared_once_and_attached_by_reference(template: dict[str, Any]) -> None:
+    """No statement is pasted into two functions: a capability several share is a managed policy."""
+    seen: dict[str, str] = {}
+    for name, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        for policy in resource["Properties"].get("Policies", []):
+            for statement in policy.get("Statement", []) if isinstance(policy, dict) else []:
+                key = json.dumps(statement, sort_keys=True)
+                assert key not in seen, (
+                    f"{name} repeats {seen.get(key)}'s statement {statement.get('Sid')}: share a managed policy"
+                )
+                seen[key] = name
+    users = template["Resources"]["UsersFunction"]["Properties"]["Policies"]
+    assert {"Ref": "EnqueueDurableTasksPolicy"} in users
+    assert {"Ref": "SendMailPolicy"} in users
