@@ -13,7 +13,6 @@ import pytest
 from infra.sam_build import layers_for
 from tests.support.sam import (
     ROOT,
-    SAM_VENV,
     TEMPLATE,
     FunctionSpec,
     function_folders,
@@ -22,9 +21,10 @@ from tests.support.sam import (
     load_template,
     logical_id,
     run_sam,
+    translate,
+    translated_template,
 )
 
-TRANSLATE = ROOT / "tests" / "support" / "sam_translate.py"
 # AWS's own policies that SAM attaches to every function role (logs, X-Ray tracing).
 EXPECTED_MANAGED_POLICIES = {"AWSLambdaBasicExecutionRole", "AWSXrayWriteOnlyAccess"}
 
@@ -39,23 +39,9 @@ def specs(template: dict[str, Any]) -> dict[str, FunctionSpec]:
     return functions(template)
 
 
-def translate(parameters: dict[str, str] | None = None) -> dict[str, Any]:
-    """The template after AWS::LanguageExtensions and the SAM transform, as CloudFormation deploys it."""
-    result = subprocess.run(
-        [str(SAM_VENV / "bin" / "python"), str(TRANSLATE), str(TEMPLATE), json.dumps(parameters or {})],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    translated: dict[str, Any] = json.loads(result.stdout)
-    return translated
-
-
 @pytest.fixture(scope="module")
 def translated() -> dict[str, Any]:
-    return translate()
+    return translated_template()
 
 
 def test_sam_validate_reports_nothing(tmp_path: Path) -> None:
