@@ -93,3 +93,13 @@ def test_a_missing_resource_variable_says_where_to_declare_it(monkeypatch: pytes
         resource_name("ORDERS_TABLE")
     monkeypatch.setenv("ORDERS_TABLE", "orders-prod")
     assert resource_name("ORDERS_TABLE") == "orders-prod"
+
+
+def test_docker_compose_sends_the_template_durable_tasks_and_mounts_the_template() -> None:
+    """The containers cannot read template.yaml's parameters: compose repeats the list, and must agree."""
+    import yaml
+
+    compose = yaml.safe_load((TEMPLATE.parent / "infra" / "docker-compose.yml").read_text())
+    default = template().data["Parameters"]["DurableTasks"]["Default"]
+    assert compose["x-app"]["environment"]["DURABLE_TASKS"] == default
+    assert "../template.yaml:/app/template.yaml:ro" in compose["services"]["setup"]["volumes"]
