@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
+import sys
 from pathlib import Path
 from string import Template
 
@@ -36,7 +38,9 @@ def scaffold(name: str, *, table: bool, root: Path = ROOT) -> list[Path]:
         "name": name,
         "title": title,
         "model": title,
-        "summary": f"{title}: stored, then confirmed by e-mail in the background.",
+        "summary": "stored, then confirmed by e-mail in the background."
+        if table
+        else "confirmed by e-mail in the background.",
         "logical_id": f"{title}Function",
         "table_id": f"{title}Table",
         "table_variable": f"{name.upper()}_TABLE",
@@ -57,6 +61,10 @@ def scaffold(name: str, *, table: bool, root: Path = ROOT) -> list[Path]:
     test.write_text(render("test.py.tmpl", values, table=table))
     block = render("template.yaml.tmpl", values, table=table)
     template_path.write_text(template_text.replace(ANCHOR, block + ANCHOR, 1))
+    python = [str(p) for p in (folder / "app.py", test)]
+    # The sections leave imports to merge and sort: the project's own formatter does it.
+    subprocess.run([sys.executable, "-m", "ruff", "check", "--fix", "--quiet", *python], cwd=root, check=True)  # noqa: S603
+    subprocess.run([sys.executable, "-m", "ruff", "format", "--quiet", *python], cwd=root, check=True)  # noqa: S603
     return [folder / "__init__.py", folder / "app.py", test, template_path]
 
 
