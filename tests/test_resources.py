@@ -13,8 +13,8 @@ from shared.resources import MissingResource, resource_name
 from shared.settings import Settings
 from tests.support.aws_resources import mocked_aws
 
-ORDERS = """
-  OrdersTable:
+INVOICES = """
+  InvoicesTable:
     Type: AWS::DynamoDB::Table
     Properties:
       BillingMode: PAY_PER_REQUEST
@@ -27,11 +27,13 @@ ORDERS = """
 """
 
 
-def with_orders(tmp_path: Path, variable: str = "ORDERS_TABLE") -> Template:
+def with_invoices(tmp_path: Path, variable: str = "INVOICES_TABLE") -> Template:
     """The template plus a table and a function variable naming it, as a user would add them."""
-    text = TEMPLATE.read_text().replace("\nResources:\n", "\nResources:\n" + ORDERS, 1)
+    text = TEMPLATE.read_text().replace("\nResources:\n", "\nResources:\n" + INVOICES, 1)
     text = text.replace(
-        "          SERVICE_NAME: items\n", f"          SERVICE_NAME: items\n          {variable}: !Ref OrdersTable\n", 1
+        "          SERVICE_NAME: items\n",
+        f"          SERVICE_NAME: items\n          {variable}: !Ref InvoicesTable\n",
+        1,
     )
     path = tmp_path / "template.yaml"
     path.write_text(text)
@@ -53,14 +55,14 @@ def test_settings_defaults_are_the_template_resources_local_names() -> None:
 
 
 def test_a_table_added_to_the_template_is_created_and_passed_to_its_function(tmp_path: Path) -> None:
-    stack = with_orders(tmp_path)
+    stack = with_invoices(tmp_path)
     with mocked_aws():
         created = create_resources(stack)
-        table = aws.dynamodb().meta.client.describe_table(TableName="fastapi-tasks-orders")["Table"]
-    assert "fastapi-tasks-orders" in created["tables"]
+        table = aws.dynamodb().meta.client.describe_table(TableName="fastapi-tasks-invoices")["Table"]
+    assert "fastapi-tasks-invoices" in created["tables"]
     assert table["KeySchema"] == [{"AttributeName": "order_id", "KeyType": "HASH"}]
-    assert created["environment"]["ORDERS_TABLE"] == "fastapi-tasks-orders"
-    assert stack.name_environment()["ORDERS_TABLE"] == "fastapi-tasks-orders"
+    assert created["environment"]["INVOICES_TABLE"] == "fastapi-tasks-invoices"
+    assert stack.name_environment()["INVOICES_TABLE"] == "fastapi-tasks-invoices"
 
 
 def test_the_task_queue_redrives_to_its_dead_letter_queue_as_declared() -> None:
@@ -82,17 +84,17 @@ def test_the_durable_task_list_is_the_template_default_unless_the_shell_sets_it(
 
 
 def test_one_variable_naming_two_resources_is_refused_in_one_line(tmp_path: Path) -> None:
-    stack = with_orders(tmp_path, variable="USERS_TABLE")
-    with pytest.raises(ValueError, match=r"^template.yaml: USERS_TABLE refers to both UsersTable and OrdersTable"):
+    stack = with_invoices(tmp_path, variable="USERS_TABLE")
+    with pytest.raises(ValueError, match=r"^template.yaml: USERS_TABLE refers to both UsersTable and InvoicesTable"):
         stack.wiring()
 
 
 def test_a_missing_resource_variable_says_where_to_declare_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("ORDERS_TABLE", raising=False)
-    with pytest.raises(MissingResource, match=r"ORDERS_TABLE is not set: give the function `ORDERS_TABLE: !Ref"):
-        resource_name("ORDERS_TABLE")
-    monkeypatch.setenv("ORDERS_TABLE", "orders-prod")
-    assert resource_name("ORDERS_TABLE") == "orders-prod"
+    monkeypatch.delenv("INVOICES_TABLE", raising=False)
+    with pytest.raises(MissingResource, match=r"INVOICES_TABLE is not set: give the function `INVOICES_TABLE: !Ref"):
+        resource_name("INVOICES_TABLE")
+    monkeypatch.setenv("INVOICES_TABLE", "invoices-prod")
+    assert resource_name("INVOICES_TABLE") == "invoices-prod"
 
 
 def test_docker_compose_sends_the_template_durable_tasks_and_mounts_the_template() -> None:
