@@ -130,8 +130,10 @@ def test_the_worker_role_runs_the_queued_welcome_email(
     aws_state: AwsState, monkeypatch: pytest.MonkeyPatch, guards: list[RoleGuard], logs: LogCapture
 ) -> None:
     """Enqueued by the users function, run by the worker as Lambda would (on another thread, as its role)."""
-    from functions.worker.sqs import handler
     from shared import aws
+    from shared.worker import make_sqs_handler
+
+    handler = make_sqs_handler()  # functions.worker.sqs.handler, built afresh: its worker keeps its first settings
 
     queue = aws.sqs().get_queue_url(QueueName=template().local_names()["TaskQueue"])["QueueUrl"]
     monkeypatch.setenv("TASK_QUEUE_URL", queue)

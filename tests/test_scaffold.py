@@ -34,20 +34,32 @@ def project_copy(tmp_path: Path) -> Path:
 
 def test_a_function_with_a_table_is_ready_for_make_test(tmp_path: Path) -> None:
     project = project_copy(tmp_path)
-    written = scaffold("orders", table=True, root=project)
+    written = scaffold("probe_orders", table=True, root=project)  # a name no project has yet
 
     assert sorted(str(path.relative_to(project)) for path in written) == [
-        "functions/orders/__init__.py",
-        "functions/orders/app.py",
+        "functions/probe_orders/__init__.py",
+        "functions/probe_orders/app.py",
         "template.yaml",
-        "tests/test_orders.py",
+        "tests/test_probe_orders.py",
     ]
     stack = Template.read(project / "template.yaml")
-    assert stack.wiring()["ORDERS_TABLE"] == "OrdersTable"
-    assert {"Ref": "SendMailPolicy"} in stack.resources["OrdersFunction"]["Properties"]["Policies"]
-    tests = ["tests/test_orders.py", "tests/test_functions.py", "tests/test_openapi_fuzz.py"]
+    assert stack.wiring()["PROBE_ORDERS_TABLE"] == "ProbeOrdersTable"
+    assert {"Ref": "SendMailPolicy"} in stack.resources["ProbeOrdersFunction"]["Properties"]["Policies"]
+    tests = ["tests/test_probe_orders.py", "tests/test_functions.py", "tests/test_openapi_fuzz.py"]
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-p", "no:logging", "-k", "orders", *tests],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-v",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:logging",
+            "-k",
+            "probe_orders",
+            *tests,
+        ],
         cwd=project,
         capture_output=True,
         text=True,
@@ -55,9 +67,9 @@ def test_a_function_with_a_table_is_ready_for_make_test(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:]
     for test in (
-        "tests/test_orders.py::test_create_confirms_by_email PASSED",
-        "tests/test_functions.py::test_each_function_serves_its_health_as_itself[orders] PASSED",
-        "tests/test_openapi_fuzz.py::test_orders_schema PASSED",
+        "tests/test_probe_orders.py::test_create_confirms_by_email PASSED",
+        "tests/test_functions.py::test_each_function_serves_its_health_as_itself[probe_orders] PASSED",
+        "tests/test_openapi_fuzz.py::test_probe_orders_schema PASSED",
     ):
         assert test in result.stdout
 
