@@ -154,3 +154,21 @@ def test_the_worker_role_runs_the_queued_welcome_email(
     assert guard.failure() is None
     assert [email.destinations["ToAddresses"] for email in aws_state.sent_emails()] == [[JANE["email"]]]
     assert logs.named("task.succeeded", task="email.send_welcome")
+
+
+def test_the_statements_a_behaviour_needed_are_told_from_those_it_did_not(
+    aws_state: AwsState, monkeypatch: pytest.MonkeyPatch, guards: list[RoleGuard]
+) -> None:
+    """What the end-of-suite report ("IAM statements no test exercised") is made of."""
+    role = RolePolicies.of("UsersFunction")
+    guards.append(guard := run_as(role, monkeypatch))
+    with TestClient(users_app) as client:
+        assert client.post("/users", json=JANE).status_code == 201
+    used = {statement.policy for statement in guard.used}
+    assert used == {
+        role.naming(aws_state.settings.users_table),
+        role.naming(aws_state.settings.audit_table),
+        "SendMailPolicy",
+    }
+    unused = {statement.policy for statement in role.statements()} - used
+    assert unused == {"EnqueueDurableTasksPolicy"}
