@@ -17,7 +17,7 @@ export SAM_CLI_TELEMETRY ?= 0
 export UV_PYTHON_DOWNLOADS := never
 SYNC_HINT := make: could not install the lock (see above); after editing pyproject.toml, run `make lock`
 
-.PHONY: test lint run bench deploy clean sam-build sam-build-ready lock upgrade sync sync-sam
+.PHONY: test lint run bench deploy clean sam-build sam-build-ready lock upgrade sync sync-sam function
 
 $(UV):
 	$(PYTHON) -m venv $(UV_VENV)
@@ -44,6 +44,10 @@ lint: sync
 
 run: sync ## the local stack: moto as local AWS, every function on one port, the durable worker
 	$(PY) -m infra.local_stack
+
+function: sync ## a new function: make function NAME=orders [TABLE=1] (its folder, template.yaml block, test)
+	@test -n "$(NAME)" || { echo "make function: give it a name, e.g. make function NAME=orders TABLE=1" >&2; exit 2; }
+	$(PY) -m infra.scaffold $(NAME) $(if $(TABLE),--table)
 
 $(LAMBDA_READY): requirements.txt | sync
 	$(PY) -m infra.sam_build prepare

@@ -1,9 +1,9 @@
-"""The durable-task queue, its dead-letter queue and the idempotency table, created locally.
+"""Task queues and idempotency tables of their own, for tests that need fresh ones.
 
-The same shapes as the SAM template's (docs/durable-tasks.md): a standard queue whose
-``RedrivePolicy`` moves a message to the DLQ after ``TASK_MAX_RECEIVES`` receives, and a
-table keyed by ``id`` (string) with TTL on ``expiration``, as Powertools' idempotency
-utility expects. Safe to call again.
+The template's own queue and table are created from template.yaml (``infra.local_resources``);
+these have the same shapes (docs/durable-tasks.md): a standard queue whose ``RedrivePolicy``
+moves a message to the DLQ after ``max_receives`` receives, and a table keyed by ``id``
+(string) with TTL on ``expiration``, as Powertools' idempotency utility expects. Safe to call again.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from botocore.exceptions import ClientError
 
 from shared import aws
-from shared.settings import Settings, get_settings
 
 DEFAULT_QUEUE_NAME = "fastapi-tasks"
+"""The queue infra/docker-compose.yml names in ``TASK_QUEUE_URL`` (the template's TaskQueue, locally)."""
 
 
 @dataclass(frozen=True)
@@ -67,15 +67,3 @@ def create_idempotency_table(name: str) -> str:
             TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiration"}
         )
     return name
-
-
-def create_durable_resources(settings: Settings | None = None) -> dict[str, str]:
-    """The queue named by ``TASK_QUEUE_URL`` (else ``fastapi-tasks``), its DLQ, the idempotency table."""
-    settings = settings or get_settings()
-    name = settings.task_queue_url.rstrip("/").rsplit("/", 1)[-1] if settings.task_queue_url else DEFAULT_QUEUE_NAME
-    queues = create_task_queues(name, max_receives=settings.task_max_receives)
-    return {
-        "task_queue_url": queues.url,
-        "dead_letter_queue_url": queues.dlq_url,
-        "idempotency_table": create_idempotency_table(settings.idempotency_table),
-    }

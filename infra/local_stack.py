@@ -1,8 +1,8 @@
 """``make run``: the whole stack on this machine, no AWS account needed.
 
 1. moto's server (``ThreadedMotoServer``) on 127.0.0.1:AWS_PORT (4566) is the local AWS;
-2. the bucket, tables, SES sender, task queue + dead-letter queue and idempotency table are
-   created in it (``infra.local_resources``, ``infra.durable_resources``);
+2. template.yaml's tables, bucket, queues and SES sender are created in it
+   (``infra.local_resources``), and the functions get the environment the template gives them;
 3. every function is served on 127.0.0.1:PORT (8000), each under ``/<name>`` as the HTTP
    API routes them, by the Docker image's own entry command (``python -m shared.entrypoint``);
 4. the durable worker long-polls the local queue (``python -m shared.entrypoint worker``).
@@ -33,8 +33,6 @@ from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-# The same tasks template.yaml's DurableTasks parameter sends to SQS by default.
-DEFAULT_DURABLE_TASKS = "email.send_welcome,files.process_upload"
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "local",
     "AWS_SECRET_ACCESS_KEY": "local",
@@ -43,18 +41,18 @@ FAKE_CREDENTIALS = {
 
 
 def provision() -> dict[str, Any]:
-    """Create every resource the functions expect in ``AWS_ENDPOINT_URL``; safe to repeat."""
-    from infra.durable_resources import create_durable_resources
+    """Create template.yaml's resources in ``AWS_ENDPOINT_URL``; safe to repeat.
+
+    Returns what was created and ``environment``: the variables the template gives the
+    functions, resolved to the local resources and the parameters' defaults.
+    """
     from infra.local_resources import create_resources
     from shared import aws
     from shared.settings import get_settings
 
     get_settings.cache_clear()
     aws.reset_clients()
-    created = create_resources()
-    # infra.local_resources includes the durable-task resources; older versions did not.
-    durable = created.get("durable_tasks") or create_durable_resources()
-    return {**created, **durable}
+    return create_resources()
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -115,7 +113,7 @@ class LocalStack:
         env = {key: value for key, value in os.environ.items() if key != "AWS_PROFILE"}
         env.update(FAKE_CREDENTIALS)
         env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-        env.setdefault("DURABLE_TASKS", DEFAULT_DURABLE_TASKS)
+        env.update(resources["environment"])  # DURABLE_TASKS: the template's default, or the shell's
         # A short long-poll, so that Ctrl-C stops the worker within a couple of seconds.
         env.setdefault("WORKER_WAIT_SECONDS", "2")
         env.update(

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     aws_endpoint_url: str | None = None
     task_queue_url: str | None = None
     durable_tasks: str = Field("", description="Comma-separated task names sent to SQS ('*' for all).")
+    # Names template.yaml passes (USERS_TABLE: !Ref UsersTable); a default is the resource's local
+    # name (infra/template.py, checked by tests/test_resources.py). A function's own resource needs
+    # no field here: shared.resources.resource_name("ORDERS_TABLE").
     idempotency_table: str = "fastapi-tasks-idempotency"
     users_table: str = "fastapi-tasks-users"
     audit_table: str = "fastapi-tasks-audit"

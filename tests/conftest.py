@@ -20,10 +20,17 @@ os.environ.update(
 os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_LAMBDA_RUNTIME_API", None)
 
+from infra.template import template
+
+# The names of template.yaml's tables and buckets, as the functions get them (USERS_TABLE=...).
+os.environ.update(template().name_environment())
+
 from shared.logs import configure_logging
 from shared.settings import get_settings
 from tests.support.aws_resources import AwsState, mocked_aws
+from tests.support.iam import COVERAGE, RoleGuard, RolePolicies
 from tests.support.logs import LogCapture
+from tests.support.sam import function_folders, logical_id
 
 # Before any app is imported: tests reconfigure logging, so loggers must not keep the first configuration.
 configure_logging("tests", cache_loggers=False)
@@ -60,8 +67,47 @@ def notifications_client() -> Iterator[TestClient]:
         yield client
 
 
+def function_under_test(request: pytest.FixtureRequest) -> str | None:
+    """``UsersFunction`` in tests/test_users.py: the function whose behaviour a module tests."""
+    name = request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    if name not in function_folders() or f"{logical_id(name)}Role" not in template_roles():
+        return None
+    return logical_id(name)
+
+
+def template_roles() -> set[str]:
+    from tests.support.sam import translated_template
+
+    return {name for name, r in translated_template()["Resources"].items() if r["Type"] == "AWS::IAM::Role"}
+
+
 @pytest.fixture
-def state() -> Iterator[AwsState]:
-    """moto's ``mock_aws`` holding the bucket, tables and SES sender the functions use."""
+def state(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsState]:
+    """moto's ``mock_aws`` holding template.yaml's tables, bucket, queues and SES sender.
+
+    In ``tests/test_<name>.py`` the function's AWS calls are made as its role, exactly as the
+    template gives it, with moto enforcing IAM: a call the role does not allow fails the test
+    with AccessDenied (tests/support/iam.py).
+    """
+    function = function_under_test(request)
+    guard = RoleGuard()
     with mocked_aws() as resources:
-        yield resources
+        if function:
+            guard.install(RolePolicies.of(function), monkeypatch)
+        try:
+            yield resources
+        finally:
+            guard.uninstall()
+            COVERAGE.add(guard)
+    failure = guard.failure()
+    if failure:
+        pytest.fail(failure, pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The statements of the roles the tests ran as that no call ever needed: candidates to remove."""
+    unused = COVERAGE.unused()
+    if unused:
+        terminalreporter.section("IAM statements no test exercised")
+        for statement in unused:
+            terminalreporter.write_line(str(statement))

@@ -3,11 +3,13 @@
 In-process against the ASGI app inside moto's ``mock_aws``: valid and invalid requests
 generated from the schema must never answer 5xx, and every answer must be documented
 (status code, content type, body schema). Derandomized and bounded, so CI is stable.
+Every function the template routes over HTTP is fuzzed: a new folder needs no edit here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,10 +23,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from functions.items.app import app as items_app
-from functions.uploads.app import app as uploads_app
-from functions.users.app import app as users_app
 from tests.support.aws_resources import AwsState, mocked_aws
+from tests.support.sam import http_functions
 
 CHECKS = [
     not_a_server_error,
@@ -41,10 +41,6 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
 )
 
-users = schemathesis.openapi.from_asgi("/openapi.json", users_app)
-items = schemathesis.openapi.from_asgi("/openapi.json", items_app)
-uploads = schemathesis.openapi.from_asgi("/openapi.json", uploads_app)
-
 
 @pytest.fixture(scope="module", autouse=True)
 def aws() -> Iterator[AwsState]:
@@ -52,26 +48,20 @@ def aws() -> Iterator[AwsState]:
         yield state
 
 
-def fuzz(case: Any) -> None:
-    case.call_and_validate(checks=CHECKS)
+def fuzz_test(name: str) -> Callable[[Any], None]:
+    schema = schemathesis.openapi.from_asgi("/openapi.json", importlib.import_module(f"functions.{name}.app").app)
+
+    @schema.parametrize()
+    @FUZZ
+    def test(case: Any) -> None:
+        case.call_and_validate(checks=CHECKS)
+
+    test.__name__ = test.__qualname__ = f"test_{name}_schema"
+    return test  # type: ignore[no-any-return]
 
 
-@users.parametrize()
-@FUZZ
-def test_users_schema(case: Any) -> None:
-    fuzz(case)
-
-
-@items.parametrize()
-@FUZZ
-def test_items_schema(case: Any) -> None:
-    fuzz(case)
-
-
-@uploads.parametrize()
-@FUZZ
-def test_uploads_schema(case: Any) -> None:
-    fuzz(case)
+for _name in http_functions():
+    globals()[f"test_{_name}_schema"] = fuzz_test(_name)
 
 
 def test_the_fuzz_reached_storage(aws: AwsState) -> None:

@@ -29,6 +29,7 @@ from packaging.requirements import Requirement
 
 from infra import sam_build
 from infra.sam_build import GATED_LAYERS, SHARED_LAYER, canonical, lambda_python, pruned_imports
+from infra.template import Template
 from shared.settings import Settings
 from tests.support.lock import versions_differing_from_the_lock
 from tests.support.runtime_api import Invocation, lambda_environment, load_event
@@ -123,19 +124,8 @@ def local_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAws]:
 
 def function_environment(spec: FunctionSpec, template: dict[str, Any], aws: LocalAws) -> dict[str, str]:
     """The template's environment for ``spec``, its references replaced by the local resources."""
-    parameters = template["Parameters"]
-    settings_defaults = {name.upper(): field.default for name, field in Settings.model_fields.items()}
-    env: dict[str, str] = {}
-    for key, value in spec.environment.items():
-        if isinstance(value, dict) and value.get("Ref") in parameters:
-            env[key] = str(parameters[value["Ref"]]["Default"])
-        elif isinstance(value, dict) and key == "TASK_QUEUE_URL":
-            env[key] = aws.resources["task_queue_url"]
-        elif isinstance(value, dict):
-            env[key] = str(settings_defaults[key])  # the name infra/local_resources.py created it with
-        else:
-            env[key] = str(value)
-    return env
+    stack = Template(template)
+    return stack.environment({**stack.local_names(), **aws.resources["queues"]}, spec.logical_id)
 
 
 @pytest.fixture

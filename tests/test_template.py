@@ -13,17 +13,18 @@ import pytest
 from infra.sam_build import layers_for
 from tests.support.sam import (
     ROOT,
-    SAM_VENV,
     TEMPLATE,
     FunctionSpec,
     function_folders,
     functions,
+    http_functions,
     load_template,
     logical_id,
     run_sam,
+    translate,
+    translated_template,
 )
 
-TRANSLATE = ROOT / "tests" / "support" / "sam_translate.py"
 # AWS's own policies that SAM attaches to every function role (logs, X-Ray tracing).
 EXPECTED_MANAGED_POLICIES = {"AWSLambdaBasicExecutionRole", "AWSXrayWriteOnlyAccess"}
 
@@ -38,23 +39,9 @@ def specs(template: dict[str, Any]) -> dict[str, FunctionSpec]:
     return functions(template)
 
 
-def translate(parameters: dict[str, str] | None = None) -> dict[str, Any]:
-    """The template after AWS::LanguageExtensions and the SAM transform, as CloudFormation deploys it."""
-    result = subprocess.run(
-        [str(SAM_VENV / "bin" / "python"), str(TRANSLATE), str(TEMPLATE), json.dumps(parameters or {})],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    translated: dict[str, Any] = json.loads(result.stdout)
-    return translated
-
-
 @pytest.fixture(scope="module")
 def translated() -> dict[str, Any]:
-    return translate()
+    return translated_template()
 
 
 def test_sam_validate_reports_nothing(tmp_path: Path) -> None:
@@ -147,8 +134,13 @@ def test_the_bucket_is_private_and_encrypted(template: dict[str, Any]) -> None:
     assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
 
 
-def _statements(role: dict[str, Any]) -> list[dict[str, Any]]:
-    return [s for policy in role["Properties"].get("Policies", []) for s in policy["PolicyDocument"]["Statement"]]
+def _statements(role: dict[str, Any], resources: dict[str, Any]) -> list[dict[str, Any]]:
+    """A role's inline statements and those of the stack's managed policies it attaches."""
+    documents = [policy["PolicyDocument"] for policy in role["Properties"].get("Policies", [])]
+    for arn in role["Properties"]["ManagedPolicyArns"]:
+        if isinstance(arn, dict):
+            documents.append(resources[arn["Ref"]]["Properties"]["PolicyDocument"])
+    return [statement for document in documents for statement in document["Statement"]]
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -168,10 +160,15 @@ def _is_own_resource(resource: Any) -> bool:
 def test_roles_allow_no_wildcard_action_and_only_own_resources(translated: dict[str, Any]) -> None:
     roles = {name: r for name, r in translated["Resources"].items() if r["Type"] == "AWS::IAM::Role"}
     assert sorted(roles) == sorted(f"{logical_id(name)}Role" for name in function_folders())
+    resources = translated["Resources"]
     for name, role in roles.items():
-        managed = {arn.rsplit("/", 1)[-1] for arn in role["Properties"]["ManagedPolicyArns"]}
+        arns = role["Properties"]["ManagedPolicyArns"]
+        managed = {arn.rsplit("/", 1)[-1] for arn in arns if isinstance(arn, str)}
         assert managed == EXPECTED_MANAGED_POLICIES, name
-        for statement in _statements(role):
+        # Any other managed policy is one of the stack's own, checked like inline statements.
+        for arn in arns:
+            assert isinstance(arn, str) or resources[arn["Ref"]]["Type"] == "AWS::IAM::ManagedPolicy", arn
+        for statement in _statements(role, resources):
             assert statement["Effect"] == "Allow"
             for action in _as_list(statement["Action"]):
                 assert "*" not in action, f"{name} allows {action}"
@@ -180,11 +177,12 @@ def test_roles_allow_no_wildcard_action_and_only_own_resources(translated: dict[
 
 
 def test_ses_sending_is_limited_to_the_configured_sender(template: dict[str, Any], translated: dict[str, Any]) -> None:
+    """Every role that may send e-mail, however it got the statement, only from MailSender."""
     ses = [
         statement
         for resource in translated["Resources"].values()
         if resource["Type"] == "AWS::IAM::Role"
-        for statement in _statements(resource)
+        for statement in _statements(resource, translated["Resources"])
         if any(action.startswith("ses:") for action in _as_list(statement["Action"]))
     ]
     assert ses
@@ -215,7 +213,7 @@ def _route_security(translated: dict[str, Any]) -> dict[str, Any]:
 
 def test_routes_are_open_unless_the_jwt_authorizer_is_switched_on(translated: dict[str, Any]) -> None:
     security = _route_security(translated)
-    assert len(security) == 4
+    assert sorted(security) == sorted(f"x-amazon-apigateway-any-method /{name}/{{proxy+}}" for name in http_functions())
     assert set(security.values()) == {None}
     assert "securitySchemes" not in translated["Resources"]["HttpApi"]["Properties"]["Body"].get("components", {})
 
@@ -248,15 +246,19 @@ def test_logs_are_kept_for_the_retention_parameter(template: dict[str, Any], spe
         assert spec.properties["LoggingConfig"]["LogGroup"] == {"Ref": "FunctionLogGroup"}
 
 
-def test_outputs_give_the_api_and_each_function_docs_url(template: dict[str, Any], specs: dict[str, Any]) -> None:
+def test_outputs_give_the_api_and_any_docs_url_points_at_its_function(template: dict[str, Any]) -> None:
+    """A ``<Name>DocsUrl`` output is optional; one that exists names a routed function and its docs."""
     outputs = template["Outputs"]
     assert "ApiUrl" in outputs
-    for name in function_folders():
-        if specs[logical_id(name)].http_paths():
-            url = outputs[f"{logical_id(name).removesuffix('Function')}DocsUrl"]["Value"]
-            assert url == {
-                "Fn::Sub": f"https://${{HttpApi}}.execute-api.${{AWS::Region}}.${{AWS::URLSuffix}}/{name}/docs"
-            }
+    docs_outputs = {key.removesuffix("DocsUrl"): output for key, output in outputs.items() if key.endswith("DocsUrl")}
+    routed = {logical_id(name).removesuffix("Function"): name for name in http_functions(template)}
+    assert set(docs_outputs) <= set(routed), (
+        f"DocsUrl outputs without a routed function: {set(docs_outputs) - set(routed)}"
+    )
+    for prefix, output in docs_outputs.items():
+        assert output["Value"] == {
+            "Fn::Sub": f"https://${{HttpApi}}.execute-api.${{AWS::Region}}.${{AWS::URLSuffix}}/{routed[prefix]}/docs"
+        }
 
 
 def test_a_function_behind_its_api_prefix_serves_its_routes_and_docs(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -281,3 +283,21 @@ def test_a_function_behind_its_api_prefix_serves_its_routes_and_docs(monkeypatch
     assert client.get("/users/openapi.json").json()["servers"] == [{"url": "/users"}]
     # An event with the app's own path (a direct invoke, a Function URL) still works.
     assert client.get("/health").json()["status"] == "ok"
+
+
+def test_shared_statements_are_declared_once_and_attached_by_reference(template: dict[str, Any]) -> None:
+    """No statement is pasted into two functions: a capability several share is a managed policy."""
+    seen: dict[str, str] = {}
+    for name, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        for policy in resource["Properties"].get("Policies", []):
+            for statement in policy.get("Statement", []) if isinstance(policy, dict) else []:
+                key = json.dumps(statement, sort_keys=True)
+                assert key not in seen, (
+                    f"{name} repeats {seen.get(key)}'s statement {statement.get('Sid')}: share a managed policy"
+                )
+                seen[key] = name
+    users = template["Resources"]["UsersFunction"]["Properties"]["Policies"]
+    assert {"Ref": "EnqueueDurableTasksPolicy"} in users
+    assert {"Ref": "SendMailPolicy"} in users

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import BackgroundTasks, Depends, Request, status
-from pydantic import BaseModel, EmailStr, Field
+from pydantic import BaseModel, EmailStr, Field, StrictBool
 from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse
 
 from shared.app import create_app
+from shared.http_errors import error_responses
 from shared.ids import new_id
 from shared.lambda_handler import make_handler
 from shared.tasks.notifications import (
@@ -82,7 +83,7 @@ async def unsubscribe(email: EmailStr) -> JSONResponse:
 
 class ProcessRequest(BaseModel):
     data: dict[str, Any] = Field(description="Any JSON object to process.")
-    run_async: bool = Field(False, description="Process with the async def task instead of the def one.")
+    run_async: StrictBool = Field(False, description="Process with the async def task instead of the def one.")
 
 
 class ProcessAccepted(BaseModel):
@@ -90,7 +91,7 @@ class ProcessAccepted(BaseModel):
     job_id: str
 
 
-@app.post("/process", status_code=status.HTTP_202_ACCEPTED)
+@app.post("/process", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(400))
 async def process(body: ProcessRequest, background_tasks: BackgroundTasks) -> ProcessAccepted:
     job_id = new_id()
     background_tasks.add_task(process_data_async if body.run_async else process_data, job_id, body.data)

@@ -1,6 +1,6 @@
 """Stable names and options for task functions.
 
-``@task("users.send_welcome_email", timeout=30)`` names a function so that it can
+``@task("email.send_welcome", timeout=30)`` names a function so that it can
 be referred to outside this process (an SQS message, a log query), and sets options
 the executor reads. Endpoints still pass the function itself to ``add_task``.
 """

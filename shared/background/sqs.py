@@ -167,9 +167,9 @@ class SqsBackend:
         self,
         queue_url: str,
         *,
-        max_bytes: int = 262_144,
-        attempts: int = 4,
-        backoff_seconds: float = 0.2,
+        max_bytes: int = Settings.model_fields["task_message_max_bytes"].default,
+        attempts: int = Settings.model_fields["task_enqueue_attempts"].default,
+        backoff_seconds: float = Settings.model_fields["task_enqueue_backoff_seconds"].default,
         client: Callable[[], SQSClient] = aws.sqs,
         defer: Deferrer | None = None,
     ) -> None:

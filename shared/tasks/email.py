@@ -76,3 +76,9 @@ def send_item_created(item_id: str, name: str) -> None:
         f"New item: {name}",
         f"The item {name!r} was added to the catalogue with id {item_id}.\n",
     )
+
+
+@task("email.send", timeout=30)
+def send_message(to: str, subject: str, body: str) -> None:
+    """Any text message: a function's own e-mail needs no task of its own (durable when DURABLE_TASKS names it)."""
+    deliver(to, subject, body)

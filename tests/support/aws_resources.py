@@ -11,6 +11,7 @@ from moto.core import DEFAULT_ACCOUNT_ID  # type: ignore[attr-defined]
 from moto.ses.models import ses_backends
 
 from infra.local_resources import create_resources
+from infra.template import template
 from shared import aws
 from shared.settings import Settings, get_settings
 
@@ -49,13 +50,9 @@ class AwsState:
         return list(ses_backends[DEFAULT_ACCOUNT_ID][self.settings.aws_region].sent_messages)
 
     def tables(self) -> list[str]:
-        return [
-            self.settings.users_table,
-            self.settings.audit_table,
-            self.settings.items_table,
-            self.settings.search_table,
-            self.settings.uploads_table,
-        ]
+        """Every table of template.yaml but the worker's idempotency table."""
+        names = template().local_names()
+        return [names[t] for t in template().of_type("AWS::DynamoDB::Table") if t != "IdempotencyTable"]
 
     def snapshot(self) -> dict[str, Any]:
         """Everything stored, to prove that a rejected request wrote nothing."""
@@ -86,7 +83,7 @@ def _forget_clients() -> None:
 
 @contextmanager
 def mocked_aws() -> Iterator[AwsState]:
-    """moto's in-process AWS with the bucket, tables and SES sender of ``create_resources``."""
+    """moto's in-process AWS with template.yaml's resources (``create_resources``)."""
     with mock_aws():
         _forget_clients()
         try:

@@ -11,6 +11,7 @@ import os
 import subprocess
 import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ TEMPLATE = ROOT / "template.yaml"
 SAM_VENV = ROOT / ".venv-sam"
 SAM = SAM_VENV / "bin" / "sam"
 LAMBDA_RUNTIME = ROOT / ".venv-lambda" / "runtime"
+TRANSLATE = ROOT / "tests" / "support" / "sam_translate.py"
 
 
 def sam_environment(config_dir: Path) -> dict[str, str]:
@@ -48,6 +50,12 @@ def logical_id(function: str) -> str:
 
 def function_folders() -> list[str]:
     return sorted(path.parent.name for path in (ROOT / "functions").glob("*/app.py"))
+
+
+def http_functions(template: dict[str, Any] | None = None) -> list[str]:
+    """The function folders the template routes an HTTP API path to."""
+    specs = functions(template or load_template())
+    return [name for name in function_folders() if logical_id(name) in specs and specs[logical_id(name)].http_paths()]
 
 
 @dataclass(frozen=True)
@@ -81,3 +89,23 @@ def functions(template: dict[str, Any]) -> dict[str, FunctionSpec]:
         layers = [*globals_.get("Layers", []), *resource["Properties"].get("Layers", [])]
         specs[name] = FunctionSpec(name, properties, environment, [layer["Ref"] for layer in layers])
     return specs
+
+
+def translate(parameters: dict[str, str] | None = None) -> dict[str, Any]:
+    """The template after AWS::LanguageExtensions and the SAM transform, as CloudFormation deploys it."""
+    result = subprocess.run(
+        [str(SAM_VENV / "bin" / "python"), str(TRANSLATE), str(TEMPLATE), json.dumps(parameters or {})],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    translated: dict[str, Any] = json.loads(result.stdout)
+    return translated
+
+
+@cache
+def translated_template() -> dict[str, Any]:
+    """``translate()`` with the parameters' defaults, once per session."""
+    return translate()

@@ -1,0 +1,333 @@
+"""Least privilege, proven: a function's AWS calls made as its role, with moto enforcing IAM.
+
+``RoleGuard.install(function)`` gives the in-process moto (``mock_aws``) the role template.yaml
+gives ``function``, exactly as CloudFormation deploys it (after SAM's transform: its policy
+templates, inline statements and the stack's managed policies it attaches, the stack's
+resources resolved to their local ARNs), assumes it, and sends every AWS call of the process
+with those credentials. moto's IAM access control (``INITIAL_NO_AUTH_ACTION_COUNT = 0``, as
+``moto.core.enable_iam_authentication`` sets it) then checks each call's signature and key and
+looks up the role's policies. A call they do not allow is ``AccessDenied``, as on AWS, and is
+recorded: the ``state`` fixture fails the test with it, even when it happened in a background
+task, whose failure is only logged.
+
+moto's decision step knows no resource for DynamoDB or SES (it asks about ``*``, which no
+statement scoped to a table or identity matches) and no SES condition key, and it names a batch
+call's action after the call. ``decide`` fills that in as AWS does: the table ARN (each table of
+a batch or transaction, with the action AWS checks for each transaction item), the sender's
+identity ARN and ``ses:FromAddress``, ``sqs:SendMessage`` for ``SendMessageBatch``.
+
+The function's code runs on TestClient's threads; the test's own calls on the main thread
+(setting up data, reading back results) are authenticated but not authorized.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from moto import settings as moto_settings
+from moto.core import DEFAULT_ACCOUNT_ID  # type: ignore[attr-defined]
+from moto.core.authorization import ActionAuthenticatorMixin
+from moto.iam.access_control import IAMPolicy, IAMPolicyStatement, IAMRequestBase, PermissionResult
+
+from infra.template import Template, template
+from shared import aws
+from tests.support.sam import translated_template
+
+REGION = "us-east-1"
+ACCOUNT = DEFAULT_ACCOUNT_ID
+AWS_MANAGED = "arn:aws:iam::aws:policy/"
+BATCH_ACTIONS = {
+    "sqs:SendMessageBatch": "sqs:SendMessage",
+    "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
+}
+TRANSACT_ITEM_ACTIONS = {
+    "Put": "dynamodb:PutItem",
+    "Update": "dynamodb:UpdateItem",
+    "Delete": "dynamodb:DeleteItem",
+    "ConditionCheck": "dynamodb:ConditionCheckItem",
+    "Get": "dynamodb:GetItem",
+}
+
+Check = tuple[str, str, dict[str, str]]
+"""(action, resource ARN, condition keys) that AWS authorizes for one call."""
+
+
+class LocalArns:
+    """Resolves the intrinsics of a translated policy to the local resources moto holds."""
+
+    def __init__(self, stack: Template) -> None:
+        self.stack = stack
+        self.names = stack.local_names()
+
+    def arn(self, logical_id: str) -> str:
+        kind = self.stack.resources[logical_id]["Type"]
+        name = self.names[logical_id]
+        if kind == "AWS::DynamoDB::Table":
+            return f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{name}"
+        if kind == "AWS::SQS::Queue":
+            return f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}"
+        if kind == "AWS::S3::Bucket":
+            return f"arn:aws:s3:::{name}"
+        raise ValueError(f"no local ARN for {logical_id} ({kind})")
+
+    def attribute(self, logical_id: str, attribute: str) -> str:
+        if attribute == "Arn":
+            return self.arn(logical_id)
+        if attribute == "QueueName":
+            return self.names[logical_id]
+        raise ValueError(f"no local value for {logical_id}.{attribute}")
+
+    def resolve(self, node: Any) -> Any:
+        if isinstance(node, list):
+            return [self.resolve(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if set(node) == {"Ref"}:
+            return self.names[node["Ref"]]
+        if set(node) == {"Fn::GetAtt"}:
+            return self.attribute(*node["Fn::GetAtt"])
+        if set(node) == {"Fn::Sub"}:
+            text, variables = (node["Fn::Sub"], {}) if isinstance(node["Fn::Sub"], str) else node["Fn::Sub"]
+            values = {"AWS::Partition": "aws", "AWS::Region": REGION, "AWS::AccountId": ACCOUNT}
+            values.update({name: self.resolve(value) for name, value in variables.items()})
+
+            def substitute(match: re.Match[str]) -> str:
+                name = match.group(1)
+                if name in values:
+                    return str(values[name])
+                logical_id, _, attribute = name.partition(".")
+                return self.attribute(logical_id, attribute) if attribute else self.names[logical_id]
+
+            return re.sub(r"\$\{([^}]+)\}", substitute, text)
+        return {key: self.resolve(value) for key, value in node.items()}
+
+
+@dataclass(frozen=True)
+class Statement:
+    role: str
+    policy: str
+    index: int
+    text: str = field(compare=False, default="")
+
+    @classmethod
+    def of(cls, role: str, policy: str, index: int, statement: dict[str, Any]) -> Statement:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        names = [resource.rsplit(":", 1)[-1] for resource in resources]
+        return cls(role, policy, index, f"{statement.get('Sid', '')} {','.join(actions)} on {','.join(names)}".strip())
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.policy}: {self.text}"
+
+
+@dataclass(frozen=True)
+class RolePolicies:
+    """A function's role as deployed: ``{policy name: document}``, resolved to local ARNs."""
+
+    function: str
+    inline: dict[str, dict[str, Any]]
+    managed: dict[str, dict[str, Any]]
+
+    @classmethod
+    def of(cls, function: str, translated: dict[str, Any] | None = None) -> RolePolicies:
+        translated = translated or translated_template()
+        resources = translated["Resources"]
+        role = resources[f"{function}Role"]["Properties"]
+        arns = LocalArns(template())
+        inline = {
+            policy["PolicyName"]: {"Version": "2012-10-17", **arns.resolve(policy["PolicyDocument"])}
+            for policy in role.get("Policies", [])
+        }
+        managed = {}
+        for arn in role["ManagedPolicyArns"]:
+            if isinstance(arn, str):
+                assert arn.startswith(AWS_MANAGED), arn  # logs and X-Ray: no test calls them
+                continue
+            managed[arn["Ref"]] = arns.resolve(resources[arn["Ref"]]["Properties"]["PolicyDocument"])
+        return cls(function, inline, managed)
+
+    def without(self, policy: str) -> RolePolicies:
+        """The same role less one policy: what a user who forgot it would deploy."""
+        assert policy in self.inline or policy in self.managed, policy
+        return RolePolicies(
+            self.function,
+            {name: doc for name, doc in self.inline.items() if name != policy},
+            {name: doc for name, doc in self.managed.items() if name != policy},
+        )
+
+    def naming(self, text: str) -> str:
+        """The one policy whose statements mention ``text`` (e.g. a table's local name)."""
+        (name,) = [name for name, doc in {**self.inline, **self.managed}.items() if text in json.dumps(doc)]
+        return name
+
+    def statements(self) -> list[Statement]:
+        return [
+            Statement.of(self.function, name, index, statement)
+            for name, document in {**self.inline, **self.managed}.items()
+            for index, statement in enumerate(document["Statement"])
+        ]
+
+
+def checks(iam_request: IAMRequestBase, resource: str) -> list[Check]:
+    """What AWS authorizes for the call moto is handling."""
+    action: str = iam_request._action
+    service = action.partition(":")[0]
+    if service == "dynamodb":
+        return dynamodb_checks(action, json.loads(iam_request._body or b"{}"))
+    if service == "ses":
+        data = iam_request._data
+        source = data.get("Source")
+        source = source[0] if isinstance(source, list) else source
+        if source:
+            sender = re.sub(r".*<(.+)>.*", r"\1", source)
+            return [(action, f"arn:aws:ses:{REGION}:{ACCOUNT}:identity/{sender}", {"ses:FromAddress": sender})]
+    return [(BATCH_ACTIONS.get(action, action), resource, {})]
+
+
+def dynamodb_checks(action: str, body: dict[str, Any]) -> list[Check]:
+    def table(name: str, index: str | None = None) -> str:
+        arn = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{name}"
+        return f"{arn}/index/{index}" if index else arn
+
+    if action in ("dynamodb:TransactWriteItems", "dynamodb:TransactGetItems"):
+        return [
+            (TRANSACT_ITEM_ACTIONS[kind], table(operation["TableName"]), {})
+            for item in body["TransactItems"]
+            for kind, operation in item.items()
+        ]
+    if "RequestItems" in body:
+        return [(action, table(name), {}) for name in body["RequestItems"]]
+    if "TableName" in body:
+        return [(action, table(body["TableName"], body.get("IndexName")), {})]
+    return [(action, "*", {})]
+
+
+@dataclass
+class Denial:
+    action: str
+    resource: str
+
+    def __str__(self) -> str:
+        return f"{self.action} on {self.resource}"
+
+
+@dataclass
+class RoleGuard:
+    """Who may call what in this test, and what was denied or used."""
+
+    policies: RolePolicies | None = None
+    denied: list[Denial] = field(default_factory=list)
+    used: set[Statement] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def install(self, policies: RolePolicies, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Inside ``mock_aws``: create and assume the role, then switch IAM enforcement on."""
+        iam, sts = aws.client("iam"), aws.client("sts")
+        role = iam.create_role(
+            RoleName=f"{policies.function}Role",
+            AssumeRolePolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "lambda.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                }
+            ),
+        )["Role"]
+        for name, document in policies.inline.items():
+            iam.put_role_policy(RoleName=role["RoleName"], PolicyName=name, PolicyDocument=json.dumps(document))
+        for name, document in policies.managed.items():
+            arn = iam.create_policy(PolicyName=name, PolicyDocument=json.dumps(document))["Policy"]["Arn"]
+            iam.attach_role_policy(RoleName=role["RoleName"], PolicyArn=arn)
+        credentials = sts.assume_role(RoleArn=role["Arn"], RoleSessionName=policies.function)["Credentials"]
+        self.policies = policies
+        use_credentials(credentials["AccessKeyId"], credentials["SecretAccessKey"], credentials["SessionToken"])
+        monkeypatch.setattr(moto_settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+        monkeypatch.setattr(ActionAuthenticatorMixin, "request_count", 0)
+        guard = self
+
+        def check_action_permitted(iam_request: IAMRequestBase, resource: str) -> None:
+            guard.authorize(iam_request, resource)
+
+        monkeypatch.setattr(IAMRequestBase, "check_action_permitted", check_action_permitted)
+
+    def uninstall(self) -> None:
+        use_credentials("testing", "testing", "testing")
+
+    def authorize(self, iam_request: IAMRequestBase, resource: str) -> None:
+        if threading.current_thread() is threading.main_thread():
+            return
+        policies = iam_request._access_key.collect_policies()
+        for action, arn, context in checks(iam_request, resource):
+            if not self.decide(policies, action, arn, context):
+                with self.lock:
+                    self.denied.append(Denial(action, arn))
+                iam_request._raise_access_denied()
+
+    def decide(self, policies: list[Any], action: str, resource: str, context: dict[str, str]) -> bool:
+        """moto's evaluation, statement by statement: an explicit deny wins, else any allow."""
+        assert self.policies is not None
+        documents = [IAMPolicy(policy)._policy_json for policy in policies]
+        names = {
+            json.dumps(document, sort_keys=True): name
+            for name, document in {**self.policies.inline, **self.policies.managed}.items()
+        }
+        allowed_by = []
+        for document in documents:
+            name = names.get(json.dumps(document, sort_keys=True), "?")
+            for index, statement in enumerate(document["Statement"]):
+                result = IAMPolicyStatement(statement).is_action_permitted(
+                    action, resource, incoming_condition_values=context
+                )
+                if result == PermissionResult.DENIED:
+                    return False
+                if result == PermissionResult.PERMITTED:
+                    allowed_by.append(Statement.of(self.policies.function, name, index, statement))
+        with self.lock:
+            self.used.update(allowed_by)
+        return bool(allowed_by)
+
+    def failure(self) -> str | None:
+        if not self.denied or self.policies is None:
+            return None
+        calls = "; ".join(sorted({str(denial) for denial in self.denied}))
+        return (
+            f"AccessDenied: {self.policies.function}'s role in template.yaml does not allow {calls} "
+            "(add the statement to its Policies)"
+        )
+
+
+def use_credentials(key: str, secret: str, token: str) -> None:
+    """Every client of ``shared.aws`` signs with these from now on (the session and its models stay)."""
+    aws._session()._session.set_credentials(key, secret, token)
+    aws.client.cache_clear()
+    aws.resource.cache_clear()
+
+
+class Coverage:
+    """Across the session: which statements of the roles the tests ran as were ever used."""
+
+    def __init__(self) -> None:
+        self.declared: set[Statement] = set()
+        self.used: set[Statement] = set()
+
+    def add(self, guard: RoleGuard) -> None:
+        if guard.policies is not None:
+            self.declared.update(guard.policies.statements())
+            self.used.update(guard.used)
+
+    def unused(self) -> list[Statement]:
+        return sorted(self.declared - self.used, key=str)
+
+
+COVERAGE = Coverage()
