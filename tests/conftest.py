@@ -25,6 +25,8 @@ from shared.settings import get_settings
 from tests.support.aws_resources import AwsState, mocked_aws
 from tests.support.logs import LogCapture
 
+pytest_plugins = ["tests.support.fixtures"]
+
 # Before any app is imported: tests reconfigure logging, so loggers must not keep the first configuration.
 configure_logging("tests", cache_loggers=False)
 

@@ -17,125 +17,42 @@ import importlib.metadata
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from packaging.requirements import Requirement
 
 from infra import sam_build
 from infra.sam_build import GATED_LAYERS, SHARED_LAYER, canonical, lambda_python, pruned_imports
+from infra.sam_local import environment_variables
 from shared.settings import Settings
+from tests.support.fixtures import Build
 from tests.support.lock import versions_differing_from_the_lock
+from tests.support.moto_server import LocalAws, running_moto
 from tests.support.runtime_api import Invocation, lambda_environment, load_event
 from tests.support.sam import (
     LAMBDA_RUNTIME,
     ROOT,
-    FunctionSpec,
     function_folders,
-    functions,
-    load_template,
     logical_id,
-    run_sam,
 )
-from tests.support.servers import ServerProcess, free_port, wait_until_healthy
 
 REGION = "us-east-1"
 
 
-@dataclass(frozen=True)
-class Build:
-    directory: Path
-    template: dict[str, Any]
-
-    def function(self, name: str) -> FunctionSpec:
-        return functions(self.template)[logical_id(name)]
-
-
-@pytest.fixture(scope="session")
-def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
-    directory = tmp_path_factory.mktemp("sam-build") / "build"
-    result = run_sam(["build", "--build-dir", str(directory)], tmp_path_factory.mktemp("sam-config"))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Build Succeeded" in result.stdout
-    return Build(directory, load_template(directory / "template.yaml"))
-
-
-@dataclass
-class LocalAws:
-    endpoint: str
-    resources: dict[str, Any]
-
-    def client(self, service: str) -> Any:
-        return boto3.client(
-            service,  # type: ignore[call-overload]
-            endpoint_url=self.endpoint,
-            region_name=REGION,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-
-    def table_items(self, table: str) -> list[dict[str, Any]]:
-        return list(self.client("dynamodb").scan(TableName=table)["Items"])
-
-    def take_messages(self, task: str) -> list[dict[str, Any]]:
-        """Receive (and keep in flight) the queued messages of ``task``."""
-        sqs, found = self.client("sqs"), []
-        for _ in range(5):
-            response = sqs.receive_message(
-                QueueUrl=self.resources["task_queue_url"],
-                MaxNumberOfMessages=10,
-                WaitTimeSeconds=1,
-                AttributeNames=["All"],
-                MessageAttributeNames=["All"],
-            )
-            found += [m for m in response.get("Messages", []) if json.loads(m["Body"])["task"] == task]
-            if found:
-                return found
-        return found
+@pytest.fixture
+def build(sam_build: Build) -> Build:
+    """The session's `sam build` (tests/support/fixtures.py), shared with test_container_sam.py."""
+    return sam_build
 
 
 @pytest.fixture(scope="module")
-def local_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAws]:
+def local_aws() -> Iterator[LocalAws]:
     """moto's server in its own process, provisioned by the same command docker-compose uses."""
-    port = free_port()
-    server = ServerProcess([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], {}, port)
-    try:
-        wait_until_healthy(f"{server.base_url}/moto-api/", server.process)
-        env = {"AWS_ENDPOINT_URL": server.base_url, "AWS_DEFAULT_REGION": REGION}
-        provision = subprocess.run(
-            [sys.executable, "-m", "infra.local_stack", "provision"],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert provision.returncode == 0, provision.stderr
-        yield LocalAws(server.base_url, json.loads(provision.stdout))
-    finally:
-        server.close()
-
-
-def function_environment(spec: FunctionSpec, template: dict[str, Any], aws: LocalAws) -> dict[str, str]:
-    """The template's environment for ``spec``, its references replaced by the local resources."""
-    parameters = template["Parameters"]
-    settings_defaults = {name.upper(): field.default for name, field in Settings.model_fields.items()}
-    env: dict[str, str] = {}
-    for key, value in spec.environment.items():
-        if isinstance(value, dict) and value.get("Ref") in parameters:
-            env[key] = str(parameters[value["Ref"]]["Default"])
-        elif isinstance(value, dict) and key == "TASK_QUEUE_URL":
-            env[key] = aws.resources["task_queue_url"]
-        elif isinstance(value, dict):
-            env[key] = str(settings_defaults[key])  # the name infra/local_resources.py created it with
-        else:
-            env[key] = str(value)
-    return env
+    with running_moto() as aws:
+        yield aws
 
 
 @pytest.fixture
@@ -149,7 +66,9 @@ def invoke(
         task_root = build.directory / spec.logical_id
         sys_path = [task_root, *(build.directory / layer / "python" for layer in spec.layers), LAMBDA_RUNTIME]
         env = {
-            **function_environment(spec, build.template, local_aws),
+            **environment_variables(build.template, local_aws.endpoint, local_aws.resources["task_queue_url"])[
+                spec.logical_id
+            ],
             "PYTHONPATH": ":".join(map(str, sys_path)),
             "AWS_ENDPOINT_URL": local_aws.endpoint,
             "NOTIFICATION_LOG_PATH": str(isolated_settings),
