@@ -179,7 +179,7 @@ def run(build_dir: Path, name: str, host: str, port: int, aws_port: int, sam: Pa
         try:
             return sam_process.wait()
         except KeyboardInterrupt:
-            sam_process.send_signal(signal.SIGINT)  # SAM stops its containers on Ctrl-C
+            sam_process.terminate()  # SAM stops its containers on SIGTERM (a background job ignores SIGINT)
             try:
                 sam_process.wait(30)
             except subprocess.TimeoutExpired:
