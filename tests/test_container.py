@@ -8,6 +8,7 @@ Dockerfile and runs its entry command without an engine; this is the same, insid
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -17,8 +18,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from packaging.utils import canonicalize_name
+from PIL import Image
 
 from infra.sam_build import PRUNED, pruned_imports
+from shared.settings import Settings
 from tests.support.engine import Container, docker, eventually, running, start
 from tests.support.lock import locked_versions
 from tests.support.moto_server import LocalAws, running_moto
@@ -109,7 +112,7 @@ def test_the_pruned_pillow_in_the_image_still_thumbnails_every_accepted_type(ima
 
 MODELS = """
 import json, sys, botocore, botocore.session
-prose = lambda node: {k: v for k, v in node.items() if not (k == "documentation" and isinstance(v, str))}
+prose = lambda node: {k: "" if k == "documentation" and isinstance(v, str) else v for k, v in node.items()}
 session = botocore.session.get_session()
 loader = session.get_component("data_loader")
 models = {}
@@ -122,7 +125,7 @@ print(json.dumps({"version": botocore.__version__, "services": services, "models
 
 
 def test_botocore_in_the_image_keeps_every_service_model_but_its_prose(image: str) -> None:
-    """The Dockerfile rewrites botocore's models without their documentation: the same models otherwise."""
+    """The Dockerfile empties the prose of botocore's models: the same models otherwise, every key still there."""
     inside = json.loads(run_python(image, MODELS, *AWS_SERVICES))
     here_run = subprocess.run([sys.executable, "-c", MODELS, *AWS_SERVICES], capture_output=True, text=True, check=True)
     here = json.loads(here_run.stdout)
@@ -241,8 +244,12 @@ def host_aws() -> Iterator[LocalAws]:
         yield aws
 
 
-def test_the_worker_command_runs_a_durable_task_against_moto_on_the_host(image: str, host_aws: LocalAws) -> None:
-    """users registration -> SQS -> the image's `worker` -> the welcome e-mail in moto's SES (host network)."""
+def test_the_worker_command_runs_durable_tasks_against_moto_on_the_host(image: str, host_aws: LocalAws) -> None:
+    """Registration and upload -> SQS -> the image's `worker` -> e-mail in SES, thumbnails in S3 (host network).
+
+    Every AWS service the code calls (S3, DynamoDB, SQS, SES), from the image's pruned botocore.
+    """
+    settings = Settings()
     port = free_port()
     env = {
         "AWS_ENDPOINT_URL": host_aws.endpoint,
@@ -250,24 +257,38 @@ def test_the_worker_command_runs_a_durable_task_against_moto_on_the_host(image: 
         "AWS_ACCESS_KEY_ID": "local",
         "AWS_SECRET_ACCESS_KEY": "local",
         "TASK_QUEUE_URL": host_aws.resources["task_queue_url"],
-        "DURABLE_TASKS": "email.send_welcome",
+        "DURABLE_TASKS": "email.send_welcome,files.process_upload",
         "WORKER_WAIT_SECONDS": "1",
         "HOST": "127.0.0.1",
         "PORT": str(port),
     }
     options = ["--network", "host", *(f"--env={key}={value}" for key, value in env.items())]
     sent_before = host_aws.emails_sent()
+    png = io.BytesIO()
+    Image.new("RGB", (640, 480), (30, 144, 255)).save(png, "PNG")
     with (
-        running(image, purpose="users-host", options=[*options, "--env", "FUNCTION=users"]) as users,
+        running(image, purpose="functions-host", options=options) as functions,
         running(image, "worker", purpose="worker-host", options=options) as worker,
     ):
-        users.wait_healthy(f"http://127.0.0.1:{port}/health")
-        response = httpx.post(
-            f"http://127.0.0.1:{port}/users", json={"name": "Ada Lovelace", "email": "ada@example.com"}
-        )
-        assert response.status_code == 201, response.text
-        (queued,) = eventually(lambda: users.events("task.enqueued"), timeout=10)
-        assert queued["task"] == "email.send_welcome"
-        succeeded = eventually(lambda: worker.events("task.succeeded", task="email.send_welcome"), timeout=60)
-        assert [event["backend"] for event in succeeded] == ["sqs"]
-        assert host_aws.emails_sent() == sent_before + 1
+        functions.wait_healthy(f"http://127.0.0.1:{port}/health")
+        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        registered = http.post("/users/users", json={"name": "Ada Lovelace", "email": "ada@example.com"})
+        assert registered.status_code == 201, registered.text
+        uploaded = http.post("/uploads/uploads", files={"file": ("blue.png", png.getvalue(), "image/png")})
+        assert uploaded.status_code == 202, uploaded.text
+        queued = eventually(lambda: len(functions.events("task.enqueued")) == 2 and functions.events("task.enqueued"))
+        assert sorted(event["task"] for event in queued) == ["email.send_welcome", "files.process_upload"]
+        succeeded = eventually(lambda: len(worker.events("task.succeeded")) == 2 and worker.events("task.succeeded"))
+        assert sorted((e["task"], e["backend"]) for e in succeeded) == [
+            ("email.send_welcome", "sqs"),
+            ("files.process_upload", "sqs"),
+        ]
+    assert host_aws.emails_sent() == sent_before + 1
+    upload_id = uploaded.json()["id"]
+    table = host_aws.client("dynamodb")
+    upload = table.get_item(TableName=settings.uploads_table, Key={"id": {"S": upload_id}})["Item"]
+    assert upload["status"]["S"] == "processed"
+    thumbnails = {thumbnail["S"] for thumbnail in upload["thumbnails"]["L"]}
+    listed = host_aws.client("s3").list_objects_v2(Bucket=settings.uploads_bucket)["Contents"]
+    assert len(thumbnails) == len(settings.thumbnail_sizes)
+    assert thumbnails <= {obj["Key"] for obj in listed}
