@@ -73,7 +73,7 @@ def network(docker_engine: None) -> Iterator[Network]:
 
 
 @pytest.fixture(scope="module")
-def invoke(sam_build: Build, network: Network, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def invoke(network: Network, sam_build: Build, tmp_path_factory: pytest.TempPathFactory) -> Any:
     directory = tmp_path_factory.mktemp("sam-local")
     template = sam_local.local_template(sam_build.directory)
     queue_url = sam_local.queue_url_at(network.endpoint, network.aws.resources["task_queue_url"])
@@ -157,7 +157,7 @@ def test_the_worker_processes_the_upload_the_uploads_function_queued(
 
 
 @pytest.fixture
-def sam_local_api(sam_build: Build, docker_engine: None, tmp_path: Path) -> Iterator[tuple[ServerProcess, LocalAws]]:
+def sam_local_api(docker_engine: None, sam_build: Build, tmp_path: Path) -> Iterator[tuple[ServerProcess, LocalAws]]:
     """``make sam-local``'s command on free ports, with this run's names; stopped with SIGTERM."""
     name, port, aws_port = unique_name("sam-api"), free_port(), free_port()
     command = [sys.executable, "-m", "infra.sam_local", "--build-dir", str(sam_build.directory), "--name", name]
