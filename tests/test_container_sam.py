@@ -97,21 +97,25 @@ def invoke(network: Network, sam_build: Build, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="module")
 def invocations(invoke: Any, network: Network, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Invoked]:
-    """Each function with its event of infra/events, two at a time; then the worker with the queued upload.
+    """Each function with its event of infra/events, two at a time; the worker also with the upload queued.
 
     (The other events of infra/events reach the same handler through other front doors:
     test_lambda_extension.py runs them under the runtime client.)
     """
+    queued = tmp_path_factory.mktemp("sqs") / "queued-upload.json"
+
+    def upload_then_work() -> dict[str, Invoked]:
+        uploaded = invoke("UploadsFunction", EVENTS_DIR / "uploads-upload-http-api.json")
+        queued.write_text(json.dumps(sqs_event(network.aws.take_messages("files.process_upload"))))
+        return {"uploads-upload-http-api.json": uploaded, "queued-upload": invoke("WorkerFunction", queued)}
+
     cases = {name: (function, EVENTS_DIR / name) for name, (function, _) in HTTP_CASES.items()}
     cases["worker-sqs-task.json"] = ("WorkerFunction", EVENTS_DIR / "worker-sqs-task.json")
+    del cases["uploads-upload-http-api.json"]
     with ThreadPoolExecutor(max_workers=2) as pool:
+        chained = pool.submit(upload_then_work)
         futures = {name: pool.submit(invoke, *case) for name, case in cases.items()}
-        done = {name: future.result() for name, future in futures.items()}
-    messages = network.aws.take_messages("files.process_upload")
-    queued = tmp_path_factory.mktemp("sqs") / "queued-upload.json"
-    queued.write_text(json.dumps(sqs_event(messages)))
-    done["queued-upload"] = invoke("WorkerFunction", queued)
-    return done
+        return {**{name: future.result() for name, future in futures.items()}, **chained.result()}
 
 
 @pytest.mark.parametrize("event", sorted(HTTP_CASES))

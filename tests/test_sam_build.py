@@ -5,7 +5,7 @@
 real runtime client (awslambdaric) against the Runtime API emulator, with its layers and
 the runtime's own packages on ``sys.path`` in Lambda's order, the environment the template
 gives it, the events of ``infra/events``, and moto's server (a separate process) as AWS:
-the nearest stand-in for `sam local invoke` on a machine without Docker.
+what `sam local invoke` does without Docker (test_container_sam.py runs `sam local` itself).
 """
 
 from __future__ import annotations
