@@ -25,9 +25,9 @@ from shared.settings import Settings
 from tests.support.engine import Container, docker, eventually, running, start
 from tests.support.lock import locked_versions
 from tests.support.moto_server import LocalAws, running_moto
+from tests.support.pillow_check import PILLOW_CHECK
 from tests.support.sam import ROOT, function_folders
 from tests.support.servers import free_port
-from tests.test_sam_build import PILLOW_CHECK
 
 SITE_PACKAGES = "/opt/venv/lib/python3.12/site-packages"
 NOTIFICATION = "notification for foo@example.com: some notification\n"

@@ -30,12 +30,12 @@ from infra.durable_resources import DEFAULT_QUEUE_NAME
 from shared.settings import Settings
 from tests.support.engine import docker, eventually, unique_name
 from tests.support.fixtures import Build
+from tests.support.lambda_events import sqs_event
 from tests.support.logs import parse_json_lines
 from tests.support.moto_server import LocalAws, provision
 from tests.support.runtime_api import EVENTS_DIR
 from tests.support.sam import run_sam, sam_environment
 from tests.support.servers import ServerProcess, free_port
-from tests.test_sam_build import sqs_event
 
 HTTP_CASES = {
     "notifications-send-notification-http-api.json": ("NotificationsFunction", 200),

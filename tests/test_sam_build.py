@@ -11,8 +11,6 @@ what `sam local invoke` does without Docker (test_container_sam.py runs `sam loc
 from __future__ import annotations
 
 import base64
-import copy
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -29,8 +27,10 @@ from infra.sam_build import GATED_LAYERS, SHARED_LAYER, canonical, lambda_python
 from infra.sam_local import environment_variables
 from shared.settings import Settings
 from tests.support.fixtures import Build
+from tests.support.lambda_events import sqs_event
 from tests.support.lock import versions_differing_from_the_lock
 from tests.support.moto_server import LocalAws, running_moto
+from tests.support.pillow_check import PILLOW_CHECK
 from tests.support.runtime_api import Invocation, lambda_environment, load_event
 from tests.support.sam import (
     LAMBDA_RUNTIME,
@@ -134,27 +134,6 @@ def test_each_function_with_its_layers_stays_under_30_mb(build: Build) -> None:
         assert total < 30_000_000, f"{spec.logical_id} with {', '.join(spec.layers)}: {total / 1e6:.1f} MB"
 
 
-PILLOW_CHECK = """
-import io, json
-from PIL import Image, ImageOps, features
-from shared.tasks.files import THUMBNAIL_TYPES, sniff
-sizes = {}
-for fmt in ("PNG", "JPEG", "GIF", "WEBP"):
-    source = io.BytesIO()
-    Image.new("RGB", (640, 480), (200, 40, 40)).save(source, fmt)
-    content_type = sniff(source.getvalue())
-    assert content_type in THUMBNAIL_TYPES, (fmt, content_type)
-    source.seek(0)
-    with Image.open(source) as opened:
-        image = ImageOps.exif_transpose(opened).convert("RGB")
-    image.thumbnail((128, 128))
-    out = io.BytesIO()
-    image.save(out, "WEBP", quality=80)
-    sizes[fmt] = Image.open(io.BytesIO(out.getvalue())).size
-print(json.dumps({"sizes": sizes, "avif": features.check("avif"), "freetype2": features.check("freetype2")}))
-"""
-
-
 def test_the_pruned_pillow_layer_still_thumbnails_every_accepted_type(build: Build) -> None:
     """Without AVIF, fonts and colour management (infra/sam_build.py PRUNED), PNG/JPEG/GIF/WebP still become WebP."""
     spec = build.function("worker")
@@ -228,23 +207,6 @@ def test_items_stores_the_item_and_indexes_it_after_the_response(invoke: Any, lo
     assert index
     assert item["id"] in json.dumps(index)
     assert local_aws.client("ses").get_send_quota()["SentLast24Hours"] == sent_before + 1
-
-
-def sqs_event(messages: list[dict[str, Any]]) -> dict[str, Any]:
-    """Received messages as the SQS event Lambda's event source mapping delivers them."""
-    template = load_event("worker-sqs-task.json")["Records"][0]
-    records = []
-    for message in messages:
-        record = copy.deepcopy(template)
-        record.update(
-            messageId=message["MessageId"],
-            receiptHandle=message["ReceiptHandle"],
-            body=message["Body"],
-            md5OfBody=hashlib.md5(message["Body"].encode()).hexdigest(),
-        )
-        record["attributes"]["ApproximateReceiveCount"] = message["Attributes"]["ApproximateReceiveCount"]
-        records.append(record)
-    return {"Records": records}
 
 
 def test_an_upload_is_stored_then_the_worker_makes_its_thumbnails(invoke: Any, local_aws: LocalAws) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import uuid
 from typing import Any
 from urllib.parse import urlencode
@@ -30,3 +31,20 @@ def http_api_event(
     context["http"]["method"] = method
     context["requestId"] = request_id or f"apigw-{uuid.uuid4().hex[:12]}"
     return event
+
+
+def sqs_event(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Received messages as the SQS event Lambda's event source mapping delivers them."""
+    template = load_event("worker-sqs-task.json")["Records"][0]
+    records = []
+    for message in messages:
+        record = copy.deepcopy(template)
+        record.update(
+            messageId=message["MessageId"],
+            receiptHandle=message["ReceiptHandle"],
+            body=message["Body"],
+            md5OfBody=hashlib.md5(message["Body"].encode()).hexdigest(),
+        )
+        record["attributes"]["ApproximateReceiveCount"] = message["Attributes"]["ApproximateReceiveCount"]
+        records.append(record)
+    return {"Records": records}
