@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -276,9 +277,9 @@ def test_the_worker_command_runs_durable_tasks_against_moto_on_the_host(image: s
         assert registered.status_code == 201, registered.text
         uploaded = http.post("/uploads/uploads", files={"file": ("blue.png", png.getvalue(), "image/png")})
         assert uploaded.status_code == 202, uploaded.text
-        queued = eventually(lambda: len(functions.events("task.enqueued")) == 2 and functions.events("task.enqueued"))
+        queued = eventually(lambda: logged(functions, "task.enqueued", 2))
         assert sorted(event["task"] for event in queued) == ["email.send_welcome", "files.process_upload"]
-        succeeded = eventually(lambda: len(worker.events("task.succeeded")) == 2 and worker.events("task.succeeded"))
+        succeeded = eventually(lambda: logged(worker, "task.succeeded", 2), timeout=60)
         assert sorted((e["task"], e["backend"]) for e in succeeded) == [
             ("email.send_welcome", "sqs"),
             ("files.process_upload", "sqs"),
@@ -292,3 +293,9 @@ def test_the_worker_command_runs_durable_tasks_against_moto_on_the_host(image: s
     listed = host_aws.client("s3").list_objects_v2(Bucket=settings.uploads_bucket)["Contents"]
     assert len(thumbnails) == len(settings.thumbnail_sizes)
     assert thumbnails <= {obj["Key"] for obj in listed}
+
+
+def logged(container: Container, event: str, count: int) -> list[dict[str, Any]] | None:
+    """``count`` lines of ``event`` in the container's log, once they are all there."""
+    found = container.events(event)
+    return found if len(found) >= count else None

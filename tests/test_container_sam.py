@@ -114,7 +114,7 @@ def invocations(invoke: Any, network: Network, tmp_path_factory: pytest.TempPath
     del cases["uploads-upload-http-api.json"]
     with ThreadPoolExecutor(max_workers=2) as pool:
         chained = pool.submit(upload_then_work)
-        futures = {name: pool.submit(invoke, *case) for name, case in cases.items()}
+        futures = {name: pool.submit(invoke, function, path) for name, (function, path) in cases.items()}
         return {**{name: future.result() for name, future in futures.items()}, **chained.result()}
 
 
