@@ -9,9 +9,33 @@ WORKDIR /app
 COPY requirements.txt ./
 # Exactly the lock's export: every package pinned and hash-checked, nothing resolved (--no-deps).
 # Wheels only (--only-binary): nothing is compiled, so the build stage needs no compiler either.
+# pip itself then leaves the venv: the app does not use it, and it is not in the lock.
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps --only-binary=:all: \
-        -r requirements.txt
+        -r requirements.txt \
+    && /opt/venv/bin/pip uninstall --yes --quiet pip
+# What no code here imports, as infra/sam_build.py PRUNED leaves it out of the Lambda layers
+# (tests/test_container.py checks both lists agree and every module still imports); then
+# what only botocore's documentation reads: its API examples and the prose of its service
+# models, emptied (every service still works; half of botocore's size). `rm` without -f: a
+# pattern that no longer matches fails the build.
+WORKDIR /opt/venv/lib/python3.12/site-packages
+RUN rm -r dns dnspython-*.dist-info \
+        PIL/_avif.*.so pillow.libs/libavif-* PIL/_imagingft.*.so pillow.libs/libfreetype-* \
+        pillow.libs/libharfbuzz-* pillow.libs/libbrotli* pillow.libs/libpng16-* \
+        PIL/_imagingcms.*.so pillow.libs/liblcms2-* PIL/_imagingtk.*.so PIL/_imagingmath.*.so \
+        PIL/_imagingmorph.*.so \
+        aws_lambda_powertools/event_handler aws_lambda_powertools/utilities/auth_alpha \
+        aws_lambda_powertools/utilities/circuit_breaker aws_lambda_powertools/utilities/data_masking \
+        aws_lambda_powertools/utilities/feature_flags aws_lambda_powertools/utilities/kafka \
+        aws_lambda_powertools/utilities/metadata aws_lambda_powertools/utilities/parameters \
+        aws_lambda_powertools/utilities/streaming aws_lambda_powertools/utilities/validation \
+    && find botocore/data -name examples-1.json -delete \
+    && python -c "import gzip, json, pathlib; \
+prose = lambda node: {k: '' if k == 'documentation' and isinstance(v, str) else v for k, v in node.items()}; \
+[path.write_bytes(gzip.compress(json.dumps(json.loads(gzip.decompress(path.read_bytes()), object_hook=prose), \
+separators=(',', ':')).encode(), mtime=0)) for path in pathlib.Path('botocore/data').glob('*/*/service-2.json.gz')]"
+WORKDIR /app
 COPY shared/ shared/
 COPY functions/ functions/
 # Bytecode at build time: the app user cannot write __pycache__ next to root-owned sources.

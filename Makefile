@@ -17,7 +17,7 @@ export SAM_CLI_TELEMETRY ?= 0
 export UV_PYTHON_DOWNLOADS := never
 SYNC_HINT := make: could not install the lock (see above); after editing pyproject.toml, run `make lock`
 
-.PHONY: test lint run bench deploy clean sam-build sam-build-ready lock upgrade sync sync-sam function
+.PHONY: test lint run bench deploy clean sam-build sam-build-ready sam-local lock upgrade sync sync-sam function
 
 $(UV):
 	$(PYTHON) -m venv $(UV_VENV)
@@ -67,6 +67,10 @@ upgrade: | $(UV) ## move every package to its newest release that fits, then run
 
 sam-build: sync sync-sam $(LAMBDA_READY) ## build every function as AWS gets it, into .aws-sam/build
 	$(SAM) build
+
+# The HTTP API on 127.0.0.1:3000 in AWS's Lambda emulator (Docker), moto's image as AWS (infra/sam_local.py).
+sam-local: sam-build ## sam local start-api against moto: every function as on Lambda, on this machine
+	$(PY) -m infra.sam_local
 
 # `sam build` runs `make build-<LogicalId>` per function and layer (BuildMethod: makefile).
 build-%Function: sam-build-ready

@@ -1,9 +1,11 @@
-"""Measurement 5: artifact sizes from ``sam build``, and the enqueue overhead of durable tasks.
+"""Measurement 5: artifact sizes from ``sam build`` and of the image, and the enqueue overhead of durable tasks.
 
 ``sam build`` (the project's own template.yaml and Makefile builds) runs into a scratch
 directory, so the user's ``.aws-sam`` is left alone; each function's and layer's directory
 is summed unzipped (apparent file sizes). A function is judged with its layers (Globals'
-and its own), since Lambda unpacks them all into its environment. The durable-task numbers come from ``bench.durable``
+and its own), since Lambda unpacks them all into its environment. The image is built with plain
+``docker build`` when a Docker engine answers; its own layers are its size less its base's.
+The durable-task numbers come from ``bench.durable``
 (owned by the durable-tasks work), run in a child process because it mocks AWS with moto.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ from bench.env import PYTHON, ROOT, child_env, progress
 from bench.model import Section, Table, Target, fmt
 
 LIMIT_MB = 30.0
+IMAGE_LIMIT_MB = 60.0
 MB = 1_000_000
 
 
@@ -103,6 +107,27 @@ def sam_build(workdir: Path) -> tuple[list[Artifact], str]:
     return artifacts, "built by `sam build` for this run"
 
 
+def _docker(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], cwd=ROOT, capture_output=True, text=True, timeout=900)  # noqa: S603, S607
+
+
+def image_own_bytes() -> tuple[int | None, str]:
+    """The bytes the Dockerfile adds above its final base image, or None and why not."""
+    if shutil.which("docker") is None or _docker("version").returncode != 0:
+        return None, "not measured: no Docker engine answers (DOCKER_HOST, else the default socket)"
+    bases = [line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("FROM ")]
+    tag = f"fastapi-background-tasks-bench:{os.getpid()}"
+    progress("artifacts: docker build (the image, to size its own layers)")
+    built = _docker("build", "--quiet", "--tag", tag, str(ROOT))
+    if built.returncode != 0:
+        return None, f"not measured: `docker build` failed ({built.stderr.strip().splitlines()[-1:]})"
+    try:
+        sizes = _docker("image", "inspect", "--format", "{{.Size}}", tag, bases[-1]).stdout.split()
+    finally:
+        _docker("image", "rm", tag)
+    return int(sizes[0]) - int(sizes[1]), f"built with `docker build`, above {bases[-1]}"
+
+
 def durable_numbers(workdir: Path, requests: int, warmup: int) -> dict[str, Any] | str:
     """``bench.durable.measure()``'s numbers, or why there are none."""
     if not (ROOT / "bench" / "durable.py").exists():
@@ -127,10 +152,13 @@ def measure(workdir: Path, build: bool = True, durable_requests: int = 200, dura
     else:
         artifacts, how = [], "not built: skipped (--no-sam)"
     durable = durable_numbers(workdir, durable_requests, durable_warmup)
-    return _section(artifacts, how, durable)
+    image = image_own_bytes() if build else (None, "not measured: skipped (--no-sam)")
+    return _section(artifacts, how, durable, image)
 
 
-def _section(artifacts: list[Artifact], how: str, durable: dict[str, Any] | str) -> Section:
+def _section(
+    artifacts: list[Artifact], how: str, durable: dict[str, Any] | str, image: tuple[int | None, str]
+) -> Section:
     section = Section(
         key="artifacts",
         title="5. Deployable artifacts and durable-task enqueue",
@@ -186,6 +214,28 @@ def _section(artifacts: list[Artifact], how: str, durable: dict[str, Any] | str)
     if not artifacts:
         sizes.rows.append([how, "", "", "not measured"])
         section.targets.append(Target("(5) artifact size", f"< {LIMIT_MB:g} MB unzipped", how, None, how))
+    image_bytes, image_how = image
+    image_met = None if image_bytes is None else image_bytes < IMAGE_LIMIT_MB * MB
+    image_measured = image_how if image_bytes is None else f"{artifact_mb(image_bytes)} MB ({image_how})"
+    sizes.rows.append(
+        [
+            "container image, own layers",
+            "" if image_bytes is None else artifact_mb(image_bytes),
+            "",
+            "",
+            image_how,
+            {None: "not measured", True: "met", False: "**missed**"}[image_met],
+        ]
+    )
+    section.targets.append(
+        Target(
+            name="(5) container image, own layers",
+            goal=f"< {IMAGE_LIMIT_MB:g} MB above the base image",
+            measured=image_measured,
+            met=image_met,
+            why="no pip; PRUNED as in the layers; botocore's model prose emptied (Dockerfile)",
+        )
+    )
     section.tables.append(sizes)
     if isinstance(durable, str):
         section.notes.append(f"Durable tasks: {durable}.")

@@ -1,8 +1,9 @@
 """The Dockerfile: lint-clean, small and safe by construction, and its entry command really serves.
 
-There is no Docker engine here, so the image's exact ENTRYPOINT runs outside Docker: same
-argv, same ENV (its venv /opt/venv standing for the project's .venv, its WORKDIR for the
-project root), bound to 127.0.0.1 on a free port.
+These checks need no Docker engine: the image's exact ENTRYPOINT runs outside Docker, with
+the same argv and ENV (its venv /opt/venv standing for the project's .venv, its WORKDIR for
+the project root), bound to 127.0.0.1 on a free port. test_container.py builds and runs the
+image itself whenever an engine answers.
 """
 
 from __future__ import annotations

@@ -5,127 +5,54 @@
 real runtime client (awslambdaric) against the Runtime API emulator, with its layers and
 the runtime's own packages on ``sys.path`` in Lambda's order, the environment the template
 gives it, the events of ``infra/events``, and moto's server (a separate process) as AWS:
-the nearest stand-in for `sam local invoke` on a machine without Docker.
+what `sam local invoke` does without Docker (test_container_sam.py runs `sam local` itself).
 """
 
 from __future__ import annotations
 
 import base64
-import copy
-import hashlib
 import importlib.metadata
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from packaging.requirements import Requirement
 
 from infra import sam_build
 from infra.sam_build import GATED_LAYERS, SHARED_LAYER, canonical, lambda_python, pruned_imports
-from infra.template import Template
+from infra.sam_local import environment_variables
 from shared.settings import Settings
+from tests.support.fixtures import Build
+from tests.support.lambda_events import sqs_event
 from tests.support.lock import versions_differing_from_the_lock
+from tests.support.moto_server import LocalAws, running_moto
+from tests.support.pillow_check import PILLOW_CHECK
 from tests.support.runtime_api import Invocation, lambda_environment, load_event
 from tests.support.sam import (
     LAMBDA_RUNTIME,
     ROOT,
-    FunctionSpec,
     function_folders,
-    functions,
-    load_template,
     logical_id,
-    run_sam,
 )
-from tests.support.servers import ServerProcess, free_port, wait_until_healthy
 
 REGION = "us-east-1"
 
 
-@dataclass(frozen=True)
-class Build:
-    directory: Path
-    template: dict[str, Any]
-
-    def function(self, name: str) -> FunctionSpec:
-        return functions(self.template)[logical_id(name)]
-
-
-@pytest.fixture(scope="session")
-def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
-    directory = tmp_path_factory.mktemp("sam-build") / "build"
-    result = run_sam(["build", "--build-dir", str(directory)], tmp_path_factory.mktemp("sam-config"))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Build Succeeded" in result.stdout
-    return Build(directory, load_template(directory / "template.yaml"))
-
-
-@dataclass
-class LocalAws:
-    endpoint: str
-    resources: dict[str, Any]
-
-    def client(self, service: str) -> Any:
-        return boto3.client(
-            service,  # type: ignore[call-overload]
-            endpoint_url=self.endpoint,
-            region_name=REGION,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-
-    def table_items(self, table: str) -> list[dict[str, Any]]:
-        return list(self.client("dynamodb").scan(TableName=table)["Items"])
-
-    def take_messages(self, task: str) -> list[dict[str, Any]]:
-        """Receive (and keep in flight) the queued messages of ``task``."""
-        sqs, found = self.client("sqs"), []
-        for _ in range(5):
-            response = sqs.receive_message(
-                QueueUrl=self.resources["task_queue_url"],
-                MaxNumberOfMessages=10,
-                WaitTimeSeconds=1,
-                AttributeNames=["All"],
-                MessageAttributeNames=["All"],
-            )
-            found += [m for m in response.get("Messages", []) if json.loads(m["Body"])["task"] == task]
-            if found:
-                return found
-        return found
+@pytest.fixture
+def build(sam_build: Build) -> Build:
+    """The session's `sam build` (tests/support/fixtures.py), shared with test_container_sam.py."""
+    return sam_build
 
 
 @pytest.fixture(scope="module")
-def local_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAws]:
+def local_aws() -> Iterator[LocalAws]:
     """moto's server in its own process, provisioned by the same command docker-compose uses."""
-    port = free_port()
-    server = ServerProcess([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], {}, port)
-    try:
-        wait_until_healthy(f"{server.base_url}/moto-api/", server.process)
-        env = {"AWS_ENDPOINT_URL": server.base_url, "AWS_DEFAULT_REGION": REGION}
-        provision = subprocess.run(
-            [sys.executable, "-m", "infra.local_stack", "provision"],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert provision.returncode == 0, provision.stderr
-        yield LocalAws(server.base_url, json.loads(provision.stdout))
-    finally:
-        server.close()
-
-
-def function_environment(spec: FunctionSpec, template: dict[str, Any], aws: LocalAws) -> dict[str, str]:
-    """The template's environment for ``spec``, its references replaced by the local resources."""
-    stack = Template(template)
-    return stack.environment({**stack.local_names(), **aws.resources["queues"]}, spec.logical_id)
+    with running_moto() as aws:
+        yield aws
 
 
 @pytest.fixture
@@ -139,7 +66,7 @@ def invoke(
         task_root = build.directory / spec.logical_id
         sys_path = [task_root, *(build.directory / layer / "python" for layer in spec.layers), LAMBDA_RUNTIME]
         env = {
-            **function_environment(spec, build.template, local_aws),
+            **environment_variables(build.template, local_aws.endpoint, local_aws.resources["queues"])[spec.logical_id],
             "PYTHONPATH": ":".join(map(str, sys_path)),
             "AWS_ENDPOINT_URL": local_aws.endpoint,
             "NOTIFICATION_LOG_PATH": str(isolated_settings),
@@ -203,27 +130,6 @@ def test_each_function_with_its_layers_stays_under_30_mb(build: Build) -> None:
         spec = build.function(name)
         total = size(build.directory / spec.logical_id) + sum(size(build.directory / layer) for layer in spec.layers)
         assert total < 30_000_000, f"{spec.logical_id} with {', '.join(spec.layers)}: {total / 1e6:.1f} MB"
-
-
-PILLOW_CHECK = """
-import io, json
-from PIL import Image, ImageOps, features
-from shared.tasks.files import THUMBNAIL_TYPES, sniff
-sizes = {}
-for fmt in ("PNG", "JPEG", "GIF", "WEBP"):
-    source = io.BytesIO()
-    Image.new("RGB", (640, 480), (200, 40, 40)).save(source, fmt)
-    content_type = sniff(source.getvalue())
-    assert content_type in THUMBNAIL_TYPES, (fmt, content_type)
-    source.seek(0)
-    with Image.open(source) as opened:
-        image = ImageOps.exif_transpose(opened).convert("RGB")
-    image.thumbnail((128, 128))
-    out = io.BytesIO()
-    image.save(out, "WEBP", quality=80)
-    sizes[fmt] = Image.open(io.BytesIO(out.getvalue())).size
-print(json.dumps({"sizes": sizes, "avif": features.check("avif"), "freetype2": features.check("freetype2")}))
-"""
 
 
 def test_the_pruned_pillow_layer_still_thumbnails_every_accepted_type(build: Build) -> None:
@@ -299,23 +205,6 @@ def test_items_stores_the_item_and_indexes_it_after_the_response(invoke: Any, lo
     assert index
     assert item["id"] in json.dumps(index)
     assert local_aws.client("ses").get_send_quota()["SentLast24Hours"] == sent_before + 1
-
-
-def sqs_event(messages: list[dict[str, Any]]) -> dict[str, Any]:
-    """Received messages as the SQS event Lambda's event source mapping delivers them."""
-    template = load_event("worker-sqs-task.json")["Records"][0]
-    records = []
-    for message in messages:
-        record = copy.deepcopy(template)
-        record.update(
-            messageId=message["MessageId"],
-            receiptHandle=message["ReceiptHandle"],
-            body=message["Body"],
-            md5OfBody=hashlib.md5(message["Body"].encode()).hexdigest(),
-        )
-        record["attributes"]["ApproximateReceiveCount"] = message["Attributes"]["ApproximateReceiveCount"]
-        records.append(record)
-    return {"Records": records}
 
 
 def test_an_upload_is_stored_then_the_worker_makes_its_thumbnails(invoke: Any, local_aws: LocalAws) -> None:

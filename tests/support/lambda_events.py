@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import uuid
 from typing import Any
 from urllib.parse import urlencode
@@ -113,3 +114,20 @@ def shaped_event(
         _set_body(event, body)
         return event, prefix
     raise ValueError(f"unknown event shape {shape!r}; one of {SHAPES}")
+
+
+def sqs_event(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Received messages as the SQS event Lambda's event source mapping delivers them."""
+    template = load_event("worker-sqs-task.json")["Records"][0]
+    records = []
+    for message in messages:
+        record = copy.deepcopy(template)
+        record.update(
+            messageId=message["MessageId"],
+            receiptHandle=message["ReceiptHandle"],
+            body=message["Body"],
+            md5OfBody=hashlib.md5(message["Body"].encode()).hexdigest(),
+        )
+        record["attributes"]["ApproximateReceiveCount"] = message["Attributes"]["ApproximateReceiveCount"]
+        records.append(record)
+    return {"Records": records}
