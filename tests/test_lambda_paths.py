@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from infra.local_resources import create_tables
+from infra.local_resources import create_table
+from infra.template import template
 from shared.settings import get_settings
 from tests.support.aws_resources import AwsState
 from tests.support.lambda_events import SHAPES, shaped_event
@@ -156,7 +157,9 @@ def test_function_url_creates_and_finds_an_item_under_the_real_runtime_client(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     with durable_aws_server(monkeypatch) as durable:
-        create_tables(get_settings())
+        names = template().local_names(environ={})
+        for table, properties in template().of_type("AWS::DynamoDB::Table").items():
+            create_table(names[table], properties)
         env = subprocess_env(durable, API_ROOT_PATH="/items", MAIL_BACKEND="log", DURABLE_TASKS="")
         with lambda_environment("functions.items.app.handler", env=env) as function:
             event, _ = shaped_event(
