@@ -7,11 +7,12 @@ lets in-flight background tasks finish (up to SHUTDOWN_GRACE_SECONDS) before exi
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 
 import uvicorn
 
-from shared.settings import get_settings
+from shared.settings import exit_on_configuration_error, get_settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,14 +27,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.function == "all" and not args.app:
         # Every function on one port, each under /<name> as the HTTP API routes them.
         target, factory = "shared.gateway:create_gateway", True
+    with exit_on_configuration_error():
+        grace = get_settings().shutdown_grace_seconds
+        # Build the app here, not inside uvicorn: a wrong setting is one line, not a traceback.
+        module, _, attribute = target.partition(":")
+        loaded = getattr(importlib.import_module(module), attribute)
+        app = loaded() if factory else loaded
     uvicorn.run(
-        target,
-        factory=factory,
+        app,
         host=args.host,
         port=args.port,
         log_config=None,
         access_log=args.access_log,
-        timeout_graceful_shutdown=int(get_settings().shutdown_grace_seconds),
+        timeout_graceful_shutdown=grace,  # type: ignore[arg-type]
     )
 
 

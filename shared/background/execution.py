@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +26,10 @@ log = get_logger("shared.background")
 
 class TaskTimeout(Exception):
     """A task ran past its own timeout or the invocation deadline."""
+
+
+class TaskStuck(Exception):
+    """A sync task still runs at its hard deadline: only ending the process stops its thread."""
 
 
 def task_fields(task: QueuedTask, backend: str) -> dict[str, Any]:
@@ -55,8 +61,85 @@ def _time_left(task: QueuedTask, deadline: float | None) -> float | None:
     return min(limits) if limits else None
 
 
-async def run_task(task: QueuedTask, backend: str, deadline: float | None = None) -> bool:
-    """Run one task; True when it succeeded. Never raises, except to pass on cancellation."""
+def _start_thread(task: QueuedTask) -> asyncio.Future[Any]:
+    """Run a sync task in a daemon thread of its own: nothing waits for it at exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+    def target() -> None:
+        try:
+            result, error = context.run(task.func, *task.args, **task.kwargs), None
+        except BaseException as exc:  # handed to the awaiting side
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the process is ending
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=target, name=f"task-{task.task_id}", daemon=True).start()
+    return future
+
+
+async def _run_sync_to_its_end(task: QueuedTask, fields: dict[str, Any], deadline: float | None) -> bool:
+    """A sync task on the durable path: its timeout is reported, never pretended.
+
+    A thread cannot be stopped, so past ``task.timeout`` the task is left to finish and
+    ``task.overrunning`` says so; its real outcome is logged when it ends, so a task that
+    succeeds late is not run again. At ``deadline`` (the message becomes visible again,
+    or Lambda ends the invocation) it raises TaskStuck: the caller must end the process.
+    """
+    started = time.perf_counter()
+
+    def elapsed_ms() -> float:
+        return round((time.perf_counter() - started) * 1000, 3)
+
+    future = _start_thread(task)
+    hard_left = None if deadline is None else deadline - time.monotonic()
+    soft = task.timeout if task.timeout is not None and (hard_left is None or task.timeout < hard_left) else None
+    overran: dict[str, Any] = {}
+    try:
+        done, _ = await asyncio.wait({future}, timeout=soft if soft is not None else hard_left)
+        if not done and soft is not None:
+            overran = {"overran": True, "timeout_s": soft}
+            log.warning(
+                "task.overrunning",
+                **fields,
+                timeout_s=soft,
+                duration_ms=elapsed_ms(),
+                consequence="a sync task cannot be stopped: it runs on, its message stays invisible until it ends",
+            )
+            left = None if deadline is None else deadline - time.monotonic()
+            done, _ = await asyncio.wait({future}, timeout=left)
+    except asyncio.CancelledError:
+        log.error("task.cancelled", **fields, started=True, duration_ms=elapsed_ms())
+        raise
+    duration_ms = elapsed_ms()
+    if not done:
+        log.error(
+            "task.timed_out", **fields, started=True, still_running=True, duration_ms=duration_ms, timeout_s=hard_left
+        )
+        raise TaskStuck(f"task {task.name!r} ({task.task_id}) still runs at its deadline")
+    error = future.exception()
+    if error is not None:
+        log.error("task.failed", **fields, **overran, duration_ms=duration_ms, exc_info=error)
+        return False
+    log.info("task.succeeded", **fields, **overran, duration_ms=duration_ms)
+    return True
+
+
+async def run_task(task: QueuedTask, backend: str, deadline: float | None = None, *, finish_sync: bool = False) -> bool:
+    """Run one task; True when it succeeded. Never raises, except to pass on cancellation.
+
+    ``finish_sync`` (the worker): a sync task is waited for past its timeout, up to
+    ``deadline``, where TaskStuck is raised (see ``_run_sync_to_its_end``).
+    """
     fields = task_fields(task, backend)
     time_left = _time_left(task, deadline)
     if time_left is not None and time_left <= 0:
@@ -64,6 +147,8 @@ async def run_task(task: QueuedTask, backend: str, deadline: float | None = None
         return False
 
     log.info("task.started", **fields)
+    if finish_sync and not task.is_async:
+        return await _run_sync_to_its_end(task, fields, deadline)
     started = time.perf_counter()
 
     def elapsed_ms() -> float:
@@ -78,7 +163,7 @@ async def run_task(task: QueuedTask, backend: str, deadline: float | None = None
         log.error("task.timed_out", **fields, started=True, duration_ms=elapsed_ms(), timeout_s=time_left)
         return False
     except asyncio.CancelledError:
-        log.error("task.cancelled", **fields, duration_ms=elapsed_ms())
+        log.error("task.cancelled", **fields, started=True, duration_ms=elapsed_ms())
         raise
     except Exception as exc:
         log.error("task.failed", **fields, duration_ms=elapsed_ms(), exc_info=exc)

@@ -27,10 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared import aws
 from shared.background.backends import Backend, TaskRejected
-from shared.background.registry import lookup, registered_name
+from shared.background.registry import import_task_modules, lookup, registered_name, registered_names
 from shared.background.task import QueuedTask
 from shared.logs import get_logger
-from shared.settings import Settings, get_settings
+from shared.settings import ConfigurationError, Settings, get_settings
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -308,6 +308,20 @@ def durable_task_names(settings: Settings) -> list[str]:
     return [name.strip() for name in settings.durable_tasks.split(",") if name.strip()]
 
 
+def check_durable_task_names(names: list[str], task_modules: str) -> None:
+    """Every name in DURABLE_TASKS must be a registered task: a typo would silently keep it in-process."""
+    unknown = [name for name in names if name != "*" and name not in registered_names()]
+    if unknown:
+        # Tasks register on import; this function may not have imported every task module yet.
+        import_task_modules(task_modules)
+        unknown = [name for name in unknown if name not in registered_names()]
+    if unknown:
+        raise ConfigurationError(
+            f"DURABLE_TASKS={','.join(names)!r}: {', '.join(map(repr, unknown))} is not a registered task; "
+            f"expected names among {', '.join(registered_names())} (or '*')"
+        )
+
+
 def _post_response_deferrer(local: Backend) -> Deferrer | None:
     from shared.background.lambda_extension import LambdaExtensionBackend
 
@@ -319,6 +333,7 @@ def route_durable_tasks(executor: TaskExecutor, settings: Settings) -> SqsBacken
     names = durable_task_names(settings)
     if not names:
         return None
+    check_durable_task_names(names, settings.task_modules)
     if not settings.task_queue_url:
         log.warning(
             "durable_tasks.not_configured",

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import importlib
-import pkgutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,14 +37,17 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from shared import aws
-from shared.background.execution import run_task
-from shared.background.registry import lookup, task_options
+from shared.background.execution import TaskStuck, run_task
+from shared.background.registry import import_task_modules, lookup, task_options
 from shared.background.sqs import BACKEND_NAME, TaskMessage
 from shared.background.task import QueuedTask
 from shared.logs import get_logger
 from shared.settings import Settings, get_settings
 
 log = get_logger("shared.worker")
+
+EXIT_TASK_STUCK = 3
+"""Exit code of a worker that ended itself to stop a sync task past its deadline."""
 
 IDEMPOTENCY_KEY_PREFIX = "task"
 """Keys are ``task#<md5 of task_id>``: the same for the Lambda and the container worker."""
@@ -71,24 +72,6 @@ class _Duplicate:
     """What the idempotency hook returns for a task_id that already completed."""
 
     stored: Any
-
-
-def import_task_modules(spec: str) -> list[str]:
-    """Import each comma-separated module, and every module below it when it is a package.
-
-    Registration happens at import (``@task``), so the worker must import the modules
-    the API side's tasks live in before a message names one of them.
-    """
-    imported: list[str] = []
-    for name in (part.strip() for part in spec.split(",")):
-        if not name:
-            continue
-        module = importlib.import_module(name)
-        imported.append(name)
-        for info in pkgutil.walk_packages(getattr(module, "__path__", []), prefix=f"{name}."):
-            importlib.import_module(info.name)
-            imported.append(info.name)
-    return imported
 
 
 def receive_count(record: SQSRecord) -> int:
@@ -132,6 +115,7 @@ class Worker:
             key_prefix=IDEMPOTENCY_KEY_PREFIX,
         )
         self._runner = asyncio.Runner()
+        self._stuck: TaskStuck | None = None
 
     def close(self) -> None:
         self._runner.close()
@@ -144,12 +128,17 @@ class Worker:
         # timeout), so a message whose worker died is retried instead of blocked.
         self.idempotency.register_lambda_context(cast(LambdaContext, context))
         processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-        return process_partial_response(
+        response = process_partial_response(
             event=event,
             record_handler=self.process_record,
             processor=processor,
             context=cast(LambdaContext, context),
         )
+        stuck, self._stuck = self._stuck, None
+        if stuck is not None:
+            # Its thread would run on into the next batch and beside its own retry.
+            raise stuck
+        return response
 
     # --- one message -------------------------------------------------------------------
 
@@ -176,6 +165,9 @@ class Worker:
             except IdempotencyAlreadyInProgressError:
                 log.warning("task.in_progress_elsewhere", **fields, message_id=record.message_id)
                 self._dead_letter_if_last(record, attempt, fields)
+                raise
+            except TaskStuck as exc:
+                self._stuck = exc
                 raise
             except Exception as exc:
                 if not isinstance(exc, TaskFailed):
@@ -212,7 +204,8 @@ class Worker:
             timeout=timeout if timeout is not None else self.default_timeout,
         )
         # A fresh copy: the runner would otherwise reuse its first run's context (and request_id).
-        if not self._runner.run(run_task(queued, BACKEND_NAME, deadline), context=contextvars.copy_context()):
+        run = run_task(queued, BACKEND_NAME, deadline, finish_sync=True)
+        if not self._runner.run(run, context=contextvars.copy_context()):
             raise TaskFailed(f"task {message.task!r} ({message.task_id}) failed on attempt {attempt}")
         return {"task": message.task, "attempt": attempt}
 

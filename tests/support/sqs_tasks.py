@@ -5,6 +5,7 @@ Each writes one line to the file it is given, so a test can count runs across pr
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -41,3 +42,18 @@ def noop() -> None:
 
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
+
+
+@task("tests.durable.side_effect_after")
+def side_effect_after(path: str, label: str, seconds: float) -> None:
+    """Sleeps, then does its one side effect, stamped with the wall clock (seconds since the epoch)."""
+    _append(path, f"started {label}")
+    time.sleep(seconds)
+    _append(path, f"side effect {label} {time.time()}")
+
+
+@task("tests.durable.slow_async")
+async def slow_async(path: str, label: str, seconds: float) -> None:
+    _append(path, f"started {label}")
+    await asyncio.sleep(seconds)
+    _append(path, f"finished {label}")
