@@ -181,7 +181,12 @@ class Worker:
         try:
             message = TaskMessage.model_validate_json(record.body)
         except ValidationError as exc:
-            raise MessageRejected(f"not a task message: {exc.error_count()} validation error(s): {exc}") from exc
+            # Where and what, never the input: a message body holds the task's arguments.
+            problems = "; ".join(
+                f"{'.'.join(map(str, error['loc'])) or 'body'}: {error['msg']}"
+                for error in exc.errors(include_input=False, include_url=False)
+            )
+            raise MessageRejected(f"not a task message: {exc.error_count()} validation error(s): {problems}") from None
         try:
             return message, lookup(message.task)
         except KeyError:
