@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     )
     thumbnail_sizes: tuple[int, ...] = Field((128, 512), description="Longest side, in pixels, of each thumbnail.")
     thumbnail_max_pixels: int = Field(40_000_000, gt=0, description="Larger images fail instead of exhausting memory.")
+    image_memory_budget_mb: int | None = Field(
+        None, gt=0, description="Memory for one decoded image (4 bytes a pixel); default half the function's."
+    )
 
 
 def _variable(field_name: str) -> str:

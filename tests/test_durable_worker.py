@@ -186,6 +186,37 @@ def test_a_failed_task_is_retried_and_a_poison_message_lands_in_the_dlq_after_ma
     assert items == []
 
 
+def test_a_permanent_failure_is_recorded_and_deleted_never_retried_nor_dead_lettered(
+    durable: DurableAws, worker: Worker, out: Path, logs: LogCapture
+) -> None:
+    [task] = enqueue(("refuse", (str(out), "bad")))
+    messages = durable.receive()
+    last_receive = FakeLambdaContext()
+    messages[0]["Attributes"]["ApproximateReceiveCount"] = "3"  # the last allowed receive: still no DLQ
+
+    response = worker.handle(durable.event(messages), last_receive)
+    worker.handle(durable.event(messages), last_receive)  # delivered again all the same
+
+    assert response == {"batchItemFailures": []}, "done with: the message is deleted"
+    assert sqs_tasks.lines(out) == ["refused bad"], "run once, not retried"
+    [failed] = logs.named("task.failed", task_id=task.task_id)
+    assert failed["permanent"] is True
+    assert failed["error"] == "bad input bad"
+    assert logs.named("task.dead_lettered") == []
+    assert len(logs.named("task.duplicate", task_id=task.task_id)) == 1
+    [item] = durable.idempotency_items()
+    assert item["status"] == "COMPLETED"
+
+
+def test_an_ordinary_failure_is_not_marked_permanent(
+    durable: DurableAws, worker: Worker, out: Path, logs: LogCapture
+) -> None:
+    enqueue(("explode", (str(out), "x")))
+    worker.handle(durable.event(durable.receive()), FakeLambdaContext())
+    [failed] = logs.named("task.failed")
+    assert "permanent" not in failed
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [

@@ -13,7 +13,7 @@ import functools
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import anyio.to_thread
 
@@ -26,6 +26,26 @@ log = get_logger("shared.background")
 
 class TaskTimeout(Exception):
     """A task ran past its own timeout or the invocation deadline."""
+
+
+class PermanentTaskError(Exception):
+    """Raise it (or an exception class derived from it) when running the task again cannot help.
+
+    A bad file a user uploaded, arguments the task itself finds invalid: the worker logs
+    ``task.failed`` with ``permanent: true`` and deletes the message, which is neither
+    retried nor dead-lettered (the dead-letter queue is for failures someone must fix).
+    """
+
+
+Outcome = Literal["succeeded", "failed", "failed_permanently"]
+
+
+def _failed(fields: dict[str, Any], exc: BaseException, **extra: Any) -> Outcome:
+    if isinstance(exc, PermanentTaskError):
+        log.error("task.failed", **fields, **extra, permanent=True, exc_info=exc)
+        return "failed_permanently"
+    log.error("task.failed", **fields, **extra, exc_info=exc)
+    return "failed"
 
 
 class TaskStuck(Exception):
@@ -87,7 +107,7 @@ def _start_thread(task: QueuedTask) -> asyncio.Future[Any]:
     return future
 
 
-async def _run_sync_to_its_end(task: QueuedTask, fields: dict[str, Any], deadline: float | None) -> bool:
+async def _run_sync_to_its_end(task: QueuedTask, fields: dict[str, Any], deadline: float | None) -> Outcome:
     """A sync task on the durable path: its timeout is reported, never pretended.
 
     A thread cannot be stopped, so past ``task.timeout`` the task is left to finish and
@@ -128,14 +148,20 @@ async def _run_sync_to_its_end(task: QueuedTask, fields: dict[str, Any], deadlin
         raise TaskStuck(f"task {task.name!r} ({task.task_id}) still runs at its deadline")
     error = future.exception()
     if error is not None:
-        log.error("task.failed", **fields, **overran, duration_ms=duration_ms, exc_info=error)
-        return False
+        return _failed(fields, error, **overran, duration_ms=duration_ms)
     log.info("task.succeeded", **fields, **overran, duration_ms=duration_ms)
-    return True
+    return "succeeded"
 
 
-async def run_task(task: QueuedTask, backend: str, deadline: float | None = None, *, finish_sync: bool = False) -> bool:
-    """Run one task; True when it succeeded. Never raises, except to pass on cancellation.
+async def run_task(task: QueuedTask, backend: str, deadline: float | None = None) -> bool:
+    """Run one task; True when it succeeded. Never raises, except to pass on cancellation."""
+    return await run_task_outcome(task, backend, deadline) == "succeeded"
+
+
+async def run_task_outcome(
+    task: QueuedTask, backend: str, deadline: float | None = None, *, finish_sync: bool = False
+) -> Outcome:
+    """Run one task and say how it ended; never raises, except to pass on cancellation.
 
     ``finish_sync`` (the worker): a sync task is waited for past its timeout, up to
     ``deadline``, where TaskStuck is raised (see ``_run_sync_to_its_end``).
@@ -144,7 +170,7 @@ async def run_task(task: QueuedTask, backend: str, deadline: float | None = None
     time_left = _time_left(task, deadline)
     if time_left is not None and time_left <= 0:
         log.error("task.timed_out", **fields, started=False, error="deadline reached before the task started")
-        return False
+        return "failed"
 
     log.info("task.started", **fields)
     if finish_sync and not task.is_async:
@@ -161,15 +187,14 @@ async def run_task(task: QueuedTask, backend: str, deadline: float | None = None
             await _call(task)
     except TimeoutError:
         log.error("task.timed_out", **fields, started=True, duration_ms=elapsed_ms(), timeout_s=time_left)
-        return False
+        return "failed"
     except asyncio.CancelledError:
         log.error("task.cancelled", **fields, started=True, duration_ms=elapsed_ms())
         raise
     except Exception as exc:
-        log.error("task.failed", **fields, duration_ms=elapsed_ms(), exc_info=exc)
-        return False
+        return _failed(fields, exc, duration_ms=elapsed_ms())
     log.info("task.succeeded", **fields, duration_ms=elapsed_ms())
-    return True
+    return "succeeded"
 
 
 async def run_tasks(tasks: Sequence[QueuedTask], backend: str, deadline: float | None = None) -> int:
@@ -181,7 +206,7 @@ async def run_tasks(tasks: Sequence[QueuedTask], backend: str, deadline: float |
     succeeded = 0
     for index, task in enumerate(tasks):
         try:
-            succeeded += await run_task(task, backend, deadline)
+            succeeded += await run_task_outcome(task, backend, deadline) == "succeeded"
         except asyncio.CancelledError:
             for never_started in tasks[index + 1 :]:
                 log.error("task.cancelled", **task_fields(never_started, backend), started=False)

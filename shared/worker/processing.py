@@ -37,7 +37,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from shared import aws
-from shared.background.execution import TaskStuck, run_task
+from shared.background.execution import TaskStuck, run_task_outcome
 from shared.background.registry import import_task_modules, lookup, task_options
 from shared.background.sqs import BACKEND_NAME, TaskMessage
 from shared.background.task import QueuedTask
@@ -197,7 +197,7 @@ class Worker:
     def _execute(
         self, *, key: dict[str, str], message: TaskMessage, func: Callable[..., Any], attempt: int, deadline: float
     ) -> dict[str, Any]:
-        """The idempotent unit: returns normally only when the task succeeded."""
+        """The idempotent unit: returns normally when the task succeeded or failed permanently."""
         timeout = task_options(func).timeout
         queued = QueuedTask(
             func=func,
@@ -209,9 +209,13 @@ class Worker:
             timeout=timeout if timeout is not None else self.default_timeout,
         )
         # A fresh copy: the runner would otherwise reuse its first run's context (and request_id).
-        run = run_task(queued, BACKEND_NAME, deadline, finish_sync=True)
-        if not self._runner.run(run, context=contextvars.copy_context()):
+        run = run_task_outcome(queued, BACKEND_NAME, deadline, finish_sync=True)
+        outcome = self._runner.run(run, context=contextvars.copy_context())
+        if outcome == "failed":
             raise TaskFailed(f"task {message.task!r} ({message.task_id}) failed on attempt {attempt}")
+        if outcome == "failed_permanently":
+            # Done with too: recorded, its message deleted, never retried nor dead-lettered.
+            return {"task": message.task, "attempt": attempt, "outcome": outcome}
         return {"task": message.task, "attempt": attempt}
 
     def _duplicate(self, response: Any, idempotent_data: DataRecord) -> _Duplicate:

@@ -9,7 +9,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from shared.background import task
+from shared.background import PermanentTaskError, task
 
 
 def _append(path: str, line: str) -> None:
@@ -57,3 +57,10 @@ async def slow_async(path: str, label: str, seconds: float) -> None:
     _append(path, f"started {label}")
     await asyncio.sleep(seconds)
     _append(path, f"finished {label}")
+
+
+@task("tests.durable.refuse")
+def refuse(path: str, label: str) -> None:
+    """Fails the way a bad input does: running it again cannot help."""
+    _append(path, f"refused {label}")
+    raise PermanentTaskError(f"bad input {label}")
