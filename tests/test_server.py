@@ -106,6 +106,7 @@ def test_sigterm_past_the_grace_period_logs_every_unfinished_task(tmp_path: Path
     assert len(queued) == 3
     assert {e["task_id"] for e in cancelled} == queued
     assert [e.get("started", True) for e in cancelled] == [True, False, False]
+    assert all("started" in e for e in cancelled), "a started task says so too, as the README documents"
 
 
 def test_a_fractional_grace_period_is_honoured(tmp_path: Path) -> None:
