@@ -11,11 +11,12 @@ import argparse
 import importlib
 import os
 import signal
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
 
-from shared.settings import exit_on_configuration_error, get_settings
+from shared.settings import ConfigurationError, exit_on_configuration_error, get_settings
 
 
 def _stopped_on_request(signum: int, frame: FrameType | None) -> None:
@@ -23,11 +24,15 @@ def _stopped_on_request(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    port = os.environ.get("PORT", "8000")
+    if not port.isdigit():
+        with exit_on_configuration_error():
+            raise ConfigurationError(f"PORT={port!r}: expected a port number")
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("function", nargs="?", default=os.environ.get("FUNCTION", "notifications"))
     parser.add_argument("--app", help="serve another ASGI app instead, as module:attribute")
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument("--port", type=int, default=int(port))
     parser.add_argument("--access-log", action="store_true", help="also print uvicorn's access lines")
     args = parser.parse_args(argv)
     target, factory = args.app or f"functions.{args.function}.app:app", False
@@ -38,7 +43,19 @@ def main(argv: list[str] | None = None) -> None:
         grace = get_settings().shutdown_grace_seconds
         # Build the app here, not inside uvicorn: a wrong setting is one line, not a traceback.
         module, _, attribute = target.partition(":")
-        loaded = getattr(importlib.import_module(module), attribute)
+        try:
+            loaded = getattr(importlib.import_module(module), attribute)
+        except ModuleNotFoundError as exc:
+            if exc.name != module and not module.startswith(f"{exc.name}."):
+                raise
+            functions = sorted(
+                path.name
+                for path in (Path(__file__).parents[1] / "functions").iterdir()
+                if path.is_dir() and (path / "app.py").exists()
+            )
+            raise ConfigurationError(
+                f"FUNCTION={args.function!r}: expected all or one of {', '.join(functions)}"
+            ) from None
         app = loaded() if factory else loaded
     signal.signal(signal.SIGTERM, _stopped_on_request)
     uvicorn.run(

@@ -80,6 +80,8 @@ def run(command: list[str], **env: str) -> subprocess.CompletedProcess[str]:
             "WORKER_BATCH_SIZE='50'",
         ),
         (["-m", "shared.worker"], {}, "TASK_QUEUE_URL is not set"),
+        (["-m", "shared.entrypoint"], {"FUNCTION": "user"}, "FUNCTION='user': expected all or one of items,"),
+        (["-m", "shared.entrypoint"], {"PORT": "http"}, "PORT='http': expected a port number"),
     ],
 )
 def test_a_container_with_a_wrong_setting_exits_2_with_one_line(
