@@ -7,8 +7,6 @@ the executor reads. Endpoints still pass the function itself to ``add_task``.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -57,21 +55,3 @@ def lookup(name: str) -> Callable[..., Any]:
 
 def registered_names() -> list[str]:
     return sorted(_registry)
-
-
-def import_task_modules(spec: str) -> list[str]:
-    """Import each comma-separated module, and every module below it when it is a package.
-
-    Registration happens at import (``@task``), so the worker must import the modules
-    the API side's tasks live in before a message names one of them.
-    """
-    imported: list[str] = []
-    for name in (part.strip() for part in spec.split(",")):
-        if not name:
-            continue
-        module = importlib.import_module(name)
-        imported.append(name)
-        for info in pkgutil.walk_packages(getattr(module, "__path__", []), prefix=f"{name}."):
-            importlib.import_module(info.name)
-            imported.append(info.name)
-    return imported

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.util
 import json
 import random
+import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import anyio.to_thread
@@ -27,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared import aws
 from shared.background.backends import Backend, TaskRejected
-from shared.background.registry import import_task_modules, lookup, registered_name, registered_names
+from shared.background.registry import lookup, registered_name, registered_names
 from shared.background.task import QueuedTask
 from shared.logs import get_logger
 from shared.settings import ConfigurationError, Settings, get_settings
@@ -308,18 +311,39 @@ def durable_task_names(settings: Settings) -> list[str]:
     return [name.strip() for name in settings.durable_tasks.split(",") if name.strip()]
 
 
+_TASK_DECLARATION = re.compile(r"""@task\(\s*["']([^"']+)["']""")
+
+
+def declared_task_names(task_modules: str) -> set[str]:
+    """The names ``@task("...")`` declares in ``TASK_MODULES``, the modules the worker imports.
+
+    Read from their source, not imported: an API function must not load (nor need the
+    layers of) task modules it never runs, only know that the worker will find the name.
+    """
+    names: set[str] = set()
+    for module in (part.strip() for part in task_modules.split(",") if part.strip()):
+        spec = importlib.util.find_spec(module)
+        if spec is None:
+            raise ConfigurationError(f"TASK_MODULES={task_modules!r}: no module named {module!r}")
+        files = [Path(spec.origin)] if spec.origin and spec.origin.endswith(".py") else []
+        for location in spec.submodule_search_locations or []:
+            files.extend(Path(location).rglob("*.py"))
+        for file in files:
+            names.update(_TASK_DECLARATION.findall(file.read_text()))
+    return names
+
+
 def check_durable_task_names(names: list[str], task_modules: str) -> None:
-    """Every name in DURABLE_TASKS must be a registered task: a typo would silently keep it in-process."""
+    """Every name in DURABLE_TASKS must be a task: a typo would silently keep it in-process."""
     unknown = [name for name in names if name != "*" and name not in registered_names()]
     if unknown:
-        # Tasks register on import; this function may not have imported every task module yet.
-        import_task_modules(task_modules)
-        unknown = [name for name in unknown if name not in registered_names()]
-    if unknown:
-        raise ConfigurationError(
-            f"DURABLE_TASKS={','.join(names)!r}: {', '.join(map(repr, unknown))} is not a registered task; "
-            f"expected names among {', '.join(registered_names())} (or '*')"
-        )
+        known = declared_task_names(task_modules) | set(registered_names())
+        unknown = [name for name in unknown if name not in known]
+        if unknown:
+            raise ConfigurationError(
+                f"DURABLE_TASKS={','.join(names)!r}: {', '.join(map(repr, unknown))} is not a registered task; "
+                f"expected names among {', '.join(sorted(known))} (or '*')"
+            )
 
 
 def _post_response_deferrer(local: Backend) -> Deferrer | None:

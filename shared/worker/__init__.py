@@ -14,11 +14,10 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 
 from shared.background.execution import TaskStuck
-from shared.background.registry import import_task_modules
 from shared.logs import ensure_logging_configured, get_logger
 from shared.settings import get_settings
 from shared.worker.poller import Poller
-from shared.worker.processing import EXIT_TASK_STUCK, RemainingTime, Worker
+from shared.worker.processing import EXIT_TASK_STUCK, RemainingTime, Worker, import_task_modules
 
 __all__ = ["Poller", "Worker", "import_task_modules", "make_sqs_handler"]
 

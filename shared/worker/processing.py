@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import importlib
+import pkgutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +40,7 @@ from pydantic import ValidationError
 
 from shared import aws
 from shared.background.execution import TaskStuck, run_task_outcome
-from shared.background.registry import import_task_modules, lookup, task_options
+from shared.background.registry import lookup, task_options
 from shared.background.sqs import BACKEND_NAME, TaskMessage
 from shared.background.task import QueuedTask
 from shared.logs import get_logger
@@ -72,6 +74,24 @@ class _Duplicate:
     """What the idempotency hook returns for a task_id that already completed."""
 
     stored: Any
+
+
+def import_task_modules(spec: str) -> list[str]:
+    """Import each comma-separated module, and every module below it when it is a package.
+
+    Registration happens at import (``@task``), so the worker must import the modules
+    the API side's tasks live in before a message names one of them.
+    """
+    imported: list[str] = []
+    for name in (part.strip() for part in spec.split(",")):
+        if not name:
+            continue
+        module = importlib.import_module(name)
+        imported.append(name)
+        for info in pkgutil.walk_packages(getattr(module, "__path__", []), prefix=f"{name}."):
+            importlib.import_module(info.name)
+            imported.append(info.name)
+    return imported
 
 
 def receive_count(record: SQSRecord) -> int:
