@@ -36,7 +36,8 @@ def _address_pattern(local: str, at: str) -> re.Pattern[str]:
     )
 
 
-_CONTAINERS = (list, tuple, dict)
+_SCALARS = frozenset({int, float, bool, type(None)})
+_TEXT_OR_CONTAINERS = (str, list, tuple, dict)
 _LOCAL = r"[^\s@\"'(),:;<>\[\]\\/]"
 _EMAIL = _address_pattern(_LOCAL, "@")
 _QUOTED_EMAIL = _address_pattern(r"[^\s@\"'(),:;<>\[\]\\/%]", "%40")  # URL-quoted, as in uvicorn's access lines
@@ -104,7 +105,7 @@ def _mask_emails_everywhere(_: WrappedLogger, __: str, event_dict: EventDict) ->
         if cls is str:
             if "@" in value or "%40" in value:
                 event_dict[key] = _mask(value)
-        elif cls in _CONTAINERS or isinstance(value, (str, *_CONTAINERS)):
+        elif cls not in _SCALARS and isinstance(value, _TEXT_OR_CONTAINERS):
             event_dict[key] = mask_emails(value)
     return event_dict
 
