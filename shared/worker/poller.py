@@ -41,7 +41,10 @@ RECEIVE_ERROR_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
 
 
 class PollInterrupted(BaseException):
-    """Raised by the signal handler into a long poll. BaseException: botocore must not catch it."""
+    """Raised by the signal handler into a long poll (or the pause after a failed one).
+
+    BaseException: botocore, which catches ``Exception`` around its HTTP calls, must not catch it.
+    """
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ class Poller:
         self._client = client
         self._poll_client = poll_client
         self._stopping = False
-        self._polling = False
+        self._waiting = False
         self._in_hand: MessageTypeDef | None = None
         self._unstarted: list[MessageTypeDef] = []
         self._grace_timer: threading.Timer | None = None
@@ -126,12 +129,12 @@ class Poller:
         )
 
     def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
-        """The signal handler: abandon a poll now, give a task in hand its grace period."""
+        """The signal handler: abandon a poll (or a pause) now, give a task in hand its grace period."""
         if not self._stopping:
             log.info("worker.stopping", signal=signal.Signals(signum).name if signum else None)
         self._stopping = True
-        if self._polling:
-            self._polling = False
+        if self._waiting:
+            self._waiting = False
             raise PollInterrupted
         if self._in_hand is not None and self._grace_timer is None:
             self._grace_timer = threading.Timer(self.shutdown_grace_seconds, self._grace_exceeded)
@@ -164,7 +167,10 @@ class Poller:
                 delay = RECEIVE_ERROR_BACKOFF_S[min(errors, len(RECEIVE_ERROR_BACKOFF_S) - 1)]
                 errors += 1
                 log.error("worker.receive_failed", error_type=type(exc).__qualname__, error=str(exc), retry_in_s=delay)
-                time.sleep(delay)
+                try:
+                    self._pause(delay)
+                except PollInterrupted:
+                    break
                 continue
             errors = 0
             received_at = time.monotonic()
@@ -237,11 +243,21 @@ class Poller:
             )
         return attributes["QueueArn"], int(attributes["VisibilityTimeout"])
 
+    def _pause(self, seconds: float) -> None:
+        """Wait before retrying a failed receive; SIGTERM ends the wait, like a poll."""
+        self._waiting = not self._stopping
+        if not self._waiting:
+            raise PollInterrupted
+        try:
+            time.sleep(seconds)
+        finally:
+            self._waiting = False
+
     def _receive(self) -> list[MessageTypeDef]:
         """One long poll, on a client whose read timeout outlasts it; SIGTERM abandons it."""
         client = self._poll_client()
-        self._polling = not self._stopping
-        if not self._polling:
+        self._waiting = not self._stopping
+        if not self._waiting:
             raise PollInterrupted
         try:
             response = client.receive_message(
@@ -252,7 +268,7 @@ class Poller:
                 MessageAttributeNames=["All"],
             )
         finally:
-            self._polling = False
+            self._waiting = False
         return list(response.get("Messages", []))
 
     def _process(self, messages: Sequence[MessageTypeDef], queue_arn: str, deadline: VisibilityDeadline) -> None:
