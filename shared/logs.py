@@ -7,6 +7,7 @@ CloudWatch and ``docker logs`` collect), a readable console format for humans.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -28,6 +29,7 @@ from shared.settings import get_settings
 # Each run of such characters is read once (a possessive loop, starting only at a run's start):
 # linear time, whatever a request puts in a header. A quoted local part ("jane doe"@) is masked
 # whole, and so is any other character right before an @ (a/@...): nothing next to it survives.
+@functools.cache  # compiled with the first address, not at every cold start
 def _address_pattern(local: str, at: str) -> re.Pattern[str]:
     return re.compile(
         rf'(?P<quoted>"(?:[^"\\\r\n]|\\.){{1,64}}")(?={at}[\w-])'
@@ -39,8 +41,7 @@ def _address_pattern(local: str, at: str) -> re.Pattern[str]:
 _SCALARS = frozenset({int, float, bool, type(None)})
 _TEXT_OR_CONTAINERS = (str, list, tuple, dict)
 _LOCAL = r"[^\s@\"'(),:;<>\[\]\\/]"
-_EMAIL = _address_pattern(_LOCAL, "@")
-_QUOTED_EMAIL = _address_pattern(r"[^\s@\"'(),:;<>\[\]\\/%]", "%40")  # URL-quoted, as in uvicorn's access lines
+_LOCAL_BEFORE_QUOTED_AT = r"[^\s@\"'(),:;<>\[\]\\/%]"  # URL-quoted (%40), as in uvicorn's access lines
 
 
 def _masked(match: re.Match[str]) -> str:
@@ -52,9 +53,9 @@ def _masked(match: re.Match[str]) -> str:
 def _mask(text: str) -> str:
     # The membership tests cost a fraction of a regex: most values hold no address.
     if "@" in text:
-        text = _EMAIL.sub(_masked, text)
+        text = _address_pattern(_LOCAL, "@").sub(_masked, text)
     if "%40" in text:
-        text = _QUOTED_EMAIL.sub(_masked, text)
+        text = _address_pattern(_LOCAL_BEFORE_QUOTED_AT, "%40").sub(_masked, text)
     return text
 
 

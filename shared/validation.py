@@ -33,14 +33,12 @@ class _Characters:
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
-        self._forbidden = re.compile(pattern.replace("[^", "[\\ud800-\\udfff", 1).removeprefix("^").removesuffix("*$"))
+        self._allowed = re.compile(pattern.replace("[^", "[^\\ud800-\\udfff", 1))
 
     def check(self, value: str) -> str:
-        found = self._forbidden.search(value)
-        if found:
-            raise ValueError(
-                f"must not contain control, format or private-use characters (found U+{ord(found.group()):04X})"
-            )
+        if self._allowed.fullmatch(value) is None:
+            found = next(ch for ch in value if self._allowed.fullmatch(ch) is None)
+            raise ValueError(f"must not contain control, format or private-use characters (found U+{ord(found):04X})")
         return value
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
