@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -19,7 +20,7 @@ from shared import aws
 from shared.background.sqs import SqsBackend
 from shared.background.task import QueuedTask
 from shared.settings import ConfigurationError, get_settings
-from shared.worker import Poller
+from shared.worker import Poller, Worker
 from tests.support import sqs_tasks
 from tests.support.logs import LogCapture, parse_json_lines
 from tests.support.servers import ServerProcess
@@ -291,3 +292,42 @@ def test_a_message_arriving_late_in_a_long_poll_is_run_at_once(durable: DurableA
     assert succeeded["attempt"] == 1, "received by the worker's own poll, not after a lost receive's visibility timeout"
     assert events(output, "worker.receive_failed") == []
     assert sqs_tasks.lines(out) == ["late"]
+
+
+def test_sigterm_during_the_pause_after_a_failed_poll_stops_the_worker_at_once(
+    monkeypatch: pytest.MonkeyPatch, logs: LogCapture
+) -> None:
+    """SQS unreachable: the worker pauses before polling again; a SIGTERM ends the pause, not only the poll."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from shared.worker import poller as poller_module
+    from tests.support.sqs_queues import durable_aws
+
+    paused: list[str] = []
+
+    def pause(seconds: float) -> None:
+        paused.append("started")
+        threading.Event().wait(seconds)  # a signal handler that raises ends this wait
+        paused.append("ran to its end")
+
+    class Unreachable:
+        def receive_message(self, **_: Any) -> Any:
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+
+    monkeypatch.setattr(poller_module.time, "sleep", pause)
+    monkeypatch.setattr(poller_module, "RECEIVE_ERROR_BACKOFF_S", (30.0,))
+    with durable_aws(monkeypatch) as durable:
+        worker = Worker()
+        poller = Poller(worker, durable.queues.url, wait_seconds=1, poll_client=lambda: Unreachable())  # type: ignore[arg-type,return-value]
+        previous = signal.signal(signal.SIGALRM, poller.stop)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.5)
+            stats = poller.run()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    assert paused == ["started"], "the pause was cut short"
+    assert len(logs.named("worker.receive_failed")) == 1
+    assert logs.named("worker.stopped")
+    assert stats.succeeded == stats.failed == 0
