@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from shared.allow import method_not_allowed
 from shared.background.app import install as install_task_layer
 from shared.body_limit import BodyLimitMiddleware
 from shared.logs import ensure_logging_configured
@@ -51,6 +52,8 @@ def create_app(
     app.add_middleware(RequestIdMiddleware, service=service)
     if not {Exception, 500} & app.exception_handlers.keys():  # the user's own catch-all wins
         app.add_exception_handler(Exception, _unhandled_error)
+    if 405 not in app.exception_handlers:
+        app.add_exception_handler(405, method_not_allowed)
     if calls_aws:
         from shared.http_errors import install_aws_error_handler
 

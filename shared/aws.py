@@ -38,6 +38,10 @@ def _config() -> Config:
     return Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=3, read_timeout=10)
 
 
+LONG_POLL_READ_TIMEOUT_S = 30
+"""Above SQS's longest ``WaitTimeSeconds`` (20): a poll must never outlive the client's wait for it."""
+
+
 @cache
 def client(service: str) -> Any:
     return _session().client(service, endpoint_url=get_settings().aws_endpoint_url, config=_config())  # type: ignore[call-overload]
@@ -56,6 +60,15 @@ def sqs() -> SQSClient:
     return client("sqs")  # type: ignore[no-any-return]
 
 
+@cache
+def sqs_long_poll() -> SQSClient:
+    """The worker's ``ReceiveMessage`` client: a receive the client gave up on would hide its messages."""
+    from botocore.config import Config
+
+    config = _config().merge(Config(read_timeout=LONG_POLL_READ_TIMEOUT_S))
+    return _session().client("sqs", endpoint_url=get_settings().aws_endpoint_url, config=config)
+
+
 def ses() -> SESClient:
     return client("ses")  # type: ignore[no-any-return]
 
@@ -66,5 +79,5 @@ def dynamodb() -> DynamoDBServiceResource:
 
 def reset_clients() -> None:
     """Forget every client, e.g. after a test changed the endpoint or the region."""
-    for cached in (_session, client, resource):
+    for cached in (_session, client, resource, sqs_long_poll):
         cached.cache_clear()

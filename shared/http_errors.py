@@ -20,6 +20,7 @@ _DESCRIPTIONS = {
     409: "Conflict with an existing resource",
     413: "Content too large",
     415: "Unsupported media type",
+    502: "An AWS service answered with an error",
     503: "A storage service is unavailable; retry later",
 }
 _RETRYABLE_CODES = frozenset(

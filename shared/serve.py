@@ -1,39 +1,70 @@
 """Serve one function with uvicorn: ``python -m shared.serve notifications`` (``all``: every one).
 
 The container's entry command. Logs go through the project's pipeline, and SIGTERM
-lets in-flight background tasks finish (up to SHUTDOWN_GRACE_SECONDS) before exit.
+lets in-flight background tasks finish (up to SHUTDOWN_GRACE_SECONDS, fractions
+included) before the process exits 0. A wrong setting exits 2 with one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import signal
+from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
-from shared.settings import get_settings
+from shared.settings import ConfigurationError, exit_on_configuration_error, get_settings
+
+
+def _stopped_on_request(signum: int, frame: FrameType | None) -> None:
+    """Where uvicorn re-raises SIGTERM after its graceful shutdown: a requested stop is a success (exit 0)."""
 
 
 def main(argv: list[str] | None = None) -> None:
+    port = os.environ.get("PORT", "8000")
+    if not port.isdigit():
+        with exit_on_configuration_error():
+            raise ConfigurationError(f"PORT={port!r}: expected a port number")
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("function", nargs="?", default=os.environ.get("FUNCTION", "notifications"))
     parser.add_argument("--app", help="serve another ASGI app instead, as module:attribute")
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument("--port", type=int, default=int(port))
     parser.add_argument("--access-log", action="store_true", help="also print uvicorn's access lines")
     args = parser.parse_args(argv)
     target, factory = args.app or f"functions.{args.function}.app:app", False
     if args.function == "all" and not args.app:
         # Every function on one port, each under /<name> as the HTTP API routes them.
         target, factory = "shared.gateway:create_gateway", True
+    with exit_on_configuration_error():
+        grace = get_settings().shutdown_grace_seconds
+        # Build the app here, not inside uvicorn: a wrong setting is one line, not a traceback.
+        module, _, attribute = target.partition(":")
+        try:
+            loaded = getattr(importlib.import_module(module), attribute)
+        except ModuleNotFoundError as exc:
+            if exc.name != module and not module.startswith(f"{exc.name}."):
+                raise
+            functions = sorted(
+                path.name
+                for path in (Path(__file__).parents[1] / "functions").iterdir()
+                if path.is_dir() and (path / "app.py").exists()
+            )
+            raise ConfigurationError(
+                f"FUNCTION={args.function!r}: expected all or one of {', '.join(functions)}"
+            ) from None
+        app = loaded() if factory else loaded
+    signal.signal(signal.SIGTERM, _stopped_on_request)
     uvicorn.run(
-        target,
-        factory=factory,
+        app,
         host=args.host,
         port=args.port,
         log_config=None,
         access_log=args.access_log,
-        timeout_graceful_shutdown=int(get_settings().shutdown_grace_seconds),
+        timeout_graceful_shutdown=grace,  # type: ignore[arg-type]
     )
 
 

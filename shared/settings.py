@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+EXIT_CONFIGURATION = 2
+"""Exit code of a process that refused to start because a setting is wrong."""
+
+SQS_QUEUE_URL = re.compile(r"https?://[^/\s]+/\d{12}/[A-Za-z0-9_-]{1,80}(\.fifo)?")
+"""``https://sqs.<region>.amazonaws.com/<account>/<name>``, or a local endpoint with the same path."""
+
+
+class ConfigurationError(Exception):
+    """A setting is wrong; the message is one line naming the variable, its value and what is expected."""
 
 
 def running_on_lambda() -> bool:
@@ -31,6 +45,13 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     log_task_args: bool = Field(False, description="Log task arguments (e-mail addresses masked).")
+
+    @field_validator("task_queue_url")
+    @classmethod
+    def _sqs_queue_url(cls, value: str | None) -> str | None:
+        if value and not SQS_QUEUE_URL.fullmatch(value):
+            raise ValueError("expected an SQS queue URL, https://sqs.<region>.amazonaws.com/<12-digit account>/<name>")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -94,8 +115,47 @@ class Settings(BaseSettings):
     )
     thumbnail_sizes: tuple[int, ...] = Field((128, 512), description="Longest side, in pixels, of each thumbnail.")
     thumbnail_max_pixels: int = Field(40_000_000, gt=0, description="Larger images fail instead of exhausting memory.")
+    image_memory_budget_mb: int | None = Field(
+        None, gt=0, description="Memory for one decoded image (4 bytes a pixel); default half the function's."
+    )
+
+
+def _variable(field_name: str) -> str:
+    alias = Settings.model_fields[field_name].validation_alias if field_name in Settings.model_fields else None
+    return alias if isinstance(alias, str) else field_name.upper()
+
+
+def describe_error(exc: ValidationError | SettingsError) -> str:
+    """One line: each wrong variable, the value it has and what is expected."""
+    if isinstance(exc, SettingsError):
+        found = re.search(r'field "(\w+)"', str(exc))
+        variable = _variable(found.group(1)) if found else "a setting"
+        return f"{variable}={os.environ.get(variable, '')!r}: expected a JSON value ({exc})"
+    problems = []
+    for error in exc.errors():
+        variable = _variable(str(error["loc"][0])) if error["loc"] else "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{variable}={error['input']!r}: {message}")
+    return "; ".join(problems).replace("\n", " ")
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except (ValidationError, SettingsError) as exc:
+        raise ConfigurationError(describe_error(exc)) from None
 
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()
+
+
+@contextmanager
+def exit_on_configuration_error() -> Iterator[None]:
+    """Around a container's start: a wrong setting prints one line and exits with code 2, no traceback."""
+    try:
+        yield
+    except ConfigurationError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_CONFIGURATION) from None

@@ -79,3 +79,39 @@ def test_api_function_sends_before_the_freeze_and_worker_function_reports_only_i
         assert line["cold_start"] is True
         assert line["function_arn"].endswith(":function:fastapi-tasks-test")
     assert {line["request_id"] for line in task_lines if line["task_id"] == enqueued["task_id"]} == {"apigw-durable-1"}
+
+
+def test_a_sync_task_still_running_at_the_invocation_deadline_ends_the_environment(
+    durable: DurableAws, tmp_path: Path
+) -> None:
+    """Returning would leave its thread running into the next invocations (and beside its own retry):
+    the worker process exits instead, and Lambda starts a fresh environment."""
+    out = tmp_path / "stuck.txt"
+    from shared import aws
+
+    aws.sqs().send_message(
+        QueueUrl=durable.queues.url,
+        MessageBody=json.dumps(
+            {
+                "task": "tests.durable.side_effect_after",
+                "task_id": "stuck-1",
+                "args": [str(out), "s", 30.0],
+                "kwargs": {},
+                "enqueued_at": "2024-01-01T00:00:00Z",
+            }
+        ),
+    )
+    event = durable.event(durable.receive())
+    env = {**subprocess_env(durable), "TASK_BACKEND": "inline", "TASK_MODULES": "tests.support.sqs_tasks"}
+    with lambda_environment("functions.worker.sqs.handler", env=env, timeout_s=3) as worker:
+        worker.submit(event)
+        returncode = worker.process.wait(timeout=20)
+        logs = worker.logs()
+
+    assert returncode == 3
+    assert sqs_tasks.lines(out) == ["started s"], "the side effect never happened"
+    [timed_out] = [line for line in logs if line.get("event") == "task.timed_out"]
+    assert timed_out["still_running"] is True
+    assert timed_out["task_id"] == "stuck-1"
+    [exiting] = [line for line in logs if line.get("event") == "worker.exiting"]
+    assert exiting["exit_code"] == 3

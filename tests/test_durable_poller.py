@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from functions.notifications.app import app as notifications_app
+from shared import aws
 from shared.background.sqs import SqsBackend
 from shared.background.task import QueuedTask
-from shared.settings import get_settings
-from shared.worker import Poller
+from shared.settings import ConfigurationError, get_settings
+from shared.worker import Poller, Worker
 from tests.support import sqs_tasks
 from tests.support.logs import LogCapture, parse_json_lines
 from tests.support.servers import ServerProcess
@@ -34,7 +37,7 @@ def durable(monkeypatch: pytest.MonkeyPatch) -> Iterator[DurableAws]:
 
 
 def start_worker(durable: DurableAws, module: str = "shared.worker", **env: str) -> ServerProcess:
-    environment = subprocess_env(durable, TASK_MODULES=TASK_MODULES, WORKER_WAIT_SECONDS="1", **env)
+    environment = subprocess_env(durable, **{"TASK_MODULES": TASK_MODULES, "WORKER_WAIT_SECONDS": "1", **env})
     return ServerProcess([sys.executable, "-m", module], environment, port=0)
 
 
@@ -148,5 +151,183 @@ def test_the_worker_refuses_to_start_without_a_queue(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("TASK_QUEUE_URL", raising=False)
     get_settings.cache_clear()
 
-    with pytest.raises(SystemExit, match="TASK_QUEUE_URL is not set"):
+    with pytest.raises(ConfigurationError, match="TASK_QUEUE_URL is not set"):
         Poller.from_settings()
+
+
+def send_side_effect_tasks(out: Path, seconds: float, count: int = 1) -> list[QueuedTask]:
+    tasks = [
+        QueuedTask(sqs_tasks.side_effect_after, (str(out), f"t{i}", seconds), {}, "tests.durable.side_effect_after")
+        for i in range(count)
+    ]
+    asyncio.run(SqsBackend.from_settings().dispatch(tasks))
+    return tasks
+
+
+def epoch(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["timestamp"]).timestamp()
+
+
+def side_effects(out: Path) -> list[float]:
+    return [float(line.split()[-1]) for line in sqs_tasks.lines(out) if line.startswith("side effect")]
+
+
+def test_a_sync_task_past_its_timeout_does_its_side_effect_once_and_is_not_retried(
+    durable: DurableAws, tmp_path: Path
+) -> None:
+    """A 5 s ``def`` task with a 3 s timeout: it cannot be stopped, so it is neither reported
+    timed out while it runs on nor retried beside itself; it finishes once and is deleted."""
+    out = tmp_path / "once.txt"
+    [task] = send_side_effect_tasks(out, seconds=5.0)
+
+    worker = start_worker(durable, TASK_TIMEOUT_SECONDS="3")
+    try:
+        wait_for(lambda: bool(events(worker, "task.succeeded") or events(worker, "task.timed_out")), worker)
+        time.sleep(1.0)  # room for a retry to show up, if there were one
+    finally:
+        returncode, output = stop(worker)
+
+    assert returncode == 0
+    assert sqs_tasks.lines(out)[0] == "started t0"
+    assert len(side_effects(out)) == 1, "the side effect happened exactly once"
+    assert [line for line in sqs_tasks.lines(out) if line.startswith("started")] == ["started t0"], "no retry"
+    for timed_out in events(output, "task.timed_out"):
+        assert side_effects(out)[0] < epoch(timed_out), "no side effect after task.timed_out was reported"
+    [overrunning] = events(output, "task.overrunning")
+    assert overrunning["task_id"] == task.task_id
+    assert overrunning["timeout_s"] == 3
+    [succeeded] = events(output, "task.succeeded")
+    assert succeeded["overran"] is True
+    assert succeeded["attempt"] == 1
+    assert durable.depth() == {"visible": 0, "in_flight": 0}, "succeeded late, deleted: never run again"
+    assert durable.depth(durable.queues.dlq_url) == {"visible": 0, "in_flight": 0}
+
+
+def test_a_sync_task_still_running_when_its_message_would_reappear_ends_the_worker(
+    durable: DurableAws, tmp_path: Path
+) -> None:
+    """Before the message can be received again, the process ends: its thread with it (exit code 3)."""
+    aws.sqs().set_queue_attributes(QueueUrl=durable.queues.url, Attributes={"VisibilityTimeout": "3"})
+    out = tmp_path / "stuck.txt"
+    tasks = send_side_effect_tasks(out, seconds=30.0, count=2)
+
+    worker = start_worker(durable, TASK_TIMEOUT_SECONDS="1", WORKER_BATCH_SIZE="10")
+    try:
+        returncode = worker.process.wait(timeout=20)
+        output = worker.output()
+    finally:
+        worker.close()
+
+    assert returncode == 3
+    assert side_effects(out) == [], "the side effect never happens after task.timed_out"
+    [timed_out] = events(output, "task.timed_out")
+    assert timed_out["still_running"] is True
+    assert timed_out["task_id"] in {task.task_id for task in tasks}
+    [exiting] = events(output, "worker.exiting")
+    assert exiting["exit_code"] == 3
+    assert len(events(output, "task.started")) == 1
+    assert durable.depth()["visible"] >= 1, "the message that never started was released at once"
+
+
+def test_sigterm_waits_for_a_task_in_hand_only_for_the_shutdown_grace_period(
+    durable: DurableAws, tmp_path: Path
+) -> None:
+    out = tmp_path / "grace.txt"
+    tasks = send_side_effect_tasks(out, seconds=30.0, count=3)
+
+    worker = start_worker(durable, SHUTDOWN_GRACE_SECONDS="0.5")
+    try:
+        wait_for(lambda: len(events(worker, "task.started")) == 1, worker)
+    finally:
+        returncode, output = stop(worker)
+
+    assert returncode == 0
+    assert side_effects(out) == []
+    [started] = events(output, "task.started")
+    [cancelled] = events(output, "task.cancelled")
+    assert cancelled["task_id"] == started["task_id"]
+    assert cancelled["started"] is True
+    assert cancelled["grace_s"] == 0.5
+    released = [message_id for e in events(output, "worker.released") for message_id in e["message_ids"]]
+    assert len(released) == 2
+    assert durable.depth() == {"visible": 2, "in_flight": 1}, "unstarted ones visible now, the cut one later"
+    assert {body["task_id"] for body in durable.bodies()} == {t.task_id for t in tasks} - {started["task_id"]}
+
+
+def test_sigterm_during_a_long_poll_stops_the_worker_at_once(durable: DurableAws) -> None:
+    worker = start_worker(durable, WORKER_WAIT_SECONDS="20")
+    try:
+        wait_for(lambda: bool(events(worker, "worker.started")), worker)
+        time.sleep(0.5)  # inside the 20 s poll
+    finally:
+        returncode, output = stop(worker)  # waits 15 s at most: less than the poll
+
+    assert returncode == 0
+    assert [e["event"] for e in parse_json_lines(output)][-2:] == ["worker.stopping", "worker.stopped"]
+
+
+def test_the_poll_client_waits_longer_than_the_longest_poll() -> None:
+    assert aws.sqs_long_poll().meta.config.read_timeout > 20
+    assert aws.sqs().meta.config.read_timeout <= 10, "other calls keep failing fast"
+
+
+def test_a_message_arriving_late_in_a_long_poll_is_run_at_once(durable: DurableAws, tmp_path: Path) -> None:
+    """12 s into a 20 s poll: past the old 10 s read timeout, the receive the client gave up on took it."""
+    out = tmp_path / "late.txt"
+    worker = start_worker(durable, WORKER_WAIT_SECONDS="20")
+    try:
+        wait_for(lambda: bool(events(worker, "worker.started")), worker)
+        time.sleep(12)
+        asyncio.run(
+            SqsBackend.from_settings().dispatch(
+                [QueuedTask(sqs_tasks.record, (str(out), "late"), {}, "tests.durable.record")]
+            )
+        )
+        wait_for(lambda: bool(events(worker, "task.succeeded")), worker, timeout=60)
+    finally:
+        returncode, output = stop(worker)
+
+    assert returncode == 0
+    [succeeded] = events(output, "task.succeeded")
+    assert succeeded["attempt"] == 1, "received by the worker's own poll, not after a lost receive's visibility timeout"
+    assert events(output, "worker.receive_failed") == []
+    assert sqs_tasks.lines(out) == ["late"]
+
+
+def test_sigterm_during_the_pause_after_a_failed_poll_stops_the_worker_at_once(
+    monkeypatch: pytest.MonkeyPatch, logs: LogCapture
+) -> None:
+    """SQS unreachable: the worker pauses before polling again; a SIGTERM ends the pause, not only the poll."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from shared.worker import poller as poller_module
+    from tests.support.sqs_queues import durable_aws
+
+    paused: list[str] = []
+
+    def pause(seconds: float) -> None:
+        paused.append("started")
+        threading.Event().wait(seconds)  # a signal handler that raises ends this wait
+        paused.append("ran to its end")
+
+    class Unreachable:
+        def receive_message(self, **_: Any) -> Any:
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+
+    monkeypatch.setattr(poller_module.time, "sleep", pause)
+    monkeypatch.setattr(poller_module, "RECEIVE_ERROR_BACKOFF_S", (30.0,))
+    with durable_aws(monkeypatch) as durable:
+        worker = Worker()
+        poller = Poller(worker, durable.queues.url, wait_seconds=1, poll_client=lambda: Unreachable())  # type: ignore[arg-type,return-value]
+        previous = signal.signal(signal.SIGALRM, poller.stop)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.5)
+            stats = poller.run()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    assert paused == ["started"], "the pause was cut short"
+    assert len(logs.named("worker.receive_failed")) == 1
+    assert logs.named("worker.stopped")
+    assert stats.succeeded == stats.failed == 0

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from functions.notifications.app import app as notifications_app
 from functions.worker.app import app as worker_app
 from functions.worker.app import handler
+from shared.background.execution import TaskStuck
 from shared.background.sqs import SqsBackend
 from shared.background.task import QueuedTask
 from shared.worker import Worker, make_sqs_handler
@@ -185,6 +186,37 @@ def test_a_failed_task_is_retried_and_a_poison_message_lands_in_the_dlq_after_ma
     assert items == []
 
 
+def test_a_permanent_failure_is_recorded_and_deleted_never_retried_nor_dead_lettered(
+    durable: DurableAws, worker: Worker, out: Path, logs: LogCapture
+) -> None:
+    [task] = enqueue(("refuse", (str(out), "bad")))
+    messages = durable.receive()
+    last_receive = FakeLambdaContext()
+    messages[0]["Attributes"]["ApproximateReceiveCount"] = "3"  # the last allowed receive: still no DLQ
+
+    response = worker.handle(durable.event(messages), last_receive)
+    worker.handle(durable.event(messages), last_receive)  # delivered again all the same
+
+    assert response == {"batchItemFailures": []}, "done with: the message is deleted"
+    assert sqs_tasks.lines(out) == ["refused bad"], "run once, not retried"
+    [failed] = logs.named("task.failed", task_id=task.task_id)
+    assert failed["permanent"] is True
+    assert failed["error"] == "bad input bad"
+    assert logs.named("task.dead_lettered") == []
+    assert len(logs.named("task.duplicate", task_id=task.task_id)) == 1
+    [item] = durable.idempotency_items()
+    assert item["status"] == "COMPLETED"
+
+
+def test_an_ordinary_failure_is_not_marked_permanent(
+    durable: DurableAws, worker: Worker, out: Path, logs: LogCapture
+) -> None:
+    enqueue(("explode", (str(out), "x")))
+    worker.handle(durable.event(durable.receive()), FakeLambdaContext())
+    [failed] = logs.named("task.failed")
+    assert "permanent" not in failed
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
@@ -219,7 +251,8 @@ def test_an_unreadable_message_fails_without_blocking_its_neighbours(
 def test_a_task_past_the_invocation_deadline_fails_and_is_retried_later(
     durable: DurableAws, worker: Worker, out: Path, logs: LogCapture
 ) -> None:
-    [task] = enqueue(("slow", (str(out), "late", 2.0)))
+    """An ``async def`` task is cancelled at the deadline: nothing of it runs on, so it is retried."""
+    [task] = enqueue(("slow_async", (str(out), "late", 2.0)))
     [message] = durable.receive()
 
     # 700 ms left, minus the 500 ms margin: the task has 200 ms.
@@ -229,6 +262,23 @@ def test_a_task_past_the_invocation_deadline_fails_and_is_retried_later(
     [timed_out] = logs.named("task.timed_out")
     assert timed_out["task_id"] == task.task_id
     assert timed_out["backend"] == "sqs"
+
+
+def test_a_sync_task_still_running_at_the_deadline_is_reported_and_must_end_the_process(
+    durable: DurableAws, worker: Worker, out: Path, logs: LogCapture
+) -> None:
+    """A ``def`` task's thread cannot be stopped: ``handle`` raises TaskStuck instead of returning
+    while it runs on (the Lambda handler then ends the process, see test_durable_lambda)."""
+    [task] = enqueue(("slow", (str(out), "stuck", 2.0)))
+    [message] = durable.receive()
+
+    with pytest.raises(TaskStuck):
+        worker.handle(durable.event([message]), FakeLambdaContext(remaining_ms=700))
+
+    [timed_out] = logs.named("task.timed_out")
+    assert timed_out["task_id"] == task.task_id
+    assert timed_out["still_running"] is True
+    assert sqs_tasks.lines(out) == ["started stuck"]
 
 
 def test_the_worker_handler_builds_its_worker_once(durable: DurableAws, out: Path) -> None:

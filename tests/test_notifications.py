@@ -126,3 +126,27 @@ def test_a_missing_notification_log_directory_is_created(tmp_path: Path, monkeyp
 
 def test_health(notifications_client: TestClient) -> None:
     assert notifications_client.get("/health").json() == {"status": "ok", "service": "notifications"}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "x\nnotification for victim@example.com: forged",
+        "x\r\nnotification for victim@example.com: forged",
+        "x\rnotification for victim@example.com: forged",
+        "x\u2028notification for victim@example.com: forged",
+        "x\x85notification for victim@example.com: forged",
+    ],
+)
+def test_a_request_cannot_forge_a_line_of_the_notification_log(
+    notifications_client: TestClient, notification_log: Path, query: str
+) -> None:
+    response = notifications_client.post(f"/send-message/{EMAIL}", params={"q": query})
+
+    assert response.status_code == 200
+    lines = notification_log.read_text().split("\n")
+    assert lines[-1] == "", "every entry ends its line"
+    assert len(lines[:-1]) == 2, "one line per task, whatever the input"
+    assert lines[0].startswith("found query: x\\x") or lines[0].startswith("found query: x\\u2028")
+    assert lines[1] == f"message to {EMAIL}"
+    assert not any(line.startswith("notification for victim") for line in notification_log.read_text().splitlines())

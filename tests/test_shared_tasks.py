@@ -509,7 +509,11 @@ def test_importing_a_function_creates_no_client_and_loads_no_image_library_nor_t
         " 'powertools': 'aws_lambda_powertools' in sys.modules,"
         " 'sqs_backend': 'shared.background.sqs' in sys.modules}))\n"
     )
-    env = {**os.environ, "DURABLE_TASKS": "email.send_welcome,files.process_upload", "TASK_QUEUE_URL": "queue-url"}
+    env = {
+        **os.environ,
+        "DURABLE_TASKS": "email.send_welcome,files.process_upload",
+        "TASK_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/tasks",
+    }
     output = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1], env=env
     ).stdout

@@ -183,6 +183,7 @@ def test_undecodable_image_marks_the_upload_failed(client: TestClient, state: Aw
     assert status["facts"] is None and status["thumbnails"] == []
     [failed] = logs.named("task.failed", task="files.process_upload")
     assert failed["error_type"] == "ProcessingError"
+    assert failed["permanent"] is True, "a bad file is not retried (nor dead-lettered) by the worker"
     assert logs.named("task.succeeded", task="audit.record"), "the next task still ran"
     assert state.s3_keys("thumbnails/") == []
 
@@ -197,6 +198,30 @@ def test_too_many_pixels_marks_the_upload_failed(
     status = client.get(f"/uploads/{upload_id}").json()
     assert status["status"] == "failed"
     assert status["reason"] == "Image is 200x100 pixels, more than the 10000 allowed."
+
+
+@pytest.mark.parametrize(
+    ("env", "mode", "refused"),
+    [
+        ({"IMAGE_MEMORY_BUDGET_MB": "1"}, "RGBA", True),  # 8 bytes a pixel: 131072 pixels fit 1 MiB
+        ({"IMAGE_MEMORY_BUDGET_MB": "1"}, "RGB", False),  # 4 bytes a pixel: 262144 pixels fit
+        ({"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2"}, "RGBA", True),  # half of Lambda's MemorySize
+        ({"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "4"}, "RGBA", False),
+    ],
+)
+def test_images_must_fit_the_memory_budget_of_the_function(
+    client: TestClient, state: AwsState, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], mode: str, refused: bool
+) -> None:
+    set_env(monkeypatch, **env)
+
+    upload_id = upload(client, image_bytes(size=(400, 400), mode=mode)).json()["id"]
+
+    status = client.get(f"/uploads/{upload_id}").json()
+    if refused:
+        assert status["status"] == "failed"
+        assert status["reason"] == "Image is 400x400 pixels, more than the 131072 allowed."
+    else:
+        assert status["status"] == "processed"
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 from botocore.exceptions import ClientError
 from fastapi import BackgroundTasks, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from shared import aws
 from shared.app import create_app
@@ -20,6 +21,15 @@ from shared.validation import MultiLine, ResourceId, SingleLine
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import Table
+
+
+class _AnythingButSearch(StringConvertor):
+    """``/items/search`` is the search, never an item: DELETE there is a 405, not a 422 about the id."""
+
+    regex = "(?!search$)[^/]+"
+
+
+register_url_convertor("not_search", _AnythingButSearch())
 
 app = create_app(
     "items",
@@ -84,7 +94,7 @@ def search_items(
     return SearchResults(query=q, results=[SearchHit(**hit) for hit in search.search(q, limit)])
 
 
-@app.get("/items/{item_id}", responses=error_responses(404, 503))
+@app.get("/items/{item_id:not_search}", responses=error_responses(404, 503))
 def get_item(item_id: ResourceId) -> Item:
     found = _table().get_item(Key={"id": item_id}).get("Item")
     if found is None:
@@ -92,7 +102,7 @@ def get_item(item_id: ResourceId) -> Item:
     return Item.model_validate(found)
 
 
-@app.delete("/items/{item_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404, 503))
+@app.delete("/items/{item_id:not_search}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404, 503))
 def delete_item(item_id: ResourceId, background_tasks: BackgroundTasks) -> Response:
     """Delete an item; its search rows are removed in the background."""
     try:

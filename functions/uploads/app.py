@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import BackgroundTasks, HTTPException, Request, Response, UploadFile, status
+from fastapi import BackgroundTasks, File, HTTPException, Request, Response, UploadFile, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
@@ -102,7 +102,10 @@ def _check_content_type(declared: str, sniffed: str, allowed: tuple[str, ...]) -
     responses=error_responses(400, 413, 415, 503),
 )
 def create_upload(
-    file: UploadFile, request: Request, response: Response, background_tasks: BackgroundTasks
+    file: Annotated[UploadFile, File(json_schema_extra={"minLength": 1})],  # an empty file is a 422
+    request: Request,
+    response: Response,
+    background_tasks: BackgroundTasks,
 ) -> UploadAccepted:
     """Store the file in S3 and answer 202 with the URL of its status.
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from botocore.exceptions import ClientError
 from fastapi import BackgroundTasks, HTTPException, Request, Response, status
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from shared import aws
 from shared.app import create_app
@@ -16,7 +16,7 @@ from shared.lambda_handler import make_handler
 from shared.settings import get_settings
 from shared.tasks import audit
 from shared.tasks.email import send_welcome_email
-from shared.validation import ResourceId, SingleLine
+from shared.validation import Email, ResourceId, SingleLine
 
 app = create_app(
     "users",
@@ -32,7 +32,7 @@ class Registration(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: PersonName = Field(examples=["Jane Doe"])
-    email: EmailStr = Field(max_length=254, examples=["jane@example.com"])
+    email: Email = Field(max_length=254, examples=["jane@example.com"])
 
 
 class User(BaseModel):

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from functions.worker.sqs import handler
 from shared import aws
 from shared.app import create_app
+from shared.http_errors import error_responses
 from shared.settings import get_settings
 
 __all__ = ["app", "handler"]
@@ -50,7 +51,7 @@ def _depth(queue_url: str) -> tuple[QueueDepth, dict[str, str]]:
     return QueueDepth(queue_url=queue_url, **counts), attributes
 
 
-@app.get("/queue", tags=["ops"])
+@app.get("/queue", tags=["ops"], responses=error_responses(502, 503))
 def queue_status() -> QueueStatus:
     """How many task messages wait, run, and sit in the dead-letter queue."""
     queue_url = get_settings().task_queue_url

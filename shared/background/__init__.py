@@ -9,11 +9,20 @@ import FastAPI: the SQS worker runs tasks through this package without it.
 from __future__ import annotations
 
 from shared.background.backends import Backend, InlineBackend, TaskRejected
+from shared.background.execution import PermanentTaskError
 from shared.background.executor import TaskExecutor
 from shared.background.registry import task
 from shared.settings import Settings, get_settings, running_on_lambda
 
-__all__ = ["Backend", "TaskExecutor", "TaskRejected", "build_executor", "local_backend", "task"]
+__all__ = [
+    "Backend",
+    "PermanentTaskError",
+    "TaskExecutor",
+    "TaskRejected",
+    "build_executor",
+    "local_backend",
+    "task",
+]
 
 
 def local_backend(settings: Settings) -> Backend:

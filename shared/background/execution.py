@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
+import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import anyio.to_thread
 
@@ -24,6 +26,30 @@ log = get_logger("shared.background")
 
 class TaskTimeout(Exception):
     """A task ran past its own timeout or the invocation deadline."""
+
+
+class PermanentTaskError(Exception):
+    """Raise it (or an exception class derived from it) when running the task again cannot help.
+
+    A bad file a user uploaded, arguments the task itself finds invalid: the worker logs
+    ``task.failed`` with ``permanent: true`` and deletes the message, which is neither
+    retried nor dead-lettered (the dead-letter queue is for failures someone must fix).
+    """
+
+
+Outcome = Literal["succeeded", "failed", "failed_permanently"]
+
+
+def _failed(fields: dict[str, Any], exc: BaseException, **extra: Any) -> Outcome:
+    if isinstance(exc, PermanentTaskError):
+        log.error("task.failed", **fields, **extra, permanent=True, exc_info=exc)
+        return "failed_permanently"
+    log.error("task.failed", **fields, **extra, exc_info=exc)
+    return "failed"
+
+
+class TaskStuck(Exception):
+    """A sync task still runs at its hard deadline: only ending the process stops its thread."""
 
 
 def task_fields(task: QueuedTask, backend: str) -> dict[str, Any]:
@@ -55,15 +81,100 @@ def _time_left(task: QueuedTask, deadline: float | None) -> float | None:
     return min(limits) if limits else None
 
 
+def _start_thread(task: QueuedTask) -> asyncio.Future[Any]:
+    """Run a sync task in a daemon thread of its own: nothing waits for it at exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+    def target() -> None:
+        try:
+            result, error = context.run(task.func, *task.args, **task.kwargs), None
+        except BaseException as exc:  # handed to the awaiting side
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the process is ending
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=target, name=f"task-{task.task_id}", daemon=True).start()
+    return future
+
+
+async def _run_sync_to_its_end(task: QueuedTask, fields: dict[str, Any], deadline: float | None) -> Outcome:
+    """A sync task on the durable path: its timeout is reported, never pretended.
+
+    A thread cannot be stopped, so past ``task.timeout`` the task is left to finish and
+    ``task.overrunning`` says so; its real outcome is logged when it ends, so a task that
+    succeeds late is not run again. At ``deadline`` (the message becomes visible again,
+    or Lambda ends the invocation) it raises TaskStuck: the caller must end the process.
+    """
+    started = time.perf_counter()
+
+    def elapsed_ms() -> float:
+        return round((time.perf_counter() - started) * 1000, 3)
+
+    future = _start_thread(task)
+    hard_left = None if deadline is None else deadline - time.monotonic()
+    soft = task.timeout if task.timeout is not None and (hard_left is None or task.timeout < hard_left) else None
+    overran: dict[str, Any] = {}
+    try:
+        done, _ = await asyncio.wait({future}, timeout=soft if soft is not None else hard_left)
+        if not done and soft is not None:
+            overran = {"overran": True, "timeout_s": soft}
+            log.warning(
+                "task.overrunning",
+                **fields,
+                timeout_s=soft,
+                duration_ms=elapsed_ms(),
+                consequence="a sync task cannot be stopped: it runs on, its message stays invisible until it ends",
+            )
+            left = None if deadline is None else deadline - time.monotonic()
+            done, _ = await asyncio.wait({future}, timeout=left)
+    except asyncio.CancelledError:
+        log.error("task.cancelled", **fields, started=True, duration_ms=elapsed_ms())
+        raise
+    duration_ms = elapsed_ms()
+    if not done:
+        log.error(
+            "task.timed_out", **fields, started=True, still_running=True, duration_ms=duration_ms, timeout_s=hard_left
+        )
+        raise TaskStuck(f"task {task.name!r} ({task.task_id}) still runs at its deadline")
+    error = future.exception()
+    if error is not None:
+        return _failed(fields, error, **overran, duration_ms=duration_ms)
+    log.info("task.succeeded", **fields, **overran, duration_ms=duration_ms)
+    return "succeeded"
+
+
 async def run_task(task: QueuedTask, backend: str, deadline: float | None = None) -> bool:
     """Run one task; True when it succeeded. Never raises, except to pass on cancellation."""
+    return await run_task_outcome(task, backend, deadline) == "succeeded"
+
+
+async def run_task_outcome(
+    task: QueuedTask, backend: str, deadline: float | None = None, *, finish_sync: bool = False
+) -> Outcome:
+    """Run one task and say how it ended; never raises, except to pass on cancellation.
+
+    ``finish_sync`` (the worker): a sync task is waited for past its timeout, up to
+    ``deadline``, where TaskStuck is raised (see ``_run_sync_to_its_end``).
+    """
     fields = task_fields(task, backend)
     time_left = _time_left(task, deadline)
     if time_left is not None and time_left <= 0:
         log.error("task.timed_out", **fields, started=False, error="deadline reached before the task started")
-        return False
+        return "failed"
 
     log.info("task.started", **fields)
+    if finish_sync and not task.is_async:
+        return await _run_sync_to_its_end(task, fields, deadline)
     started = time.perf_counter()
 
     def elapsed_ms() -> float:
@@ -76,15 +187,14 @@ async def run_task(task: QueuedTask, backend: str, deadline: float | None = None
             await _call(task)
     except TimeoutError:
         log.error("task.timed_out", **fields, started=True, duration_ms=elapsed_ms(), timeout_s=time_left)
-        return False
+        return "failed"
     except asyncio.CancelledError:
-        log.error("task.cancelled", **fields, duration_ms=elapsed_ms())
+        log.error("task.cancelled", **fields, started=True, duration_ms=elapsed_ms())
         raise
     except Exception as exc:
-        log.error("task.failed", **fields, duration_ms=elapsed_ms(), exc_info=exc)
-        return False
+        return _failed(fields, exc, duration_ms=elapsed_ms())
     log.info("task.succeeded", **fields, duration_ms=elapsed_ms())
-    return True
+    return "succeeded"
 
 
 async def run_tasks(tasks: Sequence[QueuedTask], backend: str, deadline: float | None = None) -> int:
@@ -96,7 +206,7 @@ async def run_tasks(tasks: Sequence[QueuedTask], backend: str, deadline: float |
     succeeded = 0
     for index, task in enumerate(tasks):
         try:
-            succeeded += await run_task(task, backend, deadline)
+            succeeded += await run_task_outcome(task, backend, deadline) == "succeeded"
         except asyncio.CancelledError:
             for never_started in tasks[index + 1 :]:
                 log.error("task.cancelled", **task_fields(never_started, backend), started=False)

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.util
 import json
 import random
+import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import anyio.to_thread
@@ -27,10 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared import aws
 from shared.background.backends import Backend, TaskRejected
-from shared.background.registry import lookup, registered_name
+from shared.background.registry import lookup, registered_name, registered_names
 from shared.background.task import QueuedTask
 from shared.logs import get_logger
-from shared.settings import Settings, get_settings
+from shared.settings import ConfigurationError, Settings, get_settings
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -308,6 +311,41 @@ def durable_task_names(settings: Settings) -> list[str]:
     return [name.strip() for name in settings.durable_tasks.split(",") if name.strip()]
 
 
+_TASK_DECLARATION = re.compile(r"""@task\(\s*["']([^"']+)["']""")
+
+
+def declared_task_names(task_modules: str) -> set[str]:
+    """The names ``@task("...")`` declares in ``TASK_MODULES``, the modules the worker imports.
+
+    Read from their source, not imported: an API function must not load (nor need the
+    layers of) task modules it never runs, only know that the worker will find the name.
+    """
+    names: set[str] = set()
+    for module in (part.strip() for part in task_modules.split(",") if part.strip()):
+        spec = importlib.util.find_spec(module)
+        if spec is None:
+            raise ConfigurationError(f"TASK_MODULES={task_modules!r}: no module named {module!r}")
+        files = [Path(spec.origin)] if spec.origin and spec.origin.endswith(".py") else []
+        for location in spec.submodule_search_locations or []:
+            files.extend(Path(location).rglob("*.py"))
+        for file in files:
+            names.update(_TASK_DECLARATION.findall(file.read_text()))
+    return names
+
+
+def check_durable_task_names(names: list[str], task_modules: str) -> None:
+    """Every name in DURABLE_TASKS must be a task: a typo would silently keep it in-process."""
+    unknown = [name for name in names if name != "*" and name not in registered_names()]
+    if unknown:
+        known = declared_task_names(task_modules) | set(registered_names())
+        unknown = [name for name in unknown if name not in known]
+        if unknown:
+            raise ConfigurationError(
+                f"DURABLE_TASKS={','.join(names)!r}: {', '.join(map(repr, unknown))} is not a registered task; "
+                f"expected names among {', '.join(sorted(known))} (or '*')"
+            )
+
+
 def _post_response_deferrer(local: Backend) -> Deferrer | None:
     from shared.background.lambda_extension import LambdaExtensionBackend
 
@@ -319,6 +357,7 @@ def route_durable_tasks(executor: TaskExecutor, settings: Settings) -> SqsBacken
     names = durable_task_names(settings)
     if not names:
         return None
+    check_durable_task_names(names, settings.task_modules)
     if not settings.task_queue_url:
         log.warning(
             "durable_tasks.not_configured",

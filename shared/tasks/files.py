@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
+import os
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from tempfile import SpooledTemporaryFile
 from typing import IO, TYPE_CHECKING, Any
@@ -19,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import aws
-from shared.background import task
+from shared.background import PermanentTaskError, task
 from shared.logs import get_logger
 from shared.settings import get_settings
 from shared.tasks.audit import utc_now
@@ -37,6 +39,36 @@ _TEXT_CONTROLS = frozenset("\t\n\r\f\b\x1b")
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _READ_CHUNK = 64 * 1024
 MAX_FILENAME = 100
+BYTES_PER_PIXEL = 4  # Pillow keeps RGB, RGBA, CMYK and 32-bit images at 4 bytes a pixel
+DEFAULT_MEMORY_MB = 1024
+_CGROUP_MEMORY_LIMIT = "/sys/fs/cgroup/memory.max"
+
+
+def _memory_mb() -> int:
+    """The function's memory: Lambda's MemorySize, else the container's cgroup limit."""
+    lambda_memory = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
+    if lambda_memory.isdigit():
+        return int(lambda_memory)
+    try:
+        with open(_CGROUP_MEMORY_LIMIT) as limit:
+            value = limit.read().strip()
+    except OSError:
+        return DEFAULT_MEMORY_MB
+    return int(value) // (1024 * 1024) if value.isdigit() else DEFAULT_MEMORY_MB
+
+
+def max_image_pixels(has_alpha: bool) -> int:
+    """The most pixels an image to thumbnail may have.
+
+    Its decoded copy takes 4 bytes a pixel (RGB is stored as RGBX), and shrinking an image
+    with transparency makes one premultiplied full-size copy more: 8 bytes a pixel then.
+    Together they must fit ``IMAGE_MEMORY_BUDGET_MB``, by default half the function's memory
+    (Lambda's ``MemorySize``, else the container's limit); never more than ``THUMBNAIL_MAX_PIXELS``.
+    """
+    settings = get_settings()
+    budget_mb = settings.image_memory_budget_mb or _memory_mb() // 2
+    bytes_per_pixel = 2 * BYTES_PER_PIXEL if has_alpha else BYTES_PER_PIXEL
+    return min(settings.thumbnail_max_pixels, budget_mb * 1024 * 1024 // bytes_per_pixel)
 
 
 class UploadTooLarge(Exception):
@@ -45,8 +77,11 @@ class UploadTooLarge(Exception):
         self.max_bytes = max_bytes
 
 
-class ProcessingError(Exception):
-    """A problem with the file itself; its message is shown to the client as the reason."""
+class ProcessingError(PermanentTaskError):
+    """A problem with the file itself; its message is shown to the client as the reason.
+
+    Permanent: processing the same bytes again fails the same way, so the worker does not retry.
+    """
 
 
 @dataclass(frozen=True)
@@ -194,19 +229,48 @@ def describe_object(bucket: str, key: str) -> FileFacts:
         return _scan(body.iter_chunks(_READ_CHUNK))
 
 
-def _decode_image(source: IO[bytes]) -> Image:
-    """The first frame, upright and in a mode WebP can store; ProcessingError if it is no image."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def fit_within(size: tuple[int, int], box: int) -> tuple[int, int]:
+    """What ``Image.thumbnail((box, box))`` makes of an image of ``size``: aspect kept, never enlarged."""
+    width, height = size
+    if width <= box and height <= box:
+        return size
+    aspect = width / height
 
-    max_pixels = get_settings().thumbnail_max_pixels
+    def closest(number: float, error: Callable[[int], float]) -> int:
+        return max(min(math.floor(number), math.ceil(number), key=error), 1)
+
+    if aspect >= 1:
+        return box, closest(box / aspect, lambda n: 0 if n == 0 else abs(aspect - box / n))
+    return closest(box * aspect, lambda n: abs(aspect - n / box)), box
+
+
+def _decode_image(source: IO[bytes], largest: int) -> tuple[Image, tuple[int, int]]:
+    """The first frame, at most ``largest`` pixels a side, upright and in a mode WebP can store,
+    with the upright size of the whole image.
+
+    ProcessingError if it is no image, is damaged, or has more pixels than the memory budget.
+    Shrunk in place before any copy: the full-size image is decoded once and never converted.
+    """
+    from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
     try:
         with Image.open(source) as opened:
             width, height = opened.size
+            max_pixels = max_image_pixels(opened.mode in ("RGBA", "LA", "PA") or "transparency" in opened.info)
             if width * height > max_pixels:
                 raise ProcessingError(f"Image is {width}x{height} pixels, more than the {max_pixels} allowed.")
-            image = ImageOps.exif_transpose(opened)
+            turned = opened.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
+            opened.draft(None, (largest, largest))  # JPEG: decode at a reduced scale
+            # Palette images resize by nearest neighbour: convert them (1 byte a pixel) first.
+            image = (
+                opened.convert("RGBA" if "transparency" in opened.info else "RGB")
+                if opened.mode in ("1", "P")
+                else opened
+            )
+            image.thumbnail((largest, largest))
+            image = ImageOps.exif_transpose(image)
             has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-            return image.convert("RGBA" if has_alpha else "RGB")
+            return image.convert("RGBA" if has_alpha else "RGB"), ((height, width) if turned else (width, height))
     except UnidentifiedImageError as exc:
         raise ProcessingError("The file is not an image that can be decoded.") from exc
     except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
@@ -214,11 +278,15 @@ def _decode_image(source: IO[bytes]) -> Image:
 
 
 def _render_thumbnails(source: IO[bytes], bucket: str, prefix: str, sizes: Sequence[int]) -> list[str]:
-    image = _decode_image(source)
+    from PIL import Image
+
+    wanted = sorted(set(sizes))
+    image, full_size = _decode_image(source, wanted[-1])
     keys = []
-    for size in sorted(set(sizes)):
-        thumbnail = image.copy()
-        thumbnail.thumbnail((size, size))
+    for size in wanted:
+        # Sized from the whole image's dimensions, as if each were made from it directly.
+        target = fit_within(full_size, size)
+        thumbnail = image if target == image.size else image.resize(target, Image.Resampling.BICUBIC, reducing_gap=2.0)
         buffer = io.BytesIO()
         thumbnail.save(buffer, "WEBP", quality=80)
         key = f"{prefix}{size}.webp"

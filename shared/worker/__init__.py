@@ -7,18 +7,23 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 
+from shared.background.execution import TaskStuck
 from shared.lambda_keys import lambda_log_keys
-from shared.logs import ensure_logging_configured
+from shared.logs import ensure_logging_configured, get_logger
+from shared.settings import get_settings
 from shared.worker.poller import Poller
-from shared.worker.processing import RemainingTime, Worker, import_task_modules
+from shared.worker.processing import EXIT_TASK_STUCK, RemainingTime, Worker, import_task_modules
 
 __all__ = ["Poller", "Worker", "import_task_modules", "make_sqs_handler"]
+
+log = get_logger("shared.worker")
 
 SqsHandler = Callable[[dict[str, Any], RemainingTime], PartialItemFailureResponse]
 
@@ -28,7 +33,10 @@ def make_sqs_handler(worker: Callable[[], Worker] | None = None) -> SqsHandler:
 
     Building it creates the DynamoDB client of the idempotency store; deferring that
     keeps it out of the init phase (and out of tests that only import the module).
+    A sync task still running at the invocation's deadline ends the process: Lambda
+    starts a fresh environment, so its thread cannot run on into later invocations.
     """
+    get_settings()  # a wrong setting fails the init phase, with its one-line message
     ensure_logging_configured("worker")
     built: list[Worker] = []
 
@@ -37,6 +45,10 @@ def make_sqs_handler(worker: Callable[[], Worker] | None = None) -> SqsHandler:
         with structlog.contextvars.bound_contextvars(**lambda_log_keys(context)):
             if not built:
                 built.append(worker() if worker else Worker())
-            return built[0].handle(event, context)
+            try:
+                return built[0].handle(event, context)
+            except TaskStuck as exc:
+                log.critical("worker.exiting", reason=str(exc), exit_code=EXIT_TASK_STUCK)
+                os._exit(EXIT_TASK_STUCK)
 
     return handler

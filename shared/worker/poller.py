@@ -5,15 +5,18 @@ through the same ``Worker`` as the Lambda handler: succeeded messages are delete
 ones left to come back after their visibility timeout (and, after ``maxReceiveCount``
 receives, to the dead-letter queue). Scale out by running more processes.
 
-SIGTERM (or SIGINT): the message in hand finishes, the messages received but not started
-are made visible again at once, and the process exits 0. A long poll in progress is not
-interrupted; it returns within ``WORKER_WAIT_SECONDS``.
+SIGTERM (or SIGINT): a long poll in progress is abandoned at once; the message in hand
+gets ``SHUTDOWN_GRACE_SECONDS`` to finish (then ``task.cancelled`` and the process ends
+anyway, its message coming back after its visibility timeout); the messages received but
+not started are made visible again at once, and the process exits 0.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import aws
+from shared.background.execution import TaskStuck
 from shared.logs import ensure_logging_configured, get_logger
-from shared.settings import Settings, get_settings
-from shared.worker.processing import Worker
+from shared.settings import ConfigurationError, Settings, exit_on_configuration_error, get_settings
+from shared.worker.processing import EXIT_TASK_STUCK, Worker
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -34,6 +38,13 @@ if TYPE_CHECKING:
 log = get_logger("shared.worker")
 
 RECEIVE_ERROR_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
+
+
+class PollInterrupted(BaseException):
+    """Raised by the signal handler into a long poll (or the pause after a failed one).
+
+    BaseException: botocore, which catches ``Exception`` around its HTTP calls, must not catch it.
+    """
 
 
 @dataclass(frozen=True)
@@ -84,34 +95,51 @@ class Poller:
         wait_seconds: int = 20,
         batch_size: int = 10,
         region: str = "us-east-1",
+        shutdown_grace_seconds: float = 30.0,
         client: Callable[[], SQSClient] = aws.sqs,
+        poll_client: Callable[[], SQSClient] = aws.sqs_long_poll,
     ) -> None:
         self.worker = worker
         self.queue_url = queue_url
         self.wait_seconds = wait_seconds
         self.batch_size = batch_size
         self.region = region
+        self.shutdown_grace_seconds = shutdown_grace_seconds
         self._client = client
+        self._poll_client = poll_client
         self._stopping = False
+        self._waiting = False
+        self._in_hand: MessageTypeDef | None = None
+        self._unstarted: list[MessageTypeDef] = []
+        self._grace_timer: threading.Timer | None = None
         self.stats = PollStats()
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Poller:
         settings = settings or get_settings()
         if not settings.task_queue_url:
-            raise SystemExit("TASK_QUEUE_URL is not set: the worker has no queue to poll")
+            raise ConfigurationError("TASK_QUEUE_URL is not set: the worker has no queue to poll")
         return cls(
             Worker(settings),
             settings.task_queue_url,
             wait_seconds=settings.worker_wait_seconds,
             batch_size=settings.worker_batch_size,
             region=settings.aws_region,
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
         )
 
     def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        """The signal handler: abandon a poll (or a pause) now, give a task in hand its grace period."""
         if not self._stopping:
             log.info("worker.stopping", signal=signal.Signals(signum).name if signum else None)
         self._stopping = True
+        if self._waiting:
+            self._waiting = False
+            raise PollInterrupted
+        if self._in_hand is not None and self._grace_timer is None:
+            self._grace_timer = threading.Timer(self.shutdown_grace_seconds, self._grace_exceeded)
+            self._grace_timer.daemon = True
+            self._grace_timer.start()
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
@@ -133,23 +161,63 @@ class Poller:
         while not self._stopping:
             try:
                 messages = self._receive()
+            except PollInterrupted:
+                break
             except (BotoCoreError, ClientError) as exc:
                 delay = RECEIVE_ERROR_BACKOFF_S[min(errors, len(RECEIVE_ERROR_BACKOFF_S) - 1)]
                 errors += 1
                 log.error("worker.receive_failed", error_type=type(exc).__qualname__, error=str(exc), retry_in_s=delay)
-                time.sleep(delay)
+                try:
+                    self._pause(delay)
+                except PollInterrupted:
+                    break
                 continue
             errors = 0
             received_at = time.monotonic()
-            self._process(messages, queue_arn, VisibilityDeadline(received_at + visibility_timeout))
+            try:
+                self._process(messages, queue_arn, VisibilityDeadline(received_at + visibility_timeout))
+            except TaskStuck as exc:
+                self._exit(EXIT_TASK_STUCK, str(exc))
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
         self.worker.close()
+        self._log_stopped()
+        return self.stats
+
+    def _log_stopped(self) -> None:
         log.info(
             "worker.stopped",
             succeeded=self.stats.succeeded,
             failed=self.stats.failed,
             released=self.stats.released,
         )
-        return self.stats
+
+    def _grace_exceeded(self) -> None:
+        """SHUTDOWN_GRACE_SECONDS after SIGTERM, the task in hand still runs: stop waiting for it."""
+        message = self._in_hand
+        if message is not None:
+            fields: dict[str, Any] = {"message_id": message["MessageId"]}
+            try:
+                body = json.loads(message["Body"])
+                fields.update(task=body.get("task"), task_id=body.get("task_id"), request_id=body.get("request_id"))
+            except (ValueError, AttributeError):
+                pass
+            log.error(
+                "task.cancelled",
+                **fields,
+                backend="sqs",
+                started=True,
+                grace_s=self.shutdown_grace_seconds,
+                consequence="the worker exits without it; the message comes back after its visibility timeout",
+            )
+        self._exit(0, "shutdown grace period exceeded")
+
+    def _exit(self, code: int, reason: str) -> None:
+        """End the process now: a task's thread cannot be stopped any other way."""
+        self._release(list(self._unstarted))
+        self._log_stopped()
+        log.info("worker.exiting", reason=reason, exit_code=code)
+        os._exit(code)
 
     def _inspect_queue(self) -> tuple[str, int]:
         """The queue's ARN and visibility timeout; its redrive policy, if any, sets max receives."""
@@ -175,29 +243,57 @@ class Poller:
             )
         return attributes["QueueArn"], int(attributes["VisibilityTimeout"])
 
+    def _pause(self, seconds: float) -> None:
+        """Wait before retrying a failed receive; SIGTERM ends the wait, like a poll."""
+        self._waiting = not self._stopping
+        if not self._waiting:
+            raise PollInterrupted
+        try:
+            time.sleep(seconds)
+        finally:
+            self._waiting = False
+
     def _receive(self) -> list[MessageTypeDef]:
-        response = self._client().receive_message(
-            QueueUrl=self.queue_url,
-            MaxNumberOfMessages=self.batch_size,
-            WaitTimeSeconds=self.wait_seconds,
-            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
-            MessageAttributeNames=["All"],
-        )
+        """One long poll, on a client whose read timeout outlasts it; SIGTERM abandons it."""
+        client = self._poll_client()
+        self._waiting = not self._stopping
+        if not self._waiting:
+            raise PollInterrupted
+        try:
+            response = client.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=self.batch_size,
+                WaitTimeSeconds=self.wait_seconds,
+                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+                MessageAttributeNames=["All"],
+            )
+        finally:
+            self._waiting = False
         return list(response.get("Messages", []))
 
     def _process(self, messages: Sequence[MessageTypeDef], queue_arn: str, deadline: VisibilityDeadline) -> None:
         done: list[MessageTypeDef] = []
-        for index, message in enumerate(messages):
+        self._unstarted = list(messages)
+        for message in messages:
             if self._stopping:
-                self._release(messages[index:])
+                self._release(self._unstarted)
                 break
+            self._unstarted.pop(0)
+            self._in_hand = message
             record = lambda_record(message, queue_arn, self.region)
-            response = self.worker.handle({"Records": [record]}, deadline)
+            try:
+                response = self.worker.handle({"Records": [record]}, deadline)
+            except TaskStuck:
+                self._delete(done)
+                raise
+            finally:
+                self._in_hand = None
             if response["batchItemFailures"]:
                 self.stats.failed += 1
             else:
                 self.stats.succeeded += 1
                 done.append(message)
+        self._unstarted = []
         self._delete(done)
 
     def _delete(self, messages: Sequence[MessageTypeDef]) -> None:
@@ -242,7 +338,9 @@ class Poller:
 
 
 def main() -> None:
-    ensure_logging_configured("worker")
-    poller = Poller.from_settings()
+    with exit_on_configuration_error():
+        get_settings()
+        ensure_logging_configured("worker")
+        poller = Poller.from_settings()
     poller.install_signal_handlers()
     poller.run()

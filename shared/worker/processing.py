@@ -39,7 +39,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from shared import aws
-from shared.background.execution import run_task
+from shared.background.execution import TaskStuck, run_task_outcome
 from shared.background.registry import lookup, task_options
 from shared.background.sqs import BACKEND_NAME, TaskMessage
 from shared.background.task import QueuedTask
@@ -47,6 +47,9 @@ from shared.logs import get_logger
 from shared.settings import Settings, get_settings
 
 log = get_logger("shared.worker")
+
+EXIT_TASK_STUCK = 3
+"""Exit code of a worker that ended itself to stop a sync task past its deadline."""
 
 IDEMPOTENCY_KEY_PREFIX = "task"
 """Keys are ``task#<md5 of task_id>``: the same for the Lambda and the container worker."""
@@ -132,6 +135,7 @@ class Worker:
             key_prefix=IDEMPOTENCY_KEY_PREFIX,
         )
         self._runner = asyncio.Runner()
+        self._stuck: TaskStuck | None = None
 
     def close(self) -> None:
         self._runner.close()
@@ -144,12 +148,17 @@ class Worker:
         # timeout), so a message whose worker died is retried instead of blocked.
         self.idempotency.register_lambda_context(cast(LambdaContext, context))
         processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-        return process_partial_response(
+        response = process_partial_response(
             event=event,
             record_handler=self.process_record,
             processor=processor,
             context=cast(LambdaContext, context),
         )
+        stuck, self._stuck = self._stuck, None
+        if stuck is not None:
+            # Its thread would run on into the next batch and beside its own retry.
+            raise stuck
+        return response
 
     # --- one message -------------------------------------------------------------------
 
@@ -177,6 +186,9 @@ class Worker:
                 log.warning("task.in_progress_elsewhere", **fields, message_id=record.message_id)
                 self._dead_letter_if_last(record, attempt, fields)
                 raise
+            except TaskStuck as exc:
+                self._stuck = exc
+                raise
             except Exception as exc:
                 if not isinstance(exc, TaskFailed):
                     log.error("task.worker_error", **fields, message_id=record.message_id, exc_info=exc)
@@ -189,7 +201,12 @@ class Worker:
         try:
             message = TaskMessage.model_validate_json(record.body)
         except ValidationError as exc:
-            raise MessageRejected(f"not a task message: {exc.error_count()} validation error(s): {exc}") from exc
+            # Where and what, never the input: a message body holds the task's arguments.
+            problems = "; ".join(
+                f"{'.'.join(map(str, error['loc'])) or 'body'}: {error['msg']}"
+                for error in exc.errors(include_input=False, include_url=False)
+            )
+            raise MessageRejected(f"not a task message: {exc.error_count()} validation error(s): {problems}") from None
         try:
             return message, lookup(message.task)
         except KeyError:
@@ -200,7 +217,7 @@ class Worker:
     def _execute(
         self, *, key: dict[str, str], message: TaskMessage, func: Callable[..., Any], attempt: int, deadline: float
     ) -> dict[str, Any]:
-        """The idempotent unit: returns normally only when the task succeeded."""
+        """The idempotent unit: returns normally when the task succeeded or failed permanently."""
         timeout = task_options(func).timeout
         queued = QueuedTask(
             func=func,
@@ -212,8 +229,13 @@ class Worker:
             timeout=timeout if timeout is not None else self.default_timeout,
         )
         # A fresh copy: the runner would otherwise reuse its first run's context (and request_id).
-        if not self._runner.run(run_task(queued, BACKEND_NAME, deadline), context=contextvars.copy_context()):
+        run = run_task_outcome(queued, BACKEND_NAME, deadline, finish_sync=True)
+        outcome = self._runner.run(run, context=contextvars.copy_context())
+        if outcome == "failed":
             raise TaskFailed(f"task {message.task!r} ({message.task_id}) failed on attempt {attempt}")
+        if outcome == "failed_permanently":
+            # Done with too: recorded, its message deleted, never retried nor dead-lettered.
+            return {"task": message.task, "attempt": attempt, "outcome": outcome}
         return {"task": message.task, "attempt": attempt}
 
     def _duplicate(self, response: Any, idempotent_data: DataRecord) -> _Duplicate:
