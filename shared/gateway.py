@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.logs import ensure_logging_configured
+from shared.metrics.prometheus import metrics_endpoint
 
 FUNCTIONS_DIR = Path(__file__).resolve().parents[1] / "functions"
 
@@ -82,6 +83,6 @@ def create_gateway(apps: Mapping[str, FastAPI] | None = None) -> Starlette:
         detail = f"No function serves {request.url.path}; functions: {', '.join(f'/{name}' for name in mounted)}"
         return JSONResponse({"detail": detail}, status_code=404)
 
-    routes: list[BaseRoute] = [Route("/", index), Route("/health", health)]
+    routes: list[BaseRoute] = [Route("/", index), Route("/health", health), Route("/metrics", metrics_endpoint)]
     routes += [Mount(f"/{name}", app=_OwnRouter(app), name=name) for name, app in mounted.items()]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found})

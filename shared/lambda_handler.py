@@ -23,6 +23,7 @@ import structlog
 from mangum import Mangum
 from mangum.types import ASGI, LambdaContext
 
+from shared import metrics
 from shared.background.lambda_extension import LambdaExtensionBackend
 from shared.logs import get_logger
 
@@ -75,6 +76,7 @@ class LambdaHandler:
 
     def __call__(self, event: Any, context: LambdaContext) -> dict[str, Any]:
         with (
+            metrics.invocation(),
             structlog.contextvars.bound_contextvars(**lambda_log_keys(context)),
             LambdaExtensionBackend.invocation(context.aws_request_id, context.get_remaining_time_in_millis()),
         ):

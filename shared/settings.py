@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.metrics.names import DEFAULT_NAMESPACE
+
 
 def running_on_lambda() -> bool:
     """True inside a Lambda execution environment (real, SAM local, or the test emulator)."""
@@ -36,6 +38,15 @@ class Settings(BaseSettings):
     @classmethod
     def _level_in_any_case(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    # --- metrics (shared/metrics) ------------------------------------------------------
+    metrics: Literal["auto", "emf", "prometheus", "off"] = Field(
+        "auto", description="Task metrics: auto is emf (CloudWatch EMF lines) on Lambda, prometheus elsewhere."
+    )
+    metrics_namespace: str = Field(
+        DEFAULT_NAMESPACE, validation_alias="POWERTOOLS_METRICS_NAMESPACE", description="CloudWatch namespace (EMF)."
+    )
+    worker_metrics_port: int = Field(0, ge=0, le=65535, description="Container worker's /metrics port; 0: none.")
 
     # --- background tasks --------------------------------------------------------
     task_backend: Literal["auto", "inline", "lambda-extension"] = Field(

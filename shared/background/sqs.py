@@ -30,6 +30,7 @@ from shared.background.backends import Backend, TaskRejected
 from shared.background.registry import lookup, registered_name
 from shared.background.task import QueuedTask
 from shared.logs import get_logger
+from shared.metrics import observed
 from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
     from shared.background.executor import TaskExecutor
 
-log = get_logger("shared.background.sqs")
+log = observed(get_logger("shared.background.sqs"))
 
 BACKEND_NAME = "sqs"
 MESSAGE_VERSION = 1

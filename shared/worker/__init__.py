@@ -12,6 +12,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 
+from shared import metrics
 from shared.logs import ensure_logging_configured
 from shared.worker.poller import Poller
 from shared.worker.processing import RemainingTime, Worker, import_task_modules
@@ -31,8 +32,9 @@ def make_sqs_handler(worker: Callable[[], Worker] | None = None) -> SqsHandler:
     built: list[Worker] = []
 
     def handler(event: dict[str, Any], context: RemainingTime) -> PartialItemFailureResponse:
-        if not built:
-            built.append(worker() if worker else Worker())
-        return built[0].handle(event, context)
+        with metrics.invocation():
+            if not built:
+                built.append(worker() if worker else Worker())
+            return built[0].handle(event, context)
 
     return handler

@@ -13,6 +13,7 @@ interrupted; it returns within ``WORKER_WAIT_SECONDS``.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -244,5 +245,12 @@ class Poller:
 def main() -> None:
     ensure_logging_configured("worker")
     poller = Poller.from_settings()
+    settings = get_settings()
+    if settings.worker_metrics_port:
+        from shared.metrics.prometheus import start_http_server
+
+        host = os.environ.get("HOST", "127.0.0.1")
+        start_http_server(settings.worker_metrics_port, host)
+        log.info("worker.metrics", url=f"http://{host}:{settings.worker_metrics_port}/metrics")
     poller.install_signal_handlers()
     poller.run()

@@ -44,9 +44,10 @@ from shared.background.registry import lookup, task_options
 from shared.background.sqs import BACKEND_NAME, TaskMessage
 from shared.background.task import QueuedTask
 from shared.logs import get_logger
+from shared.metrics import observed
 from shared.settings import Settings, get_settings
 
-log = get_logger("shared.worker")
+log = observed(get_logger("shared.worker"))
 
 IDEMPOTENCY_KEY_PREFIX = "task"
 """Keys are ``task#<md5 of task_id>``: the same for the Lambda and the container worker."""
