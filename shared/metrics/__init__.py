@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import structlog
 
 from shared import settings as _settings  # module, not names: settings imports shared.metrics.names
+from shared import tracing
 from shared.metrics.names import COUNTERS, RETRIED, TIMED_EVENTS
 
 Labels = tuple[str, str, str]
@@ -94,10 +95,14 @@ def _service(fields: Mapping[str, Any]) -> str:
 
 
 def record(event: str, fields: Mapping[str, Any]) -> None:
-    """Count one task event (``task.started``, ... with its log keys); other events are ignored."""
+    """Count one task event (``task.started``, ... with its log keys); other events are ignored.
+
+    Task spans (``shared.tracing``, only with an OpenTelemetry SDK) hang off the same events.
+    """
     metric = COUNTERS.get(event)
     if metric is None:
         return
+    tracing.on_task_event(event, fields)
     sink = _recorder or recorder()
     service, backend = _service(fields), str(fields.get("backend", ""))
     names = [fields["task"]] if "task" in fields else list(fields.get("tasks") or ["unknown"])

@@ -181,7 +181,7 @@ class Poller:
             QueueUrl=self.queue_url,
             MaxNumberOfMessages=self.batch_size,
             WaitTimeSeconds=self.wait_seconds,
-            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp", "AWSTraceHeader"],
             MessageAttributeNames=["All"],
         )
         return list(response.get("Messages", []))

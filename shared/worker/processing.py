@@ -38,7 +38,7 @@ from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import D
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
-from shared import aws
+from shared import aws, tracing
 from shared.background.execution import run_task
 from shared.background.registry import lookup, task_options
 from shared.background.sqs import BACKEND_NAME, TaskMessage
@@ -167,8 +167,12 @@ class Worker:
             self._dead_letter_if_last(record, attempt, None)
             raise
         fields = {"task": message.task, "task_id": message.task_id, "backend": BACKEND_NAME, "attempt": attempt}
-        with structlog.contextvars.bound_contextvars(
-            service=self.service, request_id=message.request_id, queued_by=message.service
+        trace = tracing.for_message(message.traceparent, record.attributes.aws_trace_header)
+        with (
+            structlog.contextvars.bound_contextvars(
+                service=self.service, request_id=message.request_id, queued_by=message.service
+            ),
+            tracing.active(trace),
         ):
             try:
                 result = self._run_once(
