@@ -158,6 +158,19 @@ def on_task_event(event: str, fields: Mapping[str, Any]) -> None:
             _end_span(event, fields, *started)
 
 
+def outgoing() -> TraceContext | None:
+    """What a task message carries: the request's trace, its parent the current span when an SDK has one."""
+    trace = current()
+    if trace is None or _sdk_tracer() is None:
+        return trace
+    from opentelemetry import trace as api
+
+    span = api.get_current_span().get_span_context()
+    if not span.is_valid or f"{span.trace_id:032x}" != trace.trace_id:
+        return trace
+    return TraceContext(trace.trace_id, f"{span.span_id:016x}", trace.sampled, trace.xray_header)
+
+
 def _start_span(tracer: Any, fields: Mapping[str, Any]) -> None:
     from opentelemetry import context as otel_context
     from opentelemetry import trace as api

@@ -129,3 +129,82 @@ def test_lambda_xray_trace_goes_to_sqs_as_aws_trace_header_and_to_the_worker_lin
     assert len(sent) == 3 and len(ran) == 2
     assert {line["trace_id"] for line in sent + ran} == {W3C_TRACE_ID}
     assert {line["xray_trace_id"] for line in sent} == {ROOT}
+
+
+# --- OpenTelemetry: a span per task run, only with an SDK configured ---------------------------
+
+
+@pytest.fixture
+def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """An SDK tracer provider with an in-memory exporter, as the process's provider for one test."""
+    from opentelemetry import trace as api
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(api, "_TRACER_PROVIDER", provider)
+    yield exporter
+    provider.shutdown()
+
+
+def _task_spans(exporter: Any) -> list[Any]:
+    return [span for span in exporter.get_finished_spans() if span.name.startswith("task ")]
+
+
+def test_no_sdk_no_span() -> None:
+    assert tracing._sdk_tracer() is None
+
+
+def _request_span(exporter: Any) -> Any:
+    [span] = [span for span in exporter.get_finished_spans() if span.name.startswith("POST ")]
+    return span
+
+
+def test_each_task_gets_its_own_ended_span_linked_to_the_request(spans: Any, notification_log: Path) -> None:
+    """FastAPI's request span continues the caller's traceparent; each task's span is its child, and linked."""
+    from opentelemetry.trace import StatusCode
+
+    from tests.support.lambda_app import app as test_app
+
+    with TestClient(test_app) as client:
+        assert client.post("/one-fails/otel", headers={"traceparent": TRACEPARENT}).status_code == 200
+    request = _request_span(spans)
+    assert request.context.trace_id == int(TRACEPARENT.split("-")[1], 16)
+    failed, succeeded = _task_spans(spans)  # finished: each ended with its task
+    for span in (failed, succeeded):
+        assert span.name == "task lambda_test.maybe_fail"
+        assert span.context.trace_id == request.context.trace_id
+        assert span.parent.span_id == request.context.span_id
+        [link] = span.links
+        assert (link.context.trace_id, link.context.span_id) == (request.context.trace_id, request.context.span_id)
+        assert span.end_time is not None and span.end_time >= request.end_time, "the task ends after the response"
+        assert span.attributes["task.backend"] == "inline"
+    assert failed.status.status_code is StatusCode.ERROR
+    assert [event.name for event in failed.events] == ["exception"]
+    assert succeeded.status.status_code is StatusCode.UNSET
+    assert failed.context.span_id != succeeded.context.span_id
+
+
+def test_the_link_survives_the_sqs_hop(spans: Any, notifications: TestClient) -> None:
+    notifications.post(f"/send-notification/{EMAIL}", headers={"traceparent": TRACEPARENT})
+    assert not _task_spans(spans), "a durable task's span starts on the worker"
+    request = _request_span(spans)
+    durable = notifications.durable  # type: ignore[attr-defined]
+    [message] = durable.receive()
+    assert (
+        json.loads(message["Body"])["traceparent"]
+        == f"00-{TRACEPARENT.split('-')[1]}-{request.context.span_id:016x}-01"
+    )
+    worker = Worker(service="worker")
+    try:
+        worker.handle(durable.event([message]), FakeLambdaContext())
+    finally:
+        worker.close()
+    [span] = _task_spans(spans)
+    assert span.attributes["task.backend"] == "sqs"
+    assert (span.context.trace_id, span.parent.span_id) == (request.context.trace_id, request.context.span_id)
+    [link] = span.links
+    assert (link.context.trace_id, link.context.span_id) == (request.context.trace_id, request.context.span_id)

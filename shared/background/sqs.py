@@ -79,7 +79,7 @@ def _now() -> str:
 
 def _context() -> dict[str, Any]:
     context = structlog.contextvars.get_contextvars()
-    trace = tracing.current()
+    trace = tracing.outgoing()
     if trace is not None:
         context["traceparent"], context["aws_trace_header"] = trace.traceparent, trace.aws_trace_header
     return context
