@@ -9,8 +9,6 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.metrics.names import DEFAULT_NAMESPACE
-
 
 def running_on_lambda() -> bool:
     """True inside a Lambda execution environment (real, SAM local, or the test emulator)."""
@@ -43,8 +41,10 @@ class Settings(BaseSettings):
     metrics: Literal["auto", "emf", "prometheus", "off"] = Field(
         "auto", description="Task metrics: auto is emf (CloudWatch EMF lines) on Lambda, prometheus elsewhere."
     )
-    metrics_namespace: str = Field(
-        DEFAULT_NAMESPACE, validation_alias="POWERTOOLS_METRICS_NAMESPACE", description="CloudWatch namespace (EMF)."
+    metrics_namespace: str | None = Field(
+        None,
+        validation_alias="POWERTOOLS_METRICS_NAMESPACE",
+        description="CloudWatch namespace of the EMF lines; unset: shared.metrics.names.DEFAULT_NAMESPACE.",
     )
     worker_metrics_port: int = Field(0, ge=0, le=65535, description="Container worker's /metrics port; 0: none.")
 

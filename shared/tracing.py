@@ -15,32 +15,39 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 XRAY_ENV = "_X_AMZN_TRACE_ID"
 _TRACEPARENT_HEADER = b"traceparent"
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-_XRAY_ROOT = re.compile(r"1-([0-9a-f]{8})-([0-9a-f]{24})")
-_SPAN_ID = re.compile(r"[0-9a-f]{16}")
+_HEX = frozenset("0123456789abcdef")
 
 
-@dataclass(frozen=True)
+def _is_hex(value: str, length: int) -> bool:
+    return len(value) == length and _HEX.issuperset(value)
+
+
 class TraceContext:
-    trace_id: str
-    """32 lowercase hex digits."""
-    span_id: str
-    """The caller's span (16 hex digits): what this request's work descends from."""
-    sampled: bool = True
-    xray_header: str | None = None
-    """Lambda's ``_X_AMZN_TRACE_ID`` as received, passed on unchanged as ``AWSTraceHeader``."""
+    """A trace and the caller's span in it (a plain class: imported at every cold start)."""
+
+    __slots__ = ("sampled", "span_id", "trace_id", "xray_header")
+
+    def __init__(self, trace_id: str, span_id: str, sampled: bool = True, xray_header: str | None = None) -> None:
+        self.trace_id = trace_id
+        """32 lowercase hex digits."""
+        self.span_id = span_id
+        """The caller's span (16 hex digits): what this request's work descends from."""
+        self.sampled = sampled
+        self.xray_header = xray_header
+        """Lambda's ``_X_AMZN_TRACE_ID`` as received, passed on unchanged as ``AWSTraceHeader``."""
+
+    def __repr__(self) -> str:
+        return f"TraceContext({self.traceparent!r})"
 
     @property
     def traceparent(self) -> str:
@@ -64,11 +71,11 @@ def new_trace() -> TraceContext:
 
 def parse_traceparent(value: str | None) -> TraceContext | None:
     """A W3C ``traceparent`` (version 00 and later); None when malformed or all zeros."""
-    match = _TRACEPARENT.fullmatch((value or "").strip().lower())
-    if not match:
+    parts = (value or "").strip().lower().split("-")
+    if len(parts) < 4 or not all(_is_hex(part, size) for part, size in zip(parts, (2, 32, 16, 2), strict=False)):
         return None
-    version, trace_id, span_id, flags = match.groups()
-    if version == "ff" or trace_id == "0" * 32 or span_id == "0" * 16:
+    version, trace_id, span_id, flags = parts[:4]
+    if version == "ff" or (version == "00" and len(parts) != 4) or trace_id == "0" * 32 or span_id == "0" * 16:
         return None
     return TraceContext(trace_id, span_id, sampled=bool(int(flags, 16) & 1))
 
@@ -76,13 +83,14 @@ def parse_traceparent(value: str | None) -> TraceContext | None:
 def parse_xray(header: str | None) -> TraceContext | None:
     """An X-Ray trace header (``Root=1-...;Parent=...;Sampled=1``); None without a valid root."""
     fields = dict(part.strip().split("=", 1) for part in (header or "").split(";") if "=" in part)
-    match = _XRAY_ROOT.fullmatch(fields.get("Root", ""))
-    if not match:
+    version, _, rest = fields.get("Root", "").partition("-")
+    epoch, _, unique = rest.partition("-")
+    if version != "1" or not (_is_hex(epoch, 8) and _is_hex(unique, 24)):
         return None
     parent = fields.get("Parent", "")
-    span_id = parent if _SPAN_ID.fullmatch(parent) else _new_span_id()
+    span_id = parent if _is_hex(parent, 16) else _new_span_id()
     sampled = fields.get("Sampled", "1") != "0"
-    return TraceContext("".join(match.groups()), span_id, sampled, xray_header=header)
+    return TraceContext(epoch + unique, span_id, sampled, xray_header=header)
 
 
 def for_request(headers: list[tuple[bytes, bytes]]) -> TraceContext:

@@ -17,25 +17,27 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from shared import settings as _settings  # module, not names: settings imports shared.metrics.names
 from shared import tracing
-from shared.metrics.names import COUNTERS, RETRIED, TIMED_EVENTS
+from shared.metrics.names import COUNTERS, DEFAULT_NAMESPACE, RETRIED, TIMED_EVENTS
+from shared.settings import get_settings, running_on_lambda
 
-Labels = tuple[str, str, str]
+if TYPE_CHECKING:  # typing.Protocol costs a cold start more than this whole module
+    from typing import Protocol
 
+    Labels = tuple[str, str, str]
 
-class Recorder(Protocol):
-    def count(self, metric: str, labels: Labels) -> None: ...
+    class Recorder(Protocol):
+        def count(self, metric: str, labels: Labels) -> None: ...
 
-    def duration(self, labels: Labels, milliseconds: float) -> None: ...
+        def duration(self, labels: Labels, milliseconds: float) -> None: ...
 
-    def in_flight(self, labels: Labels, delta: int) -> None: ...
+        def in_flight(self, labels: Labels, delta: int) -> None: ...
 
-    def flush(self) -> None: ...
+        def flush(self) -> None: ...
 
 
 class _Off:
@@ -68,14 +70,14 @@ def recorder() -> Recorder:
 
 
 def _choose() -> Recorder:
-    settings = _settings.get_settings()
+    settings = get_settings()
     choice = settings.metrics
     if choice == "auto":
-        choice = "emf" if _settings.running_on_lambda() else "prometheus"
+        choice = "emf" if running_on_lambda() else "prometheus"
     if choice == "emf":
         from shared.metrics.emf import EmfRecorder
 
-        return EmfRecorder(settings.metrics_namespace)
+        return EmfRecorder(settings.metrics_namespace or DEFAULT_NAMESPACE)
     if choice == "prometheus":
         from shared.metrics.prometheus import PrometheusRecorder
 
@@ -91,7 +93,7 @@ def reset() -> None:
 
 def _service(fields: Mapping[str, Any]) -> str:
     service = fields.get("service") or structlog.contextvars.get_contextvars().get("service")
-    return str(service or _settings.get_settings().service_name)
+    return str(service or get_settings().service_name)
 
 
 def record(event: str, fields: Mapping[str, Any]) -> None:
@@ -105,8 +107,8 @@ def record(event: str, fields: Mapping[str, Any]) -> None:
     tracing.on_task_event(event, fields)
     sink = _recorder or recorder()
     service, backend = _service(fields), str(fields.get("backend", ""))
-    names = [fields["task"]] if "task" in fields else list(fields.get("tasks") or ["unknown"])
-    for name in names:
+    task = fields.get("task")
+    for name in (task,) if task is not None else fields.get("tasks") or ("unknown",):
         labels = (service, str(name), backend)
         sink.count(metric, labels)
         if event == "task.started":

@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import orjson
@@ -26,10 +25,12 @@ EVENT = "task.metrics"
 Labels = tuple[str, str, str]
 
 
-@dataclass
 class _MetricSet:
-    counts: dict[str, int] = field(default_factory=dict)
-    durations: list[float] = field(default_factory=list)
+    __slots__ = ("counts", "durations")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.durations: list[float] = []
 
 
 class EmfRecorder:
@@ -39,14 +40,20 @@ class EmfRecorder:
         self._sets: dict[Labels, _MetricSet] = {}
         self._lock = threading.Lock()
 
+    def _set(self, labels: Labels) -> _MetricSet:
+        metric_set = self._sets.get(labels)
+        if metric_set is None:
+            metric_set = self._sets[labels] = _MetricSet()
+        return metric_set
+
     def count(self, metric: str, labels: Labels) -> None:
         with self._lock:
-            counts = self._sets.setdefault(labels, _MetricSet()).counts
+            counts = self._set(labels).counts
             counts[metric] = counts.get(metric, 0) + 1
 
     def duration(self, labels: Labels, milliseconds: float) -> None:
         with self._lock:
-            metric_set = self._sets.setdefault(labels, _MetricSet())
+            metric_set = self._set(labels)
             metric_set.durations.append(milliseconds)
             if len(metric_set.durations) < MAX_VALUES:
                 return

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import start_http_server as _start_http_server
@@ -45,7 +45,7 @@ class PrometheusRecorder:
             buckets=DURATION_BUCKETS_S,
         )  # fmt: skip
         self._in_flight = Gauge(IN_FLIGHT, "Tasks running now", DIMENSIONS, multiprocess_mode="livesum")
-        self._children: dict[tuple[str, Labels], Counter] = {}
+        self._children: dict[tuple[str, Labels], Any] = {}
 
     @classmethod
     def get(cls) -> PrometheusRecorder:
@@ -55,16 +55,22 @@ class PrometheusRecorder:
             return cls._instance
 
     def count(self, metric: str, labels: Labels) -> None:
-        child = self._children.get((metric, labels))
-        if child is None:
-            child = self._children[(metric, labels)] = self._counters[metric].labels(*labels)
-        child.inc()
+        self._child(metric, labels).inc()
 
     def duration(self, labels: Labels, milliseconds: float) -> None:
-        self._duration.labels(*labels).observe(milliseconds / 1000)
+        self._child(DURATION, labels).observe(milliseconds / 1000)
 
     def in_flight(self, labels: Labels, delta: int) -> None:
-        self._in_flight.labels(*labels).inc(delta)
+        self._child(IN_FLIGHT, labels).inc(delta)
+
+    def _child(self, metric: str, labels: Labels) -> Any:
+        """The labelled metric, kept: ``labels()`` takes a lock and builds a key on every call."""
+        child = self._children.get((metric, labels))
+        if child is None:
+            parent = self._duration if metric == DURATION else self._in_flight if metric == IN_FLIGHT else None
+            child = (parent or self._counters[metric]).labels(*labels)
+            self._children[(metric, labels)] = child
+        return child
 
     def flush(self) -> None:
         return None
