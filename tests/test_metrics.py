@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from shared.metrics import names
 from shared.metrics.emf import EmfRecorder
 from tests.support.lambda_events import http_api_event
 from tests.support.runtime_api import lambda_environment
-from tests.support.servers import start_function
+from tests.support.servers import ROOT, start_function
 
 TEST_APP = "tests.support.lambda_app.handler"
 NAMESPACE = "tests-namespace"
@@ -286,3 +287,33 @@ def test_prometheus_counts_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
     assert value("tasks_in_flight") == 0
     assert REGISTRY.get_sample_value("task_duration_seconds_bucket", {**labels, "le": "1.0"}) == 0
     assert REGISTRY.get_sample_value("task_duration_seconds_bucket", {**labels, "le": "2.5"}) == 1
+
+
+def test_lambda_never_imports_prometheus_client(tmp_path: Path) -> None:
+    """On Lambda the recorder is EMF; prometheus-client is neither imported nor in the Lambda layer."""
+    import subprocess
+    import sys
+
+    from infra.sam_build import NOT_ON_LAMBDA, layer_distributions
+
+    probe = (
+        "import sys\n"
+        "from functions.notifications.app import app\n"
+        "from shared import metrics\n"
+        "metrics.record('task.started', {'task': 't', 'backend': 'lambda-extension', 'attempt': 1})\n"
+        "metrics.flush()\n"
+        "print('prometheus_client' in sys.modules, type(metrics.recorder()).__name__)\n"
+    )
+    env = {
+        **{key: value for key, value in os.environ.items() if key != "METRICS"},
+        "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9",  # nothing listens: the extension falls back, loudly
+        "NOTIFICATION_LOG_PATH": str(tmp_path / "log"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    *lines, verdict = result.stdout.strip().splitlines()
+    assert verdict == "False EmfRecorder"
+    assert any(json.loads(line).get("event") == "task.metrics" for line in lines if line.startswith("{"))
+    assert "prometheus-client" in NOT_ON_LAMBDA
+    assert "prometheus-client" not in layer_distributions("Dependencies")
