@@ -129,6 +129,13 @@ def test_lambda_xray_trace_goes_to_sqs_as_aws_trace_header_and_to_the_worker_lin
     assert len(sent) == 3 and len(ran) == 2
     assert {line["trace_id"] for line in sent + ran} == {W3C_TRACE_ID}
     assert {line["xray_trace_id"] for line in sent} == {ROOT}
+    # Both sides count the durable task once, in one EMF line per invocation.
+    [api_metrics] = _lines(api_lines, "task.metrics")
+    assert (api_metrics["service"], api_metrics["backend"]) == ("notifications", "sqs")
+    assert (api_metrics["tasks_queued"], api_metrics["tasks_enqueued"]) == (1, 1)
+    [worker_metrics] = _lines(worker_lines, "task.metrics")
+    assert (worker_metrics["service"], worker_metrics["task"], worker_metrics["backend"]) == ("worker", DURABLE, "sqs")
+    assert (worker_metrics["tasks_started"], worker_metrics["tasks_succeeded"]) == (1, 1)
 
 
 # --- OpenTelemetry: a span per task run, only with an SDK configured ---------------------------
