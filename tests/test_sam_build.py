@@ -131,6 +131,8 @@ def function_environment(spec: FunctionSpec, template: dict[str, Any], aws: Loca
             env[key] = str(parameters[value["Ref"]]["Default"])
         elif isinstance(value, dict) and key == "TASK_QUEUE_URL":
             env[key] = aws.resources["task_queue_url"]
+        elif value == {"Ref": "AWS::StackName"}:
+            env[key] = "tests-stack"
         elif isinstance(value, dict):
             env[key] = str(settings_defaults[key])  # the name infra/local_resources.py created it with
         else:
