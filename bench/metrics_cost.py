@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import statistics
 import subprocess
@@ -138,8 +139,32 @@ def measure(
     import_repetitions: int = 15,
     server_cpu_us: float | None = None,
 ) -> Section:
-    """``server_cpu_us``: section 2's server CPU per request (uvicorn, cheap task), the denominator when known."""
+    """``server_cpu_us``: section 2's server CPU per request (uvicorn, cheap task), the denominator when known.
+
+    The requests are timed in a child process: earlier measurements of ``make bench`` leave this
+    one's loggers bound to the streams they configured (and closed).
+    """
     imports = import_ms(import_repetitions)
+    command = [sys.executable, "-m", "bench.metrics_cost", str(workdir), str(requests), str(rounds)]
+    completed = subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
+        command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, check=False
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"bench.metrics_cost failed:\n{completed.stderr[-3000:]}")
+    measured = json.loads(completed.stdout.strip().splitlines()[-1])
+    return _section(
+        imports,
+        measured["samples"],
+        measured["hooks"],
+        measured["trace_us"],
+        requests,
+        rounds,
+        server_cpu_us,
+    )
+
+
+def in_process(workdir: Path, requests: int, rounds: int) -> dict[str, Any]:
+    """The whole-request variants, the hook alone and the trace alone, in this process."""
     os.environ["LOG_FORMAT"] = "json"
     os.environ["NOTIFICATION_LOG_PATH"] = str(workdir / "metrics-notifications.log")
     get_settings.cache_clear()
@@ -147,37 +172,38 @@ def measure(
     from shared.metrics.emf import EmfRecorder
     from shared.metrics.prometheus import PrometheusRecorder
 
-    with open(os.devnull, "w") as devnull:
-        configure_logging("bench", stream=devnull)
-        from functions.notifications.app import app as notifications
+    devnull = open(os.devnull, "w")  # noqa: SIM115 (lives as long as logging)
+    configure_logging("bench", stream=devnull)
+    from functions.notifications.app import app as notifications
 
-        record = metrics_module.record
-        emf = EmfRecorder("bench", devnull)
-        prometheus = PrometheusRecorder.get()
+    record = metrics_module.record
+    emf = EmfRecorder("bench", devnull)
+    prometheus = PrometheusRecorder.get()
 
-        def no_hook(event: str, fields: Mapping[str, Any]) -> None:
-            return None
+    def no_hook(event: str, fields: Mapping[str, Any]) -> None:
+        return None
 
-        def select(recorder: Recorder | None) -> Callable[[], None]:
-            def apply() -> None:
-                metrics_module.record = record if recorder is not None else no_hook
-                metrics_module._recorder = recorder
+    def select(recorder: Recorder | None) -> Callable[[], None]:
+        def apply() -> None:
+            metrics_module.record = record if recorder is not None else no_hook
+            metrics_module._recorder = recorder
 
-            return apply
+        return apply
 
-        runner = _asgi(notifications)
-        variants = {
-            NO_HOOK: (select(None), runner),
-            EMF: (select(emf), _with_flush(runner, emf.flush)),
-            PROMETHEUS: (select(prometheus), runner),
-        }
-        samples = asyncio.run(_measure(variants, requests, rounds))
-        metrics_module.record = record
-        metrics_module._recorder = None
-        trace_cost = trace_us()
-        hooks = {EMF: hook_us(emf, flush=True), PROMETHEUS: hook_us(prometheus, flush=False)}
-    get_settings.cache_clear()
-    return _section(imports, samples, hooks, trace_cost, requests, rounds, server_cpu_us)
+    runner = _asgi(notifications)
+    variants = {
+        NO_HOOK: (select(None), runner),
+        EMF: (select(emf), _with_flush(runner, emf.flush)),
+        PROMETHEUS: (select(prometheus), runner),
+    }
+    samples = asyncio.run(_measure(variants, requests, rounds))
+    metrics_module.record = record
+    metrics_module._recorder = None
+    return {
+        "samples": samples,
+        "hooks": {EMF: hook_us(emf, flush=True), PROMETHEUS: hook_us(prometheus, flush=False)},
+        "trace_us": trace_us(),
+    }
 
 
 def _section(
@@ -264,3 +290,7 @@ def _section(
         targets=targets,
         unit="us",
     )
+
+
+if __name__ == "__main__":
+    print(json.dumps(in_process(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))))
