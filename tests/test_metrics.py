@@ -317,3 +317,16 @@ def test_lambda_never_imports_prometheus_client(tmp_path: Path) -> None:
     assert any(json.loads(line).get("event") == "task.metrics" for line in lines if line.startswith("{"))
     assert "prometheus-client" in NOT_ON_LAMBDA
     assert "prometheus-client" not in layer_distributions("Dependencies")
+
+
+def test_prometheus_on_lambda_is_refused_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from shared.settings import Settings
+
+    monkeypatch.setenv("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
+    monkeypatch.setenv("METRICS", "prometheus")
+    with pytest.raises(ValidationError, match="METRICS=prometheus cannot work on Lambda"):
+        Settings()
+    monkeypatch.setenv("METRICS", "emf")
+    assert Settings().metrics == "emf"
