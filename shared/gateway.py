@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.logs import ensure_logging_configured
-from shared.metrics.prometheus import metrics_endpoint
+from shared.metrics.prometheus import metrics_endpoint, require_shared_values
 
 FUNCTIONS_DIR = Path(__file__).resolve().parents[1] / "functions"
 
@@ -61,6 +61,7 @@ def load_apps(names: Sequence[str] | None = None) -> dict[str, FastAPI]:
 def create_gateway(apps: Mapping[str, FastAPI] | None = None) -> Starlette:
     """One app mounting ``apps`` (default: every function), running each one's lifespan."""
     ensure_logging_configured("gateway")  # before the functions claim the server's own log lines
+    require_shared_values()
     mounted = dict(apps) if apps is not None else load_apps()
 
     @asynccontextmanager

@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -330,3 +331,81 @@ def test_prometheus_on_lambda_is_refused_at_start_up(monkeypatch: pytest.MonkeyP
         Settings()
     monkeypatch.setenv("METRICS", "emf")
     assert Settings().metrics == "emf"
+
+
+def test_several_uvicorn_workers_sum_their_counts_with_prometheus_multiproc_dir(tmp_path: Path) -> None:
+    """Not what shared.serve runs (one process per container), but safe when someone runs --workers N."""
+    import sys
+
+    from tests.support.servers import ServerProcess, free_port, wait_until_healthy
+
+    requests = 40
+    values = tmp_path / "prometheus"
+    values.mkdir()
+    port = free_port()
+    server = ServerProcess(
+        [sys.executable, "-m", "uvicorn", "shared.gateway:create_gateway", "--factory", "--workers", "2",
+         "--host", "127.0.0.1", "--port", str(port)],
+        {"PROMETHEUS_MULTIPROC_DIR": str(values), "NOTIFICATION_LOG_PATH": str(tmp_path / "log"), "LOG_FORMAT": "json"},
+        port,
+    )  # fmt: skip
+    labels = (("backend", "inline"), ("service", "notifications"), ("task", "notifications.write_notification"))
+    try:
+        wait_until_healthy(f"{server.base_url}/health", server.process)
+        for index in range(requests):  # a new connection each: the kernel spreads them over the workers
+            response = httpx.post(f"{server.base_url}/notifications/send-notification/u{index}@example.com")
+            assert response.status_code == 200
+        for _ in range(200):
+            samples = _samples(httpx.get(f"{server.base_url}/metrics").text)
+            if samples.get(("tasks_succeeded_total", labels)) == requests:
+                break
+        else:
+            pytest.fail(f"tasks_succeeded_total never reached {requests}: {samples}")
+        writers = {path.stem.rsplit("_", 1)[-1] for path in values.glob("counter_*.db")}
+    finally:
+        server.close()
+    assert len(writers) == 2, f"both workers counted (value files by pid: {writers})"
+    assert samples[("tasks_queued_total", labels)] == requests
+    assert samples[("task_duration_seconds_count", labels)] == requests
+
+
+def test_several_uvicorn_workers_without_a_shared_directory_are_warned(tmp_path: Path) -> None:
+    """Each process would report only its own counts: every worker says so, with the fix, as it starts."""
+    import sys
+
+    from tests.support.logs import parse_json_lines
+    from tests.support.servers import ServerProcess, free_port, wait_until_healthy
+
+    port = free_port()
+    server = ServerProcess(
+        [sys.executable, "-m", "uvicorn", "shared.gateway:create_gateway", "--factory", "--workers", "2",
+         "--host", "127.0.0.1", "--port", str(port)],
+        {"NOTIFICATION_LOG_PATH": str(tmp_path / "log"), "LOG_FORMAT": "json"},
+        port,
+    )  # fmt: skip
+    try:
+        wait_until_healthy(f"{server.base_url}/health", server.process)
+        for _ in range(300):
+            warnings = [e for e in parse_json_lines(server.output()) if e.get("event") == "metrics.not_shared"]
+            if len(warnings) == 2:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"expected one warning per worker:\n{server.output()}")
+    finally:
+        server.close()
+    assert {w["level"] for w in warnings} == {"warning"}
+    assert "PROMETHEUS_MULTIPROC_DIR" in warnings[0]["fix"]
+
+
+def test_one_process_is_not_warned(tmp_path: Path) -> None:
+    from tests.support.logs import parse_json_lines
+
+    server = start_function("all", {"NOTIFICATION_LOG_PATH": str(tmp_path / "log"), "LOG_FORMAT": "json"})
+    try:
+        assert httpx.get(f"{server.base_url}/metrics").status_code == 200
+        events = [e.get("event") for e in parse_json_lines(server.output())]
+    finally:
+        server.close()
+    assert events, "the server's own lines were read"
+    assert "metrics.not_shared" not in events

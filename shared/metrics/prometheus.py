@@ -11,6 +11,7 @@ live processes only).
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 from typing import Any, ClassVar
@@ -74,6 +75,24 @@ class PrometheusRecorder:
 
     def flush(self) -> None:
         return None
+
+
+def require_shared_values() -> None:
+    """Warn, at start-up, a child process (``uvicorn --workers N``) without ``PROMETHEUS_MULTIPROC_DIR``.
+
+    Each process would count only what it served, and ``/metrics`` would answer with whichever
+    process took the scrape: numbers that look right and are not. A warning, not a refusal:
+    ``uvicorn --reload`` runs its one server in a child process too.
+    """
+    if multiprocessing.parent_process() is not None and not os.environ.get(MULTIPROCESS_ENV):
+        from shared.logs import get_logger
+
+        get_logger("shared.metrics").warning(
+            "metrics.not_shared",
+            reason="this server process was started by another (uvicorn --workers N, or --reload)",
+            consequence="with several workers, /metrics shows only the counts of the process that answers",
+            fix="set PROMETHEUS_MULTIPROC_DIR to an empty directory the workers share",
+        )
 
 
 def registry() -> CollectorRegistry:
