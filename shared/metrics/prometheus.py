@@ -5,8 +5,8 @@ worker, which has no HTTP server, starts prometheus-client's own on ``WORKER_MET
 
 One process per container is what ``shared.serve`` runs. Under ``uvicorn --workers N`` (or any
 pre-fork server), set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory: prometheus-client then
-keeps each worker's values in files there and ``/metrics`` sums them (the in-flight gauge counts
-live processes only).
+keeps each worker's values in files there and ``/metrics`` sums them (the in-flight gauge adds up
+the values the workers left: a worker killed mid-task leaves its runs counted).
 """
 
 from __future__ import annotations
