@@ -67,8 +67,12 @@ def render(output: Path = OUTPUT) -> Path:
         axes.add_patch(Rectangle((x + 0.15, y + 0.15), width - 0.3, height - 0.3, fill=True, color="#f3f6fa"))
         axes.add_patch(Rectangle((x + 0.15, y + 0.15), width - 0.3, height - 0.3, fill=False, color="#5b7fa6"))
         axes.text(x + 0.5, y + 0.7, widget["properties"]["title"], fontsize=10, weight="bold", va="top")
-        for index, line in enumerate(_lines(widget)):
-            axes.text(x + 0.7, y + 1.6 + index * 0.42, line, fontsize=7.2, va="top", family="monospace")
+        lines = _lines(widget)
+        per_column = max(1, int((height - 1.9) / 0.42))
+        for index, line in enumerate(lines):
+            column, row = divmod(index, per_column)
+            left = x + 0.7 + column * (width - 1) / 2
+            axes.text(left, y + 1.6 + row * 0.42, line, fontsize=7.2, va="top", family="monospace")
     axes.set_xlim(0, 24)
     axes.set_ylim(rows, 0)
     axes.axis("off")

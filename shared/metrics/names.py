@@ -32,6 +32,8 @@ COUNTERS: Final = {
     "task.handed_off": "tasks_handed_off",
     "task.dead_lettered": "tasks_dead_lettered",
     "task.duplicate": "tasks_duplicate",
+    "task.rejected": "tasks_rejected",
+    "task.worker_error": "tasks_worker_error",
 }
 """Task event → counter. Events are logged by ``shared.background`` and ``shared.worker``."""
 
