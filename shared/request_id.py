@@ -81,7 +81,7 @@ class RequestIdMiddleware:
                 )
 
         bound = structlog.contextvars.bind_contextvars(request_id=request_id, service=self.service)
-        trace = tracing.activate(tracing.for_request(scope.get("headers", [])))
+        trace = tracing.activate(tracing.for_scope(scope))
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import Any
@@ -103,6 +103,26 @@ def for_request(headers: list[tuple[bytes, bytes]]) -> TraceContext:
             trace = parse_traceparent(value.decode("latin-1"))
             break
     return trace or new_trace()
+
+
+def for_scope(scope: MutableMapping[str, Any]) -> TraceContext:
+    """``for_request`` for an ASGI scope, made the one OpenTelemetry continues when an SDK is configured.
+
+    A server span already open (instrumentation outside this app) gives the trace. Otherwise the
+    scope's ``traceparent`` is set to the request's trace, so that instrumentation inside (FastAPI's
+    request span) continues it: the logs' ``trace_id`` is then the spans' trace id.
+    """
+    headers = scope.get("headers", [])
+    if _sdk_tracer() is None:
+        return for_request(headers)
+    api, _ = _otel()
+    span = api.get_current_span().get_span_context()
+    if span.is_valid:
+        return TraceContext(f"{span.trace_id:032x}", f"{span.span_id:016x}", span.trace_flags.sampled)
+    trace = for_request(headers)
+    others = [(name, value) for name, value in headers if name != _TRACEPARENT_HEADER]
+    scope["headers"] = [*others, (_TRACEPARENT_HEADER, trace.traceparent.encode())]
+    return trace
 
 
 def for_message(traceparent: str | None, aws_trace_header: str | None) -> TraceContext:

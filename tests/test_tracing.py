@@ -215,3 +215,17 @@ def test_the_link_survives_the_sqs_hop(spans: Any, notifications: TestClient) ->
     assert (span.context.trace_id, span.parent.span_id) == (request.context.trace_id, request.context.span_id)
     [link] = span.links
     assert (link.context.trace_id, link.context.span_id) == (request.context.trace_id, request.context.span_id)
+
+
+def test_with_an_sdk_the_logs_trace_id_is_the_spans_trace_id(
+    spans: Any, logs: LogCapture, notification_log: Path
+) -> None:
+    """No traceparent from the caller: the request's new trace is the one FastAPI's span continues."""
+    with TestClient(notifications_app) as client:
+        assert client.post(f"/send-notification/{EMAIL}").status_code == 200
+    request = _request_span(spans)
+    [task] = _task_spans(spans)
+    assert task.context.trace_id == request.context.trace_id
+    lines = [e for e in logs.events if e.get("service") == "notifications"]
+    assert {"request.completed", "task.started", "task.succeeded"} <= {e["event"] for e in lines}
+    assert {e["trace_id"] for e in lines} == {f"{request.context.trace_id:032x}"}
