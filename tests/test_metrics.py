@@ -157,6 +157,8 @@ def test_an_invocation_with_two_tasks_one_failing_prints_one_emf_line_cloudwatch
     events = [line.get("event") for line in lines_after_first]
     assert events.index("task.metrics") > max(i for i, e in enumerate(events) if e in ("task.failed", "task.succeeded"))
 
+    assert (document["event"], document["level"]) == ("task.metrics", "info"), "the log schema's keys too"
+    assert document["timestamp"].endswith("Z")
     [directive] = document["_aws"]["CloudWatchMetrics"]
     assert directive["Namespace"] == NAMESPACE
     assert directive["Dimensions"] == [["service", "task", "backend"], ["service"], []]

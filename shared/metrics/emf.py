@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
@@ -75,9 +76,10 @@ class EmfRecorder:
         if metric_set.durations:
             metrics.append({"Name": DURATION, "Unit": DURATION_UNIT})
             values[DURATION] = metric_set.durations
+        now_ms = int(time.time() * 1000)
         return {
             "_aws": {
-                "Timestamp": int(time.time() * 1000),
+                "Timestamp": now_ms,
                 "CloudWatchMetrics": [
                     {
                         "Namespace": self.namespace,
@@ -87,6 +89,8 @@ class EmfRecorder:
                 ],
             },
             "event": EVENT,
+            "level": "info",
+            "timestamp": datetime.fromtimestamp(now_ms / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z",
             **dict(zip(DIMENSIONS, labels, strict=True)),
             **values,
         }
