@@ -148,6 +148,9 @@ def test_an_invocation_with_two_tasks_one_failing_prints_one_emf_line_cloudwatch
         lines_after_first = function.logs()
         second = function.invoke(http_api_event("/one-fails/b")).wait_free()
         lines = function.logs()
+        # Two different tasks: one document each (a document has one value per dimension), one flush.
+        function.invoke(http_api_event("/fail/c")).wait_free()
+        by_task = {line["task"]: line for line in emf_lines(function.logs())[len(emf_lines(lines)) :]}
 
     assert first.result["statusCode"] == second.result["statusCode"] == 200
     [document] = emf_lines(lines_after_first)  # once per invocation, not once per task
@@ -178,6 +181,12 @@ def test_an_invocation_with_two_tasks_one_failing_prints_one_emf_line_cloudwatch
     durations = {line["duration_ms"] for line in ended}
     assert set(document["task_duration"]) == durations
     assert set(units) <= set(names.cloudwatch_metrics())
+
+    assert sorted(by_task) == ["lambda_test.fail", "lambda_test.record"]
+    for line in by_task.values():
+        assert_valid_emf(line)
+    assert (by_task["lambda_test.fail"]["tasks_failed"], by_task["lambda_test.record"]["tasks_succeeded"]) == (1, 1)
+    assert "tasks_failed" not in by_task["lambda_test.record"]
 
 
 def test_emf_keeps_at_most_100_values_per_document() -> None:

@@ -431,3 +431,15 @@ def test_dashboard_shows_only_metrics_the_code_emits(translated: dict[str, Any])
         "ApproximateNumberOfMessagesNotVisible",
         "ApproximateAgeOfOldestMessage",
     }
+
+
+def test_the_readme_picture_is_drawn_from_the_deployed_dashboard(translated: dict[str, Any]) -> None:
+    """infra/dashboard_plot.py reads template.yaml's DashboardBody: the same widgets as the translated template."""
+    from infra.dashboard_plot import dashboard_body
+
+    drawn = dashboard_body()["widgets"]
+    deployed = _dashboard(translated)["widgets"]
+    assert [(w["x"], w["y"], w["width"], w["height"], w["properties"]["title"]) for w in drawn] == [
+        (w["x"], w["y"], w["width"], w["height"], w["properties"]["title"]) for w in deployed
+    ]
+    assert [len(w["properties"]["metrics"]) for w in drawn] == [len(w["properties"]["metrics"]) for w in deployed]
