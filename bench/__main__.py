@@ -21,12 +21,12 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import artifacts, cold_start, container, lambda_runtime, task_overhead
+from bench import artifacts, cold_start, container, lambda_runtime, metrics_cost, task_overhead
 from bench.env import ROOT, progress
 from bench.model import Section, Target
 from bench.report import plot, readme_block, render_markdown, update_readme
 
-MEASUREMENTS = ("lambda", "container", "cold_start", "task_overhead", "artifacts")
+MEASUREMENTS = ("lambda", "container", "cold_start", "task_overhead", "artifacts", "metrics")
 
 
 @dataclass(frozen=True)
@@ -44,22 +44,32 @@ class Counts:
     task_rounds: int
     durable_requests: int
     durable_warmup: int
+    metrics_requests: int
+    metrics_rounds: int
+    metrics_imports: int
 
 
-FULL = Counts(40, 2, 5, 2.0, 0.5, (8, 1), 12, True, None, 1000, 5, 100, 10)
-QUICK = Counts(1, 1, 1, 0.3, 0.1, (2,), 1, False, ["functions.notifications.app"], 50, 2, 5, 1)
+FULL = Counts(40, 2, 5, 2.0, 0.5, (8, 1), 12, True, None, 1000, 5, 100, 10, 500, 7, 15)
+QUICK = Counts(1, 1, 1, 0.3, 0.1, (2,), 1, False, ["functions.notifications.app"], 50, 2, 5, 1, 20, 2, 2)
 
 
 def _runners(counts: Counts, workdir: Path, build: bool) -> dict[str, Callable[[], Section]]:
-    return {
-        "lambda": lambda: lambda_runtime.measure(workdir, counts.lambda_invocations, counts.lambda_warmup),
-        "container": lambda: container.measure(
+    measured: dict[str, float] = {}
+
+    def run_container() -> Section:
+        section, scenarios = container.measure(
             workdir,
             counts.container_rounds,
             counts.container_duration,
             counts.container_warmup,
             counts.container_connections,
-        )[0],
+        )
+        measured["server_cpu_us"] = container.template_cpu_us(scenarios, counts.container_connections[0])
+        return section
+
+    return {
+        "lambda": lambda: lambda_runtime.measure(workdir, counts.lambda_invocations, counts.lambda_warmup),
+        "container": run_container,
         "cold_start": lambda: cold_start.measure(
             workdir,
             counts.cold_start_repetitions,
@@ -70,6 +80,13 @@ def _runners(counts: Counts, workdir: Path, build: bool) -> dict[str, Callable[[
         ),
         "task_overhead": lambda: task_overhead.measure(workdir, counts.task_requests, counts.task_rounds),
         "artifacts": lambda: artifacts.measure(workdir, build, counts.durable_requests, counts.durable_warmup),
+        "metrics": lambda: metrics_cost.measure(
+            workdir,
+            counts.metrics_requests,
+            counts.metrics_rounds,
+            counts.metrics_imports,
+            server_cpu_us=measured.get("server_cpu_us"),
+        ),
     }
 
 

@@ -201,6 +201,12 @@ def measure(
     return _section(scenarios, connections, rounds, duration), scenarios
 
 
+def template_cpu_us(scenarios: list[Scenario], connections: int) -> float:
+    """Server CPU per request of the template with the cheap task (the first scenario)."""
+    template = next(v for v in scenarios[0].variants if v.role == "template")
+    return template.median_of(connections, "cpu_us_per_request")
+
+
 def round_ratios(template: Variant, baseline: Variant, connections: int) -> list[float]:
     pairs = zip(template.runs.get(connections, []), baseline.runs.get(connections, []), strict=False)
     return [ratio(ours.rps, theirs.rps) for ours, theirs in pairs]

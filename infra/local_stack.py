@@ -5,7 +5,8 @@
    (``infra.local_resources``), and the functions get the environment the template gives them;
 3. every function is served on 127.0.0.1:PORT (8000), each under ``/<name>`` as the HTTP
    API routes them, by the Docker image's own entry command (``python -m shared.entrypoint``);
-4. the durable worker long-polls the local queue (``python -m shared.entrypoint worker``).
+4. the durable worker long-polls the local queue (``python -m shared.entrypoint worker``),
+   its Prometheus metrics on METRICS_PORT (9102); the functions' are on PORT's ``/metrics``.
 
 It prints every URL; Ctrl-C (or SIGTERM, or closing the terminal) stops the worker and
 the server, letting in-flight tasks finish, then moto. ``python -m infra.local_stack provision`` only creates
@@ -86,6 +87,7 @@ class LocalStack:
     host: str
     port: int
     aws_port: int
+    metrics_port: int = 9102
     children: list[Child] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
 
@@ -121,6 +123,7 @@ class LocalStack:
             TASK_QUEUE_URL=str(resources["task_queue_url"]),
             HOST=self.host,
             PORT=str(self.port),
+            WORKER_METRICS_PORT=str(self.metrics_port),
         )
         env.pop("FUNCTION", None)
         return env
@@ -165,6 +168,8 @@ class LocalStack:
             f"  {'local AWS':<{width}}{self.aws_url}   (moto; dashboard: {self.aws_url}/moto-api/)",
             f"  {'task queue':<{width}}{resources['task_queue_url']}   durable tasks: {env['DURABLE_TASKS'] or '-'}",
             f"  {'notification log':<{width}}{log_path if log_path.is_absolute() else ROOT / log_path}",
+            f"  {'metrics':<{width}}{self.url}/metrics   (functions; Prometheus text format)",
+            f"  {'':<{width}}http://{self.host}:{self.metrics_port}/metrics   (worker)",
             "",
             f"  try: curl -X POST {self.url}/notifications/send-notification/foo@example.com",
             "",
@@ -185,9 +190,11 @@ class LocalStack:
             child.stop(grace_s=35.0)
 
     def run(self) -> int:
-        for port in (self.port, self.aws_port):
-            if not port_is_free(self.host if port == self.port else "127.0.0.1", port):
-                raise SystemExit(f"port {port} is in use: choose another with PORT=... or AWS_PORT=...")
+        for port in (self.port, self.aws_port, self.metrics_port):
+            if not port_is_free(self.host if port != self.aws_port else "127.0.0.1", port):
+                raise SystemExit(
+                    f"port {port} is in use: choose another with PORT=..., AWS_PORT=... or METRICS_PORT=..."
+                )
 
         def request_stop(signum: int, frame: FrameType | None) -> None:
             self.stopping.set()
@@ -222,11 +229,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"), help="where the functions listen")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument("--aws-port", type=int, default=int(os.environ.get("AWS_PORT", "4566")))
+    parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", "9102")))
     args = parser.parse_args(argv)
     if args.command == "provision":
         print(json.dumps(provision(), indent=2, default=str))
         return
-    raise SystemExit(LocalStack(args.host, args.port, args.aws_port).run())
+    raise SystemExit(LocalStack(args.host, args.port, args.aws_port, args.metrics_port).run())
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ with ``ARTIFACTS_DIR`` set, and the Makefile runs this module:
         copies shared/ and functions/notifications/: nothing else (no tests, no venvs)
     python -m infra.sam_build layer Dependencies "$ARTIFACTS_DIR"
         the runtime dependencies of pyproject.toml, pinned by requirements.txt, as a layer
-        every function uses; without uvicorn (Lambda runs no server), without pillow, and
+        every function uses; without uvicorn (Lambda runs no server) and prometheus-client
+        (Lambda metrics are EMF lines), without pillow, and
         without boto3 and its dependencies, which the Lambda runtime ships (``BUNDLE_BOTO3=1``
         pins them into the layer instead: about 33 MB more)
     python -m infra.sam_build layer Pillow "$ARTIFACTS_DIR"
@@ -77,7 +78,7 @@ RUNTIME_PROVIDED = frozenset(
     }
 )
 RUNTIME_DISTRIBUTIONS = ("awslambdaric", "boto3")
-NOT_ON_LAMBDA = frozenset({"uvicorn"})
+NOT_ON_LAMBDA = frozenset({"uvicorn", "prometheus-client"})
 # Layers with what only some functions import; the Dependencies layer (every function) holds
 # the rest, imported or not (pydantic and FastAPI import email-validator and python-multipart
 # on demand, out of sight of an import scan).

@@ -161,6 +161,8 @@ class Template:
                 resolved[variable] = str(value)
             elif set(value) == {"Ref"} and value["Ref"] in values:
                 resolved[variable] = values[value["Ref"]]
+            elif value == {"Ref": "AWS::StackName"}:
+                resolved[variable] = LOCAL_PREFIX
             elif parameters and set(value) == {"Ref"} and value["Ref"] in self.data.get("Parameters", {}):
                 resolved[variable] = self.parameter(value["Ref"], environ)
         return resolved

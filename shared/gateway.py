@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.background.routing import manage_routes
 from shared.logs import ensure_logging_configured
+from shared.metrics.prometheus import metrics_endpoint, require_shared_values
 
 FUNCTIONS_DIR = Path(__file__).resolve().parents[1] / "functions"
 
@@ -67,6 +68,7 @@ def create_gateway(apps: Mapping[str, FastAPI] | None = None) -> Starlette:
     route that cannot be managed stops the gateway from starting.
     """
     ensure_logging_configured("gateway")  # before the functions claim the server's own log lines
+    require_shared_values()
     mounted = dict(apps) if apps is not None else load_apps()
 
     @asynccontextmanager
@@ -90,6 +92,6 @@ def create_gateway(apps: Mapping[str, FastAPI] | None = None) -> Starlette:
         detail = f"No function serves {request.url.path}; functions: {', '.join(f'/{name}' for name in mounted)}"
         return JSONResponse({"detail": detail}, status_code=404)
 
-    routes: list[BaseRoute] = [Route("/", index), Route("/health", health)]
+    routes: list[BaseRoute] = [Route("/", index), Route("/health", health), Route("/metrics", metrics_endpoint)]
     routes += [Mount(f"/{name}", app=_OwnRouter(app), name=name) for name, app in mounted.items()]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found})

@@ -25,6 +25,7 @@ import structlog
 from mangum import Mangum
 from mangum.types import ASGI
 
+from shared import metrics
 from shared.background.lambda_extension import LambdaExtensionBackend
 from shared.lambda_keys import lambda_log_keys
 from shared.lambda_lifespan import Lifespan
@@ -69,6 +70,7 @@ class LambdaHandler:
     def __call__(self, event: Any, context: Any) -> dict[str, Any]:
         self.lifespan.start()
         with (
+            metrics.invocation(),
             structlog.contextvars.bound_contextvars(**lambda_log_keys(context)),
             _invocation(context),
         ):

@@ -9,6 +9,7 @@ from typing import Any
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared import tracing
 from shared.ids import new_id
 from shared.logs import get_logger, mask_emails
 
@@ -83,6 +84,7 @@ class RequestIdMiddleware:
                 )
 
         bound = structlog.contextvars.bind_contextvars(request_id=request_id, service=self.service)
+        trace = tracing.activate(tracing.for_scope(scope))
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
@@ -91,4 +93,5 @@ class RequestIdMiddleware:
             log.error("request.failed", exc_info=exc)
             raise
         finally:
+            tracing.deactivate(trace)
             structlog.contextvars.reset_contextvars(**bound)

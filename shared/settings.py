@@ -58,6 +58,27 @@ class Settings(BaseSettings):
     def _level_in_any_case(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    # --- metrics (shared/metrics) ------------------------------------------------------
+    metrics: Literal["auto", "emf", "prometheus", "off"] = Field(
+        "auto", description="Task metrics: auto is emf (CloudWatch EMF lines) on Lambda, prometheus elsewhere."
+    )
+    metrics_namespace: str | None = Field(
+        None,
+        validation_alias="POWERTOOLS_METRICS_NAMESPACE",
+        description="CloudWatch namespace of the EMF lines; unset: shared.metrics.names.DEFAULT_NAMESPACE.",
+    )
+    worker_metrics_port: int = Field(0, ge=0, le=65535, description="Container worker's /metrics port; 0: none.")
+
+    @field_validator("metrics")
+    @classmethod
+    def _prometheus_needs_a_server(cls, value: str) -> str:
+        if value == "prometheus" and running_on_lambda():
+            raise ValueError(
+                "METRICS=prometheus cannot work on Lambda (nothing scrapes a frozen environment, and prometheus-client "
+                "is not in its layer): use METRICS=emf or auto"
+            )
+        return value
+
     # --- background tasks --------------------------------------------------------
     task_backend: Literal["auto", "inline", "lambda-extension"] = Field(
         "auto", description="Where in-process tasks run; auto picks lambda-extension on Lambda."

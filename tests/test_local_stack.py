@@ -21,6 +21,7 @@ import boto3
 import httpx
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared.settings import Settings
 from tests.support.logs import parse_json_lines
@@ -34,7 +35,7 @@ class Stack:
     """``make run`` in its own process group, its output in a file."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.port, self.aws_port = int(env["PORT"]), int(env["AWS_PORT"])
+        self.port, self.aws_port, self.metrics_port = int(env["PORT"]), int(env["AWS_PORT"]), int(env["METRICS_PORT"])
         self.url = f"http://127.0.0.1:{self.port}"
         self.aws_url = f"http://127.0.0.1:{self.aws_port}"
         self._output = tempfile.NamedTemporaryFile(prefix="make-run-", suffix=".log", delete=False)  # noqa: SIM115
@@ -93,6 +94,7 @@ def stack(isolated_settings: Path) -> Iterator[Stack]:
         **os.environ,
         "PORT": str(free_port()),
         "AWS_PORT": str(free_port()),
+        "METRICS_PORT": str(free_port()),
         "NOTIFICATION_LOG_PATH": str(isolated_settings),
     }
     for key in ("FUNCTION", "DURABLE_TASKS", "TASK_QUEUE_URL", "AWS_ENDPOINT_URL", "API_ROOT_PATH"):
@@ -116,6 +118,14 @@ def eventually(probe: Callable[[], T | None], timeout: float = 30.0) -> T:
         if time.monotonic() > deadline:
             raise TimeoutError("the background effect never appeared")
         time.sleep(0.2)
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def port_open(port: int) -> bool:
@@ -182,12 +192,29 @@ def test_make_run_serves_every_function_and_runs_their_background_work(stack: St
     assert queue["queue"]["visible"] == 0
     assert queue["dead_letter_queue"]["visible"] == 0
 
+    # metrics: the banner names both /metrics; the functions count the send, the worker the run.
+    worker_metrics = f"http://127.0.0.1:{stack.metrics_port}/metrics"
+    assert f"{stack.url}/metrics" in output and worker_metrics in output
+    welcome = {"task": "email.send_welcome", "backend": "sqs"}
+    api_samples = metric_samples(http.get("/metrics").text)
+    assert (
+        api_samples[
+            ("tasks_enqueued_total", (("backend", "sqs"), ("service", "users"), ("task", "email.send_welcome")))
+        ]
+        == 1
+    )
+    worker_samples = metric_samples(httpx.get(worker_metrics, timeout=10).text)
+    labels = tuple(sorted({**welcome, "service": "worker"}.items()))
+    assert worker_samples[("tasks_succeeded_total", labels)] == 1
+    assert worker_samples[("task_duration_seconds_count", labels)] == 1
+
     # Ctrl-C stops everything: the worker, the functions' server, moto.
     stack.ctrl_c()
     assert "local_stack: stopped" in stack.output()
     assert any(event["event"] == "worker.stopped" for event in parse_json_lines(stack.output()))
     assert not port_open(stack.port)
     assert not port_open(stack.aws_port)
+    assert not port_open(stack.metrics_port)
     assert len(stack.child_pids()) == 2
     for pid in stack.child_pids():
         with pytest.raises(ProcessLookupError):

@@ -301,3 +301,165 @@ def test_shared_statements_are_declared_once_and_attached_by_reference(template:
     users = template["Resources"]["UsersFunction"]["Properties"]["Policies"]
     assert {"Ref": "EnqueueDurableTasksPolicy"} in users
     assert {"Ref": "SendMailPolicy"} in users
+
+
+# --- observability: alarms, topic, dashboard (names from shared/metrics/names.py) -----------
+
+STACK_NAMESPACE = {"Ref": "AWS::StackName"}
+
+
+def _alarms(translated: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: resource["Properties"]
+        for name, resource in translated["Resources"].items()
+        if resource["Type"] == "AWS::CloudWatch::Alarm"
+    }
+
+
+def _metric_stats(alarm: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {query["Id"]: query["MetricStat"] for query in alarm["Metrics"] if "MetricStat" in query}
+
+
+def test_functions_emit_metrics_in_the_namespace_the_alarms_watch(template: dict[str, Any]) -> None:
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["POWERTOOLS_METRICS_NAMESPACE"] == STACK_NAMESPACE
+
+
+def test_every_alarm_notifies_the_topic(translated: dict[str, Any]) -> None:
+    alarms = _alarms(translated)
+    assert set(alarms) == {
+        "DeadLetterAlarm",
+        "OldestTaskAlarm",
+        "TaskFailureRateAlarm",
+        "FunctionErrorsAlarm",
+        "FunctionThrottlesAlarm",
+    }
+    for name, alarm in alarms.items():
+        assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}], name
+        assert alarm["TreatMissingData"] == "notBreaching", name
+    assert translated["Resources"]["AlarmTopic"]["Type"] == "AWS::SNS::Topic"
+    subscription = translated["Resources"]["AlarmEmailSubscription"]
+    assert subscription["Condition"] == "HasAlarmEmail"
+    # CloudFormation creates it only when the condition holds: the parameter, once resolved, is not empty.
+    assert translated["Conditions"]["HasAlarmEmail"] == {"Fn::Not": [{"Fn::Equals": ["", ""]}]}
+    with_email = translate({"AlarmEmail": "ops@example.com"})
+    assert with_email["Conditions"]["HasAlarmEmail"] == {"Fn::Not": [{"Fn::Equals": ["ops@example.com", ""]}]}
+    properties = with_email["Resources"]["AlarmEmailSubscription"]["Properties"]
+    assert properties == {"TopicArn": {"Ref": "AlarmTopic"}, "Protocol": "email", "Endpoint": "ops@example.com"}
+
+
+def test_queue_alarms_are_on_the_metrics_aws_recommends(translated: dict[str, Any]) -> None:
+    """DLQ: visible messages (a redrive does not count in NumberOfMessagesSent); queue: oldest message age."""
+    alarms = _alarms(translated)
+    dead_letter, oldest = alarms["DeadLetterAlarm"], alarms["OldestTaskAlarm"]
+    assert (dead_letter["Namespace"], dead_letter["MetricName"]) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")
+    assert dead_letter["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["TaskDeadLetterQueue", "QueueName"]}}
+    ]
+    assert (dead_letter["Threshold"], dead_letter["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+    assert (oldest["Namespace"], oldest["MetricName"]) == ("AWS/SQS", "ApproximateAgeOfOldestMessage")
+    assert oldest["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["TaskQueue", "QueueName"]}}]
+    assert oldest["Threshold"] == 900, "the OldestTaskAgeAlarmSeconds parameter's default"
+    overridden = translate({"OldestTaskAgeAlarmSeconds": "120"})["Resources"]["OldestTaskAlarm"]["Properties"]
+    assert str(overridden["Threshold"]) == "120"
+
+
+def test_failure_rate_alarm_divides_failures_by_runs_of_the_emitted_metrics(translated: dict[str, Any]) -> None:
+    from shared.metrics import names
+
+    alarm = _alarms(translated)["TaskFailureRateAlarm"]
+    stats = _metric_stats(alarm)
+    assert {stat["Metric"]["MetricName"] for stat in stats.values()} == {*names.FAILURES, "tasks_succeeded"}
+    for stat in stats.values():
+        assert stat["Metric"]["Namespace"] == STACK_NAMESPACE
+        assert "Dimensions" not in stat["Metric"], "the namespace-wide dimension set: every task of every function"
+        assert stat["Stat"] == "Sum"
+        assert stat["Metric"]["MetricName"] in names.cloudwatch_metrics()
+    assert () in names.DIMENSION_SETS, "the code emits the dimensionless metrics this alarm reads"
+    [expression] = [query for query in alarm["Metrics"] if "Expression" in query]
+    assert expression["ReturnData"] is True
+    failed = [query_id for query_id, stat in stats.items() if stat["Metric"]["MetricName"] in names.FAILURES]
+    for query_id in stats:
+        assert query_id in expression["Expression"]
+    assert expression["Expression"].startswith("100 * (" + " + ".join(f"FILL({i}, 0)" for i in failed) + ")")
+    assert alarm["Threshold"] == 5
+    overridden = translate({"TaskFailureRateAlarmPercent": "20"})["Resources"]["TaskFailureRateAlarm"]["Properties"]
+    assert str(overridden["Threshold"]) == "20"
+
+
+def test_function_error_and_throttle_alarms_cover_every_function(translated: dict[str, Any]) -> None:
+    alarms = _alarms(translated)
+    for alarm_name, metric_name in (("FunctionErrorsAlarm", "Errors"), ("FunctionThrottlesAlarm", "Throttles")):
+        alarm = alarms[alarm_name]
+        stats = _metric_stats(alarm)
+        functions_watched = set()
+        for stat in stats.values():
+            assert (stat["Metric"]["Namespace"], stat["Metric"]["MetricName"]) == ("AWS/Lambda", metric_name)
+            [dimension] = stat["Metric"]["Dimensions"]
+            assert dimension["Name"] == "FunctionName"
+            functions_watched.add(dimension["Value"]["Ref"])
+        assert functions_watched == {logical_id(name) for name in function_folders()}, alarm_name
+        [total] = [query for query in alarm["Metrics"] if "Expression" in query]
+        assert total["Expression"] == f"SUM([{', '.join(stats)}])"
+
+
+def _dashboard(translated: dict[str, Any]) -> dict[str, Any]:
+    body = translated["Resources"]["TasksDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    for placeholder, value in (
+        ("${AWS::Region}", "us-east-1"),
+        ("${AWS::StackName}", "STACK"),
+        ("${TaskQueue.QueueName}", "TASK_QUEUE"),
+        ("${TaskDeadLetterQueue.QueueName}", "DEAD_LETTER_QUEUE"),
+    ):
+        body = body.replace(placeholder, value)
+    assert "${" not in body, "every placeholder is one of the stack's own"
+    dashboard: dict[str, Any] = json.loads(body)
+    return dashboard
+
+
+def test_dashboard_shows_only_metrics_the_code_emits(translated: dict[str, Any]) -> None:
+    import re
+
+    from shared.metrics import names
+
+    widgets = _dashboard(translated)["widgets"]
+    titles = [widget["properties"]["title"] for widget in widgets]
+    assert len(titles) == 4
+    shown: dict[str, set[str]] = {}
+    searched: set[str] = set()
+    for widget in widgets:
+        namespace = None
+        for row in widget["properties"]["metrics"]:
+            if isinstance(row[0], dict):  # an expression
+                match = re.fullmatch(
+                    r"SEARCH\('\{\"STACK\",(.+?)\} MetricName=\"(\w+)\"', '(p\d+)', 300\)", row[0]["expression"]
+                )
+                assert match, row
+                assert tuple(match.group(1).split(",")) == names.DIMENSIONS
+                searched.add(match.group(2))
+                continue
+            namespace = namespace if row[0] == "." else row[0]
+            shown.setdefault(namespace, set()).add(row[1])
+            dimensions = [item for item in row[2:] if not isinstance(item, dict)]
+            if namespace == "AWS/SQS":
+                assert dimensions in (["QueueName", "TASK_QUEUE"], [".", "."], ["QueueName", "DEAD_LETTER_QUEUE"])
+    assert shown["STACK"] <= set(names.cloudwatch_metrics())
+    assert shown["STACK"] >= {"tasks_succeeded", "tasks_failed", "tasks_timed_out", "tasks_queued"}
+    assert searched == {names.DURATION}
+    assert shown["AWS/SQS"] == {
+        "ApproximateNumberOfMessagesVisible",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateAgeOfOldestMessage",
+    }
+
+
+def test_the_readme_picture_is_drawn_from_the_deployed_dashboard(translated: dict[str, Any]) -> None:
+    """infra/dashboard_plot.py reads template.yaml's DashboardBody: the same widgets as the translated template."""
+    from infra.dashboard_plot import dashboard_body
+
+    drawn = dashboard_body()["widgets"]
+    deployed = _dashboard(translated)["widgets"]
+    assert [(w["x"], w["y"], w["width"], w["height"], w["properties"]["title"]) for w in drawn] == [
+        (w["x"], w["y"], w["width"], w["height"], w["properties"]["title"]) for w in deployed
+    ]
+    assert [len(w["properties"]["metrics"]) for w in drawn] == [len(w["properties"]["metrics"]) for w in deployed]

@@ -19,9 +19,10 @@ import anyio.to_thread
 
 from shared.background.task import QueuedTask
 from shared.logs import get_logger, mask_emails
+from shared.metrics import observed
 from shared.settings import get_settings
 
-log = get_logger("shared.background")
+log = observed(get_logger("shared.background"))
 
 
 class TaskTimeout(Exception):

@@ -10,8 +10,9 @@ from shared.background.backends import Backend
 from shared.background.execution import task_fields
 from shared.background.task import QueuedTask, flatten
 from shared.logs import get_logger
+from shared.metrics import observed
 
-log = get_logger("shared.background")
+log = observed(get_logger("shared.background"))
 
 ALL_TASKS = "*"
 

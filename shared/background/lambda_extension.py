@@ -44,6 +44,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from shared import metrics
 from shared.background.execution import run_tasks
 from shared.background.task import QueuedTask
 from shared.logs import get_logger
@@ -199,11 +200,13 @@ class LambdaExtensionBackend:
             return
         threading.Thread(target=self._run_jobs, name="lambda-extension-runner", daemon=True).start()
         threading.Thread(target=self._serve_events, args=(api,), name="lambda-extension", daemon=True).start()
+        metrics.extension_flushes(True)
         log.info("lambda_extension.registered", extension_name=self.extension_name, extension_id=self.extension_id)
 
     def _unavailable(self, reason: str) -> None:
         self.extension_id = None
         self.unavailable_reason = reason
+        metrics.extension_flushes(False)
         log.warning(
             "lambda_extension.unavailable",
             reason=reason,
@@ -374,6 +377,7 @@ class LambdaExtensionBackend:
                 if self._tracks_invocations():
                     self._await_handler(str(event.get("requestId")), deadline)
                 self._await_jobs(deadline)
+                metrics.flush()  # once per invocation, after its tasks, before the freeze
             elif event_type == "SHUTDOWN":  # only if Lambda ever delivers it to internal extensions
                 self._await_jobs(deadline)
                 log.info("lambda_extension.shutdown", reason=event.get("shutdownReason"))

@@ -28,11 +28,12 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared import aws
+from shared import aws, tracing
 from shared.background.backends import Backend, TaskRejected
 from shared.background.registry import lookup, registered_name, registered_names
 from shared.background.task import QueuedTask
 from shared.logs import get_logger
+from shared.metrics import observed
 from shared.settings import ConfigurationError, Settings, get_settings
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
     from shared.background.executor import TaskExecutor
 
-log = get_logger("shared.background.sqs")
+log = observed(get_logger("shared.background.sqs"))
 
 BACKEND_NAME = "sqs"
 MESSAGE_VERSION = 1
@@ -71,6 +72,7 @@ class TaskMessage(BaseModel):
     call_kwargs: dict[str, Any] = Field(alias="kwargs")
     attempt: int = 1
     enqueued_at: datetime
+    traceparent: str | None = None
 
 
 def _now() -> str:
@@ -79,7 +81,11 @@ def _now() -> str:
 
 
 def _context() -> dict[str, Any]:
-    return structlog.contextvars.get_contextvars()
+    context = structlog.contextvars.get_contextvars()
+    trace = tracing.outgoing()
+    if trace is not None:
+        context["traceparent"], context["aws_trace_header"] = trace.traceparent, trace.aws_trace_header
+    return context
 
 
 def encode_body(task: QueuedTask, name: str, context: dict[str, Any], enqueued_at: str) -> str:
@@ -104,6 +110,7 @@ def encode_body(task: QueuedTask, name: str, context: dict[str, Any], enqueued_a
             "service": context.get("service"),
             "attempt": task.attempt,
             "enqueued_at": enqueued_at,
+            "traceparent": context.get("traceparent"),
         },
         separators=(",", ":"),
     )
@@ -134,13 +141,20 @@ class _Entry:
     name: str
     body: str
     size: int
+    trace_header: str | None = None
 
     def request(self) -> SendMessageBatchRequestEntryTypeDef:
-        return {
+        entry: SendMessageBatchRequestEntryTypeDef = {
             "Id": self.task.task_id,
             "MessageBody": self.body,
             "MessageAttributes": message_attributes(self.name, self.task),
         }
+        if self.trace_header:
+            # X-Ray links the worker's segment to the sender's; not counted in the message size.
+            entry["MessageSystemAttributes"] = {
+                "AWSTraceHeader": {"DataType": "String", "StringValue": self.trace_header}
+            }
+        return entry
 
 
 def _chunks(entries: Sequence[_Entry], max_bytes: int) -> Iterator[list[_Entry]]:
@@ -220,7 +234,7 @@ class SqsBackend:
                 f"task {name!r}: message is {size} bytes, over the SQS limit of {self.max_bytes}; "
                 "store large payloads (e.g. in S3) and pass a reference"
             )
-        return _Entry(task, name, body, size)
+        return _Entry(task, name, body, size, context.get("aws_trace_header"))
 
     def accept(self, task: QueuedTask) -> None:
         self._entry(task, _context(), _now())

@@ -264,7 +264,7 @@ class Poller:
                 QueueUrl=self.queue_url,
                 MaxNumberOfMessages=self.batch_size,
                 WaitTimeSeconds=self.wait_seconds,
-                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp", "AWSTraceHeader"],
                 MessageAttributeNames=["All"],
             )
         finally:
@@ -342,5 +342,12 @@ def main() -> None:
         get_settings()
         ensure_logging_configured("worker")
         poller = Poller.from_settings()
+    settings = get_settings()
+    if settings.worker_metrics_port:
+        from shared.metrics.prometheus import start_http_server
+
+        host = os.environ.get("HOST", "127.0.0.1")
+        start_http_server(settings.worker_metrics_port, host)
+        log.info("worker.metrics", url=f"http://{host}:{settings.worker_metrics_port}/metrics")
     poller.install_signal_handlers()
     poller.run()

@@ -38,15 +38,16 @@ from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import D
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
-from shared import aws
+from shared import aws, tracing
 from shared.background.execution import TaskStuck, run_task_outcome
 from shared.background.registry import lookup, task_options
 from shared.background.sqs import BACKEND_NAME, TaskMessage
 from shared.background.task import QueuedTask
 from shared.logs import get_logger
+from shared.metrics import observed
 from shared.settings import Settings, get_settings
 
-log = get_logger("shared.worker")
+log = observed(get_logger("shared.worker"))
 
 EXIT_TASK_STUCK = 3
 """Exit code of a worker that ended itself to stop a sync task past its deadline."""
@@ -175,8 +176,12 @@ class Worker:
             self._dead_letter_if_last(record, attempt, None)
             raise
         fields = {"task": message.task, "task_id": message.task_id, "backend": BACKEND_NAME, "attempt": attempt}
-        with structlog.contextvars.bound_contextvars(
-            service=self.service, request_id=message.request_id, queued_by=message.service
+        trace = tracing.for_message(message.traceparent, record.attributes.aws_trace_header)
+        with (
+            structlog.contextvars.bound_contextvars(
+                service=self.service, request_id=message.request_id, queued_by=message.service
+            ),
+            tracing.active(trace),
         ):
             try:
                 result = self._run_once(

@@ -54,6 +54,13 @@ def record(label: str) -> None:
     notification_log.append(f"record {label}\n")
 
 
+@task("lambda_test.maybe_fail")
+def maybe_fail(label: str, fail: bool) -> None:
+    if fail:
+        raise ValueError(f"task failed on purpose ({label})")
+    notification_log.append(f"maybe_fail {label}\n")
+
+
 @app.post("/slow/{label}")
 async def post_slow(label: str, background_tasks: BackgroundTasks, seconds: float = 0.5) -> dict[str, str]:
     background_tasks.add_task(slow, label, seconds)
@@ -77,6 +84,14 @@ async def post_blocking(label: str, background_tasks: BackgroundTasks, seconds: 
 async def post_fail(label: str, background_tasks: BackgroundTasks) -> dict[str, str]:
     background_tasks.add_task(fail, label)
     background_tasks.add_task(record, label)
+    return {"queued": label}
+
+
+@app.post("/one-fails/{label}")
+async def post_one_fails(label: str, background_tasks: BackgroundTasks) -> dict[str, str]:
+    """Two runs of one task (one metric set), the first failing."""
+    background_tasks.add_task(maybe_fail, label, True)
+    background_tasks.add_task(maybe_fail, label, False)
     return {"queued": label}
 
 
