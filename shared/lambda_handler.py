@@ -23,6 +23,7 @@ import structlog
 from mangum import Mangum
 from mangum.types import ASGI, LambdaContext
 
+from shared.background import handoff
 from shared.background.lambda_extension import LambdaExtensionBackend
 from shared.logs import get_logger
 
@@ -72,6 +73,7 @@ class LambdaHandler:
         # lifespan="off": Mangum would run startup and shutdown around every invocation.
         self.adapter = Mangum(app, lifespan="off", **mangum_options)
         LambdaExtensionBackend.track_invocations()
+        handoff.current().log_ready()  # built at the end of the app's module: its tasks are registered
 
     def __call__(self, event: Any, context: LambdaContext) -> dict[str, Any]:
         with (

@@ -1,17 +1,40 @@
 """Serve one function with uvicorn: ``python -m shared.serve notifications`` (``all``: every one).
 
 The container's entry command. Logs go through the project's pipeline, and SIGTERM
-lets in-flight background tasks finish (up to SHUTDOWN_GRACE_SECONDS) before exit.
+lets in-flight background tasks finish (up to SHUTDOWN_GRACE_SECONDS) before exit; registered
+tasks that would not finish in that grace are handed to the durable queue
+(``shared.background.handoff``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
+import sys
+from types import FrameType
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
+from shared.background import handoff
 from shared.settings import get_settings
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, telling the task layer when the grace period starts and waiting for its handoffs."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        handoff.begin_shutdown(float(self.config.timeout_graceful_shutdown or 0))
+        super().handle_exit(sig, frame)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        handoff.current().log_ready()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        await handoff.current().drain()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.function == "all" and not args.app:
         # Every function on one port, each under /<name> as the HTTP API routes them.
         target, factory = "shared.gateway:create_gateway", True
-    uvicorn.run(
+    config = uvicorn.Config(
         target,
         factory=factory,
         host=args.host,
@@ -35,6 +58,10 @@ def main(argv: list[str] | None = None) -> None:
         access_log=args.access_log,
         timeout_graceful_shutdown=int(get_settings().shutdown_grace_seconds),
     )
+    server = Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
 
 
 if __name__ == "__main__":
