@@ -26,6 +26,7 @@ from mangum.types import ASGI, LambdaContext
 from shared.background import handoff
 from shared.background.lambda_extension import LambdaExtensionBackend
 from shared.logs import get_logger
+from shared.settings import running_on_lambda
 
 log = get_logger("shared.lambda")
 
@@ -73,7 +74,8 @@ class LambdaHandler:
         # lifespan="off": Mangum would run startup and shutdown around every invocation.
         self.adapter = Mangum(app, lifespan="off", **mangum_options)
         LambdaExtensionBackend.track_invocations()
-        handoff.current().log_ready()  # built at the end of the app's module: its tasks are registered
+        if running_on_lambda():  # the INIT line; a server logs its own at start-up
+            handoff.current().log_ready()  # built at the end of the app's module: its tasks are registered
 
     def __call__(self, event: Any, context: LambdaContext) -> dict[str, Any]:
         with (
