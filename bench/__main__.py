@@ -21,12 +21,12 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import artifacts, cold_start, container, lambda_runtime, task_overhead
+from bench import artifacts, cold_start, container, handoff, lambda_runtime, task_overhead
 from bench.env import ROOT, progress
 from bench.model import Section, Target
 from bench.report import plot, readme_block, render_markdown, update_readme
 
-MEASUREMENTS = ("lambda", "container", "cold_start", "task_overhead", "artifacts")
+MEASUREMENTS = ("lambda", "container", "cold_start", "task_overhead", "artifacts", "handoff")
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,12 @@ class Counts:
     task_rounds: int
     durable_requests: int
     durable_warmup: int
+    handoff_invocations: int
+    handoff_rounds: int
 
 
-FULL = Counts(40, 2, 5, 2.0, 0.5, (8, 1), 12, True, None, 1000, 5, 100, 10)
-QUICK = Counts(1, 1, 1, 0.3, 0.1, (2,), 1, False, ["functions.notifications.app"], 50, 2, 5, 1)
+FULL = Counts(40, 2, 5, 2.0, 0.5, (8, 1), 12, True, None, 1000, 5, 100, 10, 10, 3)
+QUICK = Counts(1, 1, 1, 0.3, 0.1, (2,), 1, False, ["functions.notifications.app"], 50, 2, 5, 1, 1, 1)
 
 
 def _runners(counts: Counts, workdir: Path, build: bool) -> dict[str, Callable[[], Section]]:
@@ -70,6 +72,7 @@ def _runners(counts: Counts, workdir: Path, build: bool) -> dict[str, Callable[[
         ),
         "task_overhead": lambda: task_overhead.measure(workdir, counts.task_requests, counts.task_rounds),
         "artifacts": lambda: artifacts.measure(workdir, build, counts.durable_requests, counts.durable_warmup),
+        "handoff": lambda: handoff.measure(workdir, counts.handoff_invocations, counts.handoff_rounds),
     }
 
 

@@ -46,16 +46,20 @@ def test_quick_bench_writes_every_table_the_plot_and_the_readme_block(tmp_path: 
         "**Whole request, in-process ASGI call",
         "## 5. Deployable artifacts",
         "**Durable (SQS) against in-process tasks",
+        "## 6. Zero silent loss",
+        "**Fault injection",
+        "**Handoff latency",
         "![latency distributions](results.png)",
     ):
         assert heading in report, heading
-    for target in ("(1a)", "(1b)", "(2)", "(3) cold start, `functions.notifications.app`", "(5)"):
+    for target in ("(1a)", "(1b)", "(2)", "(3) cold start, `functions.notifications.app`", "(5)", "(6)"):
         assert f"| {target}" in report, target
     assert "could not run" not in report
     assert "not built: skipped (--no-sam)" in report
     assert (output / "results.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     raw = json.loads((output / "raw" / "results.json").read_text())
-    assert [section["key"] for section in raw] == ["lambda", "container", "cold_start", "task_overhead", "artifacts"]
+    keys = ["lambda", "container", "cold_start", "task_overhead", "artifacts", "handoff"]
+    assert [section["key"] for section in raw] == keys
 
     updated = readme.read_text()
     assert "stale table" not in updated

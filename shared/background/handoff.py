@@ -24,6 +24,7 @@ The SQS client is created by the first handoff, so a function's cold start does 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from shared.background.registry import lookup as registered_function
 from shared.background.registry import registered_names, task_options
 from shared.background.task import QueuedTask
 from shared.logs import get_logger
-from shared.settings import Settings
+from shared.settings import Settings, running_on_lambda
 
 if TYPE_CHECKING:
     from shared.background.sqs import SqsBackend
@@ -60,6 +61,7 @@ def begin_shutdown(grace_s: float) -> None:
     global _shutdown_deadline, _grace_s
     if _shutdown_deadline is None:
         _shutdown_deadline, _grace_s = time.monotonic() + grace_s, grace_s
+        _current.warm_up_in_background()
 
 
 def shutting_down() -> bool:
@@ -96,6 +98,8 @@ class Handoff:
         self.margin_s = settings.lambda_deadline_margin_ms / 1000 if settings is not None else 0.0
         self._sender = sender
         self._sending: set[asyncio.Task[Any]] = set()
+        self._warming = False
+        self._warm_at_deadline = running_on_lambda()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Handoff:
@@ -104,6 +108,22 @@ class Handoff:
         if not settings.task_queue_url:
             return cls(settings, "not possible: no queue (TASK_QUEUE_URL is not set)")
         return cls(settings)
+
+    def warm_up_in_background(self) -> None:
+        """Create the SQS client in a thread, once: it takes a few hundred ms, too long for a first handoff.
+
+        Started at SIGTERM in a container, and by the first task run against a deadline on Lambda
+        (after the response: the runner thread is running that invocation's tasks).
+        """
+        if self.enabled and not self._warming:
+            self._warming = True
+            threading.Thread(target=self.warm_up, name="handoff-warm-up", daemon=True).start()
+
+    def warm_up(self) -> None:
+        try:
+            self.sender._client()
+        except Exception as exc:  # the handoff itself will report it, task by task
+            log.warning("task.handoff_warm_up_failed", error_type=type(exc).__qualname__, error=str(exc))
 
     @property
     def sender(self) -> SqsBackend:
@@ -124,6 +144,8 @@ class Handoff:
         now = time.monotonic()
         expected = task.timeout
         if deadline is not None:
+            if self._warm_at_deadline and not self._warming:
+                self.warm_up_in_background()
             left = deadline - now
             if left <= 0 or (expected is not None and expected > left):
                 numbers = {"expected_s": expected, "time_left_s": _seconds(left), "deadline_margin_s": self.margin_s}
