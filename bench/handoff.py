@@ -155,6 +155,16 @@ def _count(
     row.by_worker = len(_named(worker_events, "task.succeeded"))
     row.more_than_once = sum(1 for label in labels if completed.get(label, 0) > 1)
     row.lost = sum(1 for label in labels if not completed.get(label))
+    outcomes = {e["task_id"]: e for e in api_events + worker_events if e.get("event", "").startswith("task.")}
+    unfinished: dict[str, int] = {}
+    for event in outcomes.values():
+        if event["event"] not in ("task.succeeded", "task.handed_off", "task.enqueued"):
+            what = event["event"] + (f" ({event['handoff']})" if "handoff" in event else "")
+            unfinished[what] = unfinished.get(what, 0) + 1
+    if unfinished:
+        row.notes.append(
+            "last event of the tasks not completed: " + ", ".join(f"{k} x{v}" for k, v in unfinished.items())
+        )
     if api_events:
         row.in_process = len([e for e in _named(api_events, "task.succeeded")])
         handed_off = _named(api_events, "task.handed_off")

@@ -30,6 +30,8 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
+
 from shared.background.registry import lookup as registered_function
 from shared.background.registry import registered_names, task_options
 from shared.background.task import QueuedTask
@@ -45,6 +47,9 @@ DEADLINE = "deadline"
 SHUTDOWN = "shutdown"
 SEND_RESERVE_S = 0.1
 """On Lambda, time kept after the last possible send to log a task the queue did not take."""
+SHUTDOWN_MARGIN_S = 0.5
+"""After SIGTERM, a task starts only if it would end this long before the grace period does:
+room for a late wake-up of the event loop, and for the sends at the end of the grace."""
 DRAIN_TIMEOUT_S = 10.0
 """How long a stopping server waits for handoffs still being sent."""
 UNREGISTERED = "not possible: unregistered"
@@ -98,7 +103,7 @@ class Handoff:
         self.margin_s = settings.lambda_deadline_margin_ms / 1000 if settings is not None else 0.0
         self._sender = sender
         self._sending: set[asyncio.Task[Any]] = set()
-        self._warming = False
+        self._warming: threading.Thread | None = None
         self._warm_at_deadline = running_on_lambda()
 
     @classmethod
@@ -115,9 +120,9 @@ class Handoff:
         Started at SIGTERM in a container, and by the first task run against a deadline on Lambda
         (after the response: the runner thread is running that invocation's tasks).
         """
-        if self.enabled and not self._warming:
-            self._warming = True
-            threading.Thread(target=self.warm_up, name="handoff-warm-up", daemon=True).start()
+        if self.enabled and self._warming is None:
+            self._warming = threading.Thread(target=self.warm_up, name="handoff-warm-up", daemon=True)
+            self._warming.start()
 
     def warm_up(self) -> None:
         try:
@@ -144,7 +149,7 @@ class Handoff:
         now = time.monotonic()
         expected = task.timeout
         if deadline is not None:
-            if self._warm_at_deadline and not self._warming:
+            if self._warm_at_deadline and self._warming is None:
                 self.warm_up_in_background()
             left = deadline - now
             if left <= 0 or (expected is not None and expected > left):
@@ -152,8 +157,13 @@ class Handoff:
                 return Decision(DEADLINE, numbers, deadline + self.margin_s - SEND_RESERVE_S)
         if _shutdown_deadline is not None:
             left = _shutdown_deadline - now
-            if expected is None or expected > left:
-                numbers = {"expected_s": expected, "grace_left_s": _seconds(left), "grace_s": _grace_s}
+            if expected is None or expected > left - SHUTDOWN_MARGIN_S:
+                numbers = {
+                    "expected_s": expected,
+                    "grace_left_s": _seconds(left),
+                    "grace_s": _grace_s,
+                    "shutdown_margin_s": SHUTDOWN_MARGIN_S,
+                }
                 return Decision(SHUTDOWN, numbers)
         return None
 
@@ -254,6 +264,10 @@ class Handoff:
             if sendable:
                 limit = None if decision.send_by is None else max(0.0, decision.send_by - time.monotonic())
                 async with asyncio.timeout(limit):
+                    warming = self._warming
+                    if warming is not None and warming.is_alive():
+                        # Wait for the client being created rather than create a second one.
+                        await anyio.to_thread.run_sync(warming.join, abandon_on_cancel=True)
                     await self.sender.send_now(sendable, message_ids)
         except TimeoutError:
             error = "the queue did not take it before the invocation deadline"
