@@ -155,10 +155,10 @@ def _count(
     row.by_worker = len(_named(worker_events, "task.succeeded"))
     row.more_than_once = sum(1 for label in labels if completed.get(label, 0) > 1)
     row.lost = sum(1 for label in labels if not completed.get(label))
-    outcomes = {e["task_id"]: e for e in api_events + worker_events if e.get("event", "").startswith("task.")}
+    outcomes = {e["task_id"]: e for e in api_events + worker_events if "task_id" in e}
     unfinished: dict[str, int] = {}
     for event in outcomes.values():
-        if event["event"] not in ("task.succeeded", "task.handed_off", "task.enqueued"):
+        if event["event"] not in ("task.succeeded", "task.handed_off", "task.enqueued", "task.duplicate"):
             what = event["event"] + (f" ({event['handoff']})" if "handoff" in event else "")
             unfinished[what] = unfinished.get(what, 0) + 1
     if unfinished:
@@ -360,7 +360,8 @@ def section(rows: list[Row]) -> Section:
         "Handoff latency: decision to message accepted (ms)",
         ["handoffs", "n", "median", "p95", "max"],
     )
-    for label, values in (("all", samples), ("first of each process", firsts), ("the others", later)):
+    per_row = [(f"row ({row.key})", row.handoff_ms) for row in rows if row.handoff_ms]
+    for label, values in (("all", samples), *per_row, ("first of each process", firsts), ("the others", later)):
         latency.rows.append(
             [
                 label,

@@ -31,6 +31,7 @@ class Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         handoff.current().log_ready()
+        handoff.current().warm_up_in_background()  # long-lived: create the SQS client now, not at SIGTERM
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await super().shutdown(sockets)

@@ -117,8 +117,9 @@ class Handoff:
     def warm_up_in_background(self) -> None:
         """Create the SQS client in a thread, once: it takes a few hundred ms, too long for a first handoff.
 
-        Started at SIGTERM in a container, and by the first task run against a deadline on Lambda
-        (after the response: the runner thread is running that invocation's tasks).
+        Started when a server has started (``shared.serve``) or at the latest at SIGTERM, and on
+        Lambda by the first task run against a deadline (after the response, so that the cold start
+        does not pay for it).
         """
         if self.enabled and self._warming is None:
             self._warming = threading.Thread(target=self.warm_up, name="handoff-warm-up", daemon=True)
