@@ -81,6 +81,9 @@ def test_on_lambda_a_task_that_would_cross_the_deadline_is_handed_off_and_the_wo
     assert line["enabled"] is True
     assert {"tests.handoff.work", "tests.handoff.resumable"} <= set(line["tasks"])
     assert line["rerun_safe"] == ["tests.handoff.resumable"]
+    [always] = of(logs, "task.handoff_always")  # the first invocation tells which tasks can never run here
+    assert {"tests.handoff.resumable", "tests.handoff.fragile"} <= set(always["tasks"])
+    assert "tests.handoff.work" not in always["tasks"]
 
     queued = {e["task_id"]: e for e in of(logs, "task.queued") if e["request_id"] == "apigw-handoff-1"}
     handed_off = of(logs, "task.handed_off")

@@ -150,9 +150,10 @@ class Handoff:
         now = time.monotonic()
         expected = task.timeout
         if deadline is not None:
+            left = deadline - now
             if self._warm_at_deadline and self._warming is None:
                 self.warm_up_in_background()
-            left = deadline - now
+                self._warn_never_fit(left)
             if left <= 0 or (expected is not None and expected > left):
                 numbers = {"expected_s": expected, "time_left_s": _seconds(left), "deadline_margin_s": self.margin_s}
                 return Decision(DEADLINE, numbers, deadline + self.margin_s - SEND_RESERVE_S)
@@ -306,6 +307,20 @@ class Handoff:
         if cancelled:
             raise asyncio.CancelledError
         return [task for task, _ in refused]
+
+    def _warn_never_fit(self, left: float) -> None:
+        """On the first Lambda invocation: registered tasks whose timeout exceeds what an invocation leaves."""
+        default = self.settings.task_timeout_seconds if self.settings is not None else None
+        timeouts = {name: task_options(registered_function(name)).timeout for name in registered_names()}
+        never = sorted(name for name, timeout in timeouts.items() if (timeout or default or 0) > left)
+        if never:
+            log.warning(
+                "task.handoff_always",
+                tasks=never,
+                time_left_s=_seconds(left),
+                consequence="their declared timeout exceeds what an invocation of this function leaves: run "
+                "in-process, they always go to the queue; lower @task(timeout=) or raise the function's timeout",
+            )
 
     # --- start-up ----------------------------------------------------------------------------
 
