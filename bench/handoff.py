@@ -10,7 +10,7 @@ completed where and how many times:
   emulator of the tests; each invocation queues four registered tasks that declare up to 1 s
   and take 0.5 s, with 2.3 s to run (1.8 s before ``LAMBDA_DEADLINE_MARGIN_MS``);
 - (b) SIGTERM with a 2 s grace on a real uvicorn process (``python -m shared.serve``) while 20
-  registered tasks are queued (four requests of five, same tasks);
+  registered tasks are queued (four requests of five, same tasks), 2 s after it started;
 - (c) SIGTERM to the worker in the middle of a batch of 20 messages; a second worker drains;
 - (d) ``kill -9`` of the worker in the middle of a batch (queue visibility timeout 3 s); a
   second worker drains.
@@ -38,6 +38,7 @@ from bench.model import Distribution, Section, Table, Target, fmt, percentile
 LATENCY_TARGET_MS = 50.0
 TASK_MODULES = "tests.support.handoff_tasks"
 TABLE = "bench-handoff-idempotency"
+SETTLE_S = 2.0
 
 
 @dataclass
@@ -212,6 +213,7 @@ def container_shutdown(workdir: Path, endpoint: str, rounds: int) -> Row:
     for round_ in range(rounds):
         server = start_function("handoff", env, "--app", "tests.support.handoff_app:app")
         try:
+            time.sleep(SETTLE_S)  # a container runs a while before its SIGTERM: the SQS client is ready by then
             for request in range(4):
                 label = f"b{round_}.{request}"
                 query: dict[str, str | float] = {"path": str(done), "label": label, "count": 5, "seconds": 0.5}
@@ -404,8 +406,10 @@ def section(rows: list[Row]) -> Section:
         intro=(
             "Each row injects one fault into real processes, then the container worker (`python -m shared.worker`) "
             "drains the queue; completions are counted from the tasks' own side effect (one `done <label>` line "
-            "per completed run). Rows (c) and (d) measure today's worker: handoff does not apply there, since "
-            "its messages are already in SQS."
+            "per completed run). (a): four tasks per invocation that declare up to 1 s and take 0.5 s, 2.3 s "
+            "to run (1.8 s before the margin). (b): four requests of five such tasks, SIGTERM 2 s after the "
+            "server started, grace 2 s. Rows (c) and (d) measure today's worker: handoff does not apply there, "
+            "since its messages are already in SQS."
         ),
         tables=[table, latency],
         targets=targets,
