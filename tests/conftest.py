@@ -20,6 +20,7 @@ os.environ.update(
 os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_LAMBDA_RUNTIME_API", None)
 
+from shared.background import handoff
 from shared.logs import configure_logging
 from shared.settings import get_settings
 from tests.support.aws_resources import AwsState, mocked_aws
@@ -37,6 +38,13 @@ def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     get_settings.cache_clear()
     yield log_file
     get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def no_task_handoff_left_behind() -> Iterator[None]:
+    """A test that built an executor with a queue leaves no handoff (process-wide) to the next one."""
+    yield
+    handoff.reset()
 
 
 @pytest.fixture

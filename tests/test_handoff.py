@@ -37,13 +37,6 @@ def durable_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[DurableAws]:
         yield resources
 
 
-@pytest.fixture(autouse=True)
-def no_shutdown_state() -> Iterator[None]:
-    handoff._reset_shutdown()
-    yield
-    handoff._reset_shutdown()
-
-
 def run_worker(durable: DurableAws, messages: list[dict[str, Any]]) -> dict[str, Any]:
     worker = Worker()
     try:

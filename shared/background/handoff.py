@@ -53,6 +53,7 @@ room for a late wake-up of the event loop, and for the sends at the end of the g
 DRAIN_TIMEOUT_S = 10.0
 """How long a stopping server waits for handoffs still being sent."""
 UNREGISTERED = "not possible: unregistered"
+NO_QUEUE = "not possible: no queue (TASK_QUEUE_URL is not set)"
 
 _shutdown_deadline: float | None = None
 _grace_s: float | None = None
@@ -73,9 +74,10 @@ def shutting_down() -> bool:
     return _shutdown_deadline is not None
 
 
-def _reset_shutdown() -> None:
-    """For tests that run several shutdowns in one process."""
-    global _shutdown_deadline, _grace_s
+def reset() -> None:
+    """Back to no handoff and no shutdown: for tests, which configure several in one process."""
+    global _current, _shutdown_deadline, _grace_s
+    _current = Handoff(None, NO_QUEUE)
     _shutdown_deadline = _grace_s = None
 
 
@@ -111,7 +113,7 @@ class Handoff:
         if settings.task_handoff == "off":
             return cls(settings, "off (TASK_HANDOFF=off)")
         if not settings.task_queue_url:
-            return cls(settings, "not possible: no queue (TASK_QUEUE_URL is not set)")
+            return cls(settings, NO_QUEUE)
         return cls(settings)
 
     def warm_up_in_background(self) -> None:
@@ -344,7 +346,7 @@ class Handoff:
         )
 
 
-_current = Handoff(None, "not possible: no queue (TASK_QUEUE_URL is not set)")
+_current = Handoff(None, NO_QUEUE)
 
 
 def current() -> Handoff:
