@@ -270,6 +270,11 @@ def worker_fault(workdir: Path, endpoint: str, kill: bool) -> Row:
     _count(row, done, labels, [], worker_events)
     released = sum(len(e.get("message_ids", [])) for e in _named(first_events, "worker.released"))
     started = done.read_text().count("started ") if done.exists() else 0
+    if kill and row.more_than_once:
+        row.notes.append(
+            f"{row.more_than_once} completed twice: the kill landed between the task's side effect and the "
+            "write that records its completion (idempotency), so SQS redelivered it and it ran again"
+        )
     row.notes.append(
         f"{after_fault} done when the fault hit; "
         + (f"{released} released at once by the first worker; " if not kill else "")
@@ -409,7 +414,10 @@ def section(rows: list[Row]) -> Section:
             "per completed run). (a): four tasks per invocation that declare up to 1 s and take 0.5 s, 2.3 s "
             "to run (1.8 s before the margin). (b): four requests of five such tasks, SIGTERM 2 s after the "
             "server started, grace 2 s. Rows (c) and (d) measure today's worker: handoff does not apply there, "
-            "since its messages are already in SQS."
+            "since its messages are already in SQS. A `kill -9` that lands between a task's side effect and the "
+            "write recording its completion makes SQS redeliver it and the task run again (at-least-once: the "
+            "idempotency record cannot be written in the same step as an arbitrary side effect); row (d) says so "
+            "when it happens."
         ),
         tables=[table, latency],
         targets=targets,
