@@ -26,6 +26,7 @@ from mangum import Mangum
 from mangum.types import ASGI
 
 from shared import metrics
+from shared.background import handoff
 from shared.background.lambda_extension import LambdaExtensionBackend
 from shared.lambda_keys import lambda_log_keys
 from shared.lambda_lifespan import Lifespan
@@ -64,8 +65,9 @@ class LambdaHandler:
         handlers = [*(mangum_options.pop("custom_handlers", None) or []), *HANDLERS]
         self.adapter = Mangum(self.lifespan, lifespan="off", custom_handlers=handlers, **mangum_options)
         LambdaExtensionBackend.track_invocations()
-        if running_on_lambda():
+        if running_on_lambda():  # the INIT line; a server logs its own at start-up
             self.lifespan.start()
+            handoff.current().log_ready()  # built at the end of the app's module: its tasks are registered
 
     def __call__(self, event: Any, context: Any) -> dict[str, Any]:
         self.lifespan.start()

@@ -2,7 +2,9 @@
 
 The container's entry command. Logs go through the project's pipeline, and SIGTERM
 lets in-flight background tasks finish (up to SHUTDOWN_GRACE_SECONDS, fractions
-included) before the process exits 0. A wrong setting exits 2 with one line.
+included) before the process exits 0; registered tasks that would not finish in that
+grace are handed to the durable queue (``shared.background.handoff``). A wrong setting
+exits 2 with one line.
 """
 
 from __future__ import annotations
@@ -11,12 +13,33 @@ import argparse
 import importlib
 import os
 import signal
+import socket
+import sys
 from pathlib import Path
 from types import FrameType
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
+from shared.background import handoff
 from shared.settings import ConfigurationError, exit_on_configuration_error, get_settings
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, telling the task layer when the grace period starts and waiting for its handoffs."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        handoff.begin_shutdown(float(self.config.timeout_graceful_shutdown or 0))
+        super().handle_exit(sig, frame)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        handoff.current().log_ready()
+        handoff.current().warm_up_in_background()  # long-lived: create the SQS client now, not at SIGTERM
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        await handoff.current().drain()
 
 
 def _stopped_on_request(signum: int, frame: FrameType | None) -> None:
@@ -58,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
             ) from None
         app = loaded() if factory else loaded
     signal.signal(signal.SIGTERM, _stopped_on_request)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -66,6 +89,10 @@ def main(argv: list[str] | None = None) -> None:
         access_log=args.access_log,
         timeout_graceful_shutdown=grace,  # type: ignore[arg-type]
     )
+    server = Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     lambda_deadline_margin_ms: int = Field(
         500, ge=0, description="Tasks still running this close to the invocation deadline are timed out."
     )
+    task_handoff: Literal["auto", "off"] = Field(
+        "auto", description="auto: with TASK_QUEUE_URL, hand registered tasks that cannot finish here to the queue."
+    )
 
     # --- notifications -----------------------------------------------------------
     notification_log_path: str = Field(default_factory=_default_notification_log)

@@ -25,6 +25,7 @@ from infra.template import template
 # The names of template.yaml's tables and buckets, as the functions get them (USERS_TABLE=...).
 os.environ.update(template().name_environment())
 
+from shared.background import handoff
 from shared.logs import configure_logging
 from shared.settings import get_settings
 from tests.support.aws_resources import AwsState, mocked_aws
@@ -46,6 +47,13 @@ def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     get_settings.cache_clear()
     yield log_file
     get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def no_task_handoff_left_behind() -> Iterator[None]:
+    """A test that built an executor with a queue leaves no handoff (process-wide) to the next one."""
+    yield
+    handoff.reset()
 
 
 @pytest.fixture

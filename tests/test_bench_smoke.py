@@ -47,16 +47,28 @@ def test_quick_bench_writes_every_table_the_plot_and_the_readme_block(tmp_path: 
         "## 5. Deployable artifacts",
         "**Durable (SQS) against in-process tasks",
         "## 6. Metrics and trace ids",
+        "## 7. Zero silent loss",
+        "**Fault injection",
+        "**Handoff latency",
         "![latency distributions](results.png)",
     ):
         assert heading in report, heading
-    for target in ("(1a)", "(1b)", "(2)", "(3) cold start, `functions.notifications.app`", "(5)", "(6a)", "(6b)"):
+    for target in (
+        "(1a)",
+        "(1b)",
+        "(2)",
+        "(3) cold start, `functions.notifications.app`",
+        "(5)",
+        "(6a)",
+        "(6b)",
+        "(7)",
+    ):
         assert f"| {target}" in report, target
     assert "could not run" not in report
     assert "not built: skipped (--no-sam)" in report
     assert (output / "results.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     raw = json.loads((output / "raw" / "results.json").read_text())
-    keys = ["lambda", "container", "cold_start", "task_overhead", "artifacts", "metrics"]
+    keys = ["lambda", "container", "cold_start", "task_overhead", "artifacts", "metrics", "handoff"]
     assert [section["key"] for section in raw] == keys
 
     updated = readme.read_text()

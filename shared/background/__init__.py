@@ -8,6 +8,7 @@ import FastAPI: the SQS worker runs tasks through this package without it.
 
 from __future__ import annotations
 
+from shared.background import handoff
 from shared.background.backends import Backend, InlineBackend, TaskRejected
 from shared.background.execution import PermanentTaskError
 from shared.background.executor import TaskExecutor
@@ -40,6 +41,7 @@ def local_backend(settings: Settings) -> Backend:
 def build_executor(settings: Settings | None = None) -> TaskExecutor:
     settings = settings or get_settings()
     executor = TaskExecutor(local_backend(settings), default_timeout=settings.task_timeout_seconds)
+    handoff.configure(settings)
     if settings.durable_tasks.strip():
         # Imported only when used: boto3 would lengthen every other function's cold start.
         from shared.background.sqs import route_durable_tasks

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import anyio.to_thread
 
+from shared.background import handoff as handoffs
+from shared.background.handoff import DEADLINE, Decision, Handoff
 from shared.background.task import QueuedTask
 from shared.logs import get_logger, mask_emails
 from shared.metrics import observed
@@ -154,23 +156,32 @@ async def _run_sync_to_its_end(task: QueuedTask, fields: dict[str, Any], deadlin
     return "succeeded"
 
 
-async def run_task(task: QueuedTask, backend: str, deadline: float | None = None) -> bool:
+async def run_task(
+    task: QueuedTask, backend: str, deadline: float | None = None, handoff: Handoff | None = None
+) -> bool:
     """Run one task; True when it succeeded. Never raises, except to pass on cancellation."""
-    return await run_task_outcome(task, backend, deadline) == "succeeded"
+    return await run_task_outcome(task, backend, deadline, handoff=handoff) == "succeeded"
 
 
 async def run_task_outcome(
-    task: QueuedTask, backend: str, deadline: float | None = None, *, finish_sync: bool = False
+    task: QueuedTask,
+    backend: str,
+    deadline: float | None = None,
+    *,
+    finish_sync: bool = False,
+    handoff: Handoff | None = None,
 ) -> Outcome:
     """Run one task and say how it ended; never raises, except to pass on cancellation.
 
     ``finish_sync`` (the worker): a sync task is waited for past its timeout, up to
     ``deadline``, where TaskStuck is raised (see ``_run_sync_to_its_end``).
+    ``handoff`` (in-process runs): timed-out and cancelled lines say what becomes of the work.
     """
     fields = task_fields(task, backend)
     time_left = _time_left(task, deadline)
     if time_left is not None and time_left <= 0:
-        log.error("task.timed_out", **fields, started=False, error="deadline reached before the task started")
+        note = {"handoff": handoff.note(task, started=False)} if handoff is not None else {}
+        log.error("task.timed_out", **fields, started=False, error="deadline reached before the task started", **note)
         return "failed"
 
     log.info("task.started", **fields)
@@ -187,10 +198,13 @@ async def run_task_outcome(
         async with limit:
             await _call(task)
     except TimeoutError:
-        log.error("task.timed_out", **fields, started=True, duration_ms=elapsed_ms(), timeout_s=time_left)
+        by_deadline = handoff is not None and time_left != task.timeout
+        note = {"handoff": handoff.note(task, started=True, reason=DEADLINE)} if by_deadline and handoff else {}
+        log.error("task.timed_out", **fields, started=True, duration_ms=elapsed_ms(), timeout_s=time_left, **note)
         return "failed"
     except asyncio.CancelledError:
-        log.error("task.cancelled", **fields, started=True, duration_ms=elapsed_ms())
+        note = {"handoff": handoff.note(task, started=True)} if handoff is not None else {}
+        log.error("task.cancelled", **fields, started=True, duration_ms=elapsed_ms(), **note)
         raise
     except Exception as exc:
         return _failed(fields, exc, duration_ms=elapsed_ms())
@@ -201,15 +215,30 @@ async def run_task_outcome(
 async def run_tasks(tasks: Sequence[QueuedTask], backend: str, deadline: float | None = None) -> int:
     """Run ``tasks`` in order; returns how many succeeded.
 
-    If the whole run is cancelled (shutdown grace exceeded), the tasks that never got
-    to start are logged as cancelled too, so none disappears without a trace.
+    A registered task that would not finish in the time left (deadline, shutdown grace) is
+    handed to the durable queue instead (``shared.background.handoff``). If the whole run is
+    cancelled (shutdown grace exceeded), the tasks that never got to start are handed off or
+    logged as cancelled, so none disappears without a trace.
     """
+    handoff = handoffs.current()
     succeeded = 0
     for index, task in enumerate(tasks):
+        running: QueuedTask | None = None
+        refused: Decision | None = None
         try:
-            succeeded += await run_task_outcome(task, backend, deadline) == "succeeded"
+            decision = handoff.wants(task, deadline) if handoff.enabled else None
+            if decision is None:
+                running = task
+                succeeded += await run_task(task, backend, deadline, handoff)
+            elif not await handoff.move(task, backend, decision):
+                refused = decision  # the queue did not take it: run it here as far as it can
+                if await run_task(task, backend, deadline):
+                    succeeded += 1
+                else:
+                    handoff.lost(task, backend, refused)
         except asyncio.CancelledError:
-            for never_started in tasks[index + 1 :]:
-                log.error("task.cancelled", **task_fields(never_started, backend), started=False)
+            if refused is not None:
+                handoff.lost(task, backend, refused)
+            handoff.cut(tasks[index + 1 :], running, backend)
             raise
     return succeeded

@@ -20,20 +20,27 @@ _ATTRIBUTE = "__task_options__"
 class TaskOptions:
     name: str | None = None
     timeout: float | None = None
+    rerun_safe: bool = False
 
 
 _registry: dict[str, Callable[..., Any]] = {}
 
 
-def task(name: str, *, timeout: float | None = None) -> Callable[[F], F]:
-    """Register ``func`` under ``name``; the function itself is returned unchanged."""
+def task(name: str, *, timeout: float | None = None, rerun_safe: bool = False) -> Callable[[F], F]:
+    """Register ``func`` under ``name``; the function itself is returned unchanged.
+
+    ``timeout`` is also its expected run time: a task that would not fit in the time this
+    environment has left is handed to the durable queue instead of started
+    (``shared.background.handoff``). ``rerun_safe``: running it again from the start is
+    harmless, so it may be handed off even once started (at the end of a shutdown grace).
+    """
 
     def register(func: F) -> F:
         existing = _registry.get(name)
         if existing is not None and existing is not func:
             raise ValueError(f"task name {name!r} is already registered to {existing!r}")
         _registry[name] = func
-        setattr(func, _ATTRIBUTE, TaskOptions(name=name, timeout=timeout))
+        setattr(func, _ATTRIBUTE, TaskOptions(name=name, timeout=timeout, rerun_safe=rerun_safe))
         return func
 
     return register

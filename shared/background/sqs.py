@@ -244,22 +244,38 @@ class SqsBackend:
         entries = [self._entry(task, context, enqueued_at) for task in tasks]
 
         async def send() -> None:
-            unsent = {entry.task.task_id: entry for entry in entries}
-            try:
-                for chunk in _chunks(entries, self.max_bytes):
-                    await self._send_batch([entry.task.task_id for entry in chunk], unsent)
-            except asyncio.CancelledError:
-                # Cut by shutdown or the Lambda deadline: still say which tasks never left.
-                if unsent:
-                    self._lost(list(unsent.values()), "CancelledError", "sending was cancelled")
-                raise
+            await self._send(entries)
 
         if self._defer is not None:
             await self._defer(send, label="sqs.send")
         else:
             await send()
 
-    async def _send_batch(self, ids: list[str], unsent: dict[str, _Entry]) -> None:
+    async def send_now(self, tasks: Sequence[QueuedTask], message_ids: dict[str, str]) -> None:
+        """Send ``tasks`` here and now (never deferred), retried as ``dispatch`` does.
+
+        ``message_ids`` gets the message id of each task SQS took, by task id, as soon as it is
+        taken (even if the send is then cut); the others were logged ``task.enqueue_failed``.
+        TaskRejected if a task cannot be encoded.
+        """
+        context, enqueued_at = _context(), _now()
+        entries = [self._entry(task, context, enqueued_at) for task in tasks]
+        await self._send(entries, message_ids)
+
+    async def _send(self, entries: Sequence[_Entry], message_ids: dict[str, str] | None = None) -> None:
+        unsent = {entry.task.task_id: entry for entry in entries}
+        try:
+            for chunk in _chunks(entries, self.max_bytes):
+                await self._send_batch([entry.task.task_id for entry in chunk], unsent, message_ids)
+        except asyncio.CancelledError:
+            # Cut by shutdown or the Lambda deadline: still say which tasks never left.
+            if unsent:
+                self._lost(list(unsent.values()), "CancelledError", "sending was cancelled")
+            raise
+
+    async def _send_batch(
+        self, ids: list[str], unsent: dict[str, _Entry], message_ids: dict[str, str] | None = None
+    ) -> None:
         """One SendMessageBatch, retrying what failed; removes from ``unsent`` what was sent or given up."""
         error_type, error = "", ""
         for attempt in range(1, self.attempts + 1):
@@ -291,6 +307,8 @@ class SqsBackend:
                 continue
             for sent in response.get("Successful", []):
                 entry = unsent.pop(sent["Id"])
+                if message_ids is not None:
+                    message_ids[sent["Id"]] = sent["MessageId"]
                 log.info(
                     "task.enqueued",
                     task=entry.name,

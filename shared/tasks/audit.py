@@ -56,7 +56,7 @@ def _to_dynamodb(details: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-@task("audit.record", timeout=30)
+@task("audit.record", timeout=20)
 def record(
     action: str,
     subject: str,

@@ -62,13 +62,13 @@ def welcome_message(name: str) -> tuple[str, str]:
     )
 
 
-@task("email.send_welcome", timeout=30)
+@task("email.send_welcome", timeout=20)
 def send_welcome_email(to: str, name: str) -> None:
     subject, body = welcome_message(name)
     deliver(to, subject, body)
 
 
-@task("email.send_item_created", timeout=30)
+@task("email.send_item_created", timeout=20)
 def send_item_created(item_id: str, name: str) -> None:
     """Tell ``ITEMS_NOTIFY_TO`` that an item was added to the catalogue."""
     deliver(

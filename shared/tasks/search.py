@@ -58,7 +58,7 @@ def _table() -> Any:
     return aws.dynamodb().Table(get_settings().search_table)
 
 
-@task("search.index_item", timeout=60)
+@task("search.index_item", timeout=20)
 def index_item(item_id: str) -> int:
     """Make the index match the item as it is now; returns how many term rows it has."""
     settings = get_settings()
