@@ -44,6 +44,7 @@ def scaffold(name: str, *, table: bool, root: Path = ROOT) -> list[Path]:
         "logical_id": f"{title}Function",
         "table_id": f"{title}Table",
         "table_variable": f"{name.upper()}_TABLE",
+        "validators": "Email, ResourceId" if table else "Email",
     }
     template_path = root / "template.yaml"
     template_text = template_path.read_text()

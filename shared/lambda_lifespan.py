@@ -17,6 +17,10 @@ from typing import Any
 from mangum.protocols import LifespanCycle
 from mangum.types import ASGI, Receive, Scope, Send
 
+from shared.logs import get_logger
+
+log = get_logger("shared.lambda_lifespan")
+
 
 class Lifespan:
     """Wraps the app Mangum calls: requests get a copy of the lifespan state, as uvicorn gives them."""
@@ -42,6 +46,9 @@ class Lifespan:
         cycle, self._cycle = self._cycle, None
         if cycle is not None:
             atexit.unregister(self.shutdown)
+            if cycle.loop.is_closed():  # the lifespan's task ended with its loop: nothing can run it
+                log.warning("lifespan.shutdown_skipped", reason="its event loop was closed before shutdown")
+                return
             cycle.__exit__(None, None, None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
