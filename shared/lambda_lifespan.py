@@ -12,6 +12,7 @@ Lambda ends the process after its last invocation.
 from __future__ import annotations
 
 import atexit
+import time
 from typing import Any
 
 from mangum.protocols import LifespanCycle
@@ -35,11 +36,13 @@ class Lifespan:
         """Run the app's lifespan startup (once); raises ``LifespanFailure`` if it fails."""
         if self.started:
             return
+        started = time.perf_counter()
         cycle = LifespanCycle(self.app, "auto")
         cycle.__enter__()
         self.state = cycle.lifespan_state
         self.started, self._cycle = True, cycle
         atexit.register(self.shutdown)
+        log.info("lifespan.started", duration_ms=round((time.perf_counter() - started) * 1000, 3))
 
     def shutdown(self) -> None:
         """Run the app's lifespan shutdown, if startup ran (and shutdown did not)."""

@@ -240,6 +240,8 @@ def configure_logging(service: str | None = None, stream: TextIO | None = None, 
         if logger.handlers:
             logger.handlers = []
             logger.propagate = True
-    # boto's debug chatter would drown the task events at LOG_LEVEL=DEBUG.
+    # boto's debug chatter would drown the task events at LOG_LEVEL=DEBUG; Mangum narrates every
+    # lifespan step at INFO (six lines per Lambda environment): its warnings and errors are enough.
     for name in ("botocore", "boto3", "urllib3"):
         logging.getLogger(name).setLevel(max(level, logging.INFO))
+    logging.getLogger("mangum.lifespan").setLevel(max(level, logging.WARNING))

@@ -147,7 +147,7 @@ def test_sigterm_hands_off_what_cannot_finish_in_the_grace_and_the_worker_runs_e
         output = server.output()
         server.close()
 
-    assert exit_code == -signal.SIGTERM
+    assert exit_code == 0  # a requested stop, done gracefully
     events = parse_json_lines(output)
     [configured] = of(events, "task.handoff_configured")
     assert configured["enabled"] is True

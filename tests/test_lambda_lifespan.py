@@ -44,7 +44,7 @@ def test_startup_runs_once_at_init_and_its_state_serves_every_invocation(tmp_pat
     lines = log_file.read_text().splitlines()
     assert [f"state {label} client-{pid}" for label in labels] == [line for line in lines if line.startswith("state")]
     assert startups(log_file) == [startup], "startup ran once for three invocations"
-    [started] = [line for line in complete if line.get("event") == "Application startup complete."]
+    [started] = [line for line in complete if line.get("event") == "lifespan.started"]
     assert "function_request_id" not in started, "logged during init, outside any invocation"
 
 
