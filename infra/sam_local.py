@@ -115,16 +115,13 @@ def remove_moto(name: str) -> None:
 
 
 def provision(aws_url: str) -> dict[str, Any]:
+    """``python -m infra.local_stack provision`` against ``aws_url``: the resources it created."""
     env = {**os.environ, **FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": aws_url}
     env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    result = subprocess.run(
-        [sys.executable, "-m", "infra.local_stack", "provision"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    command = [sys.executable, "-m", "infra.local_stack", "provision"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # noqa: S603
+    if result.returncode != 0:
+        raise RuntimeError(f"provisioning the local AWS at {aws_url} failed: {result.stderr.strip()}")
     resources: dict[str, Any] = json.loads(result.stdout)
     return resources
 

@@ -32,7 +32,7 @@ from tests.support.engine import docker, eventually, unique_name
 from tests.support.fixtures import Build
 from tests.support.lambda_events import sqs_event
 from tests.support.logs import parse_json_lines
-from tests.support.moto_server import LocalAws, provision
+from tests.support.moto_server import LocalAws
 from tests.support.runtime_api import EVENTS_DIR
 from tests.support.sam import run_sam, sam_environment
 from tests.support.servers import ServerProcess, free_port
@@ -67,7 +67,7 @@ def network(docker_engine: None) -> Iterator[Network]:
     name = unique_name("sam")
     try:
         url = sam_local.start_moto(name, free_port())
-        yield Network(name, LocalAws(url, provision(url)))
+        yield Network(name, LocalAws(url, sam_local.provision(url)))
     finally:
         sam_local.remove_moto(name)
 

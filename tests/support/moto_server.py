@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +11,8 @@ from typing import Any
 
 import boto3
 
-from tests.support.servers import ROOT, ServerProcess, free_port, wait_until_healthy
+from infra.sam_local import provision
+from tests.support.servers import ServerProcess, free_port, wait_until_healthy
 
 REGION = "us-east-1"
 
@@ -53,22 +52,6 @@ class LocalAws:
             if found:
                 return found
         return found
-
-
-def provision(endpoint: str) -> dict[str, Any]:
-    """``python -m infra.local_stack provision`` against ``endpoint``: the resources it created."""
-    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": REGION}
-    result = subprocess.run(
-        [sys.executable, "-m", "infra.local_stack", "provision"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    resources: dict[str, Any] = json.loads(result.stdout)
-    return resources
 
 
 @contextmanager
