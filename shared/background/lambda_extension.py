@@ -39,20 +39,18 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from shared import metrics
 from shared.background.execution import run_tasks
-from shared.background.task import QueuedTask
+from shared.background.task import Job, QueuedTask
 from shared.logs import get_logger
 from shared.settings import get_settings
 
 log = get_logger("shared.background.lambda_extension")
-
-Job = Callable[[], Awaitable[None]]
 
 REGISTER_PATH = "/2020-01-01/extension/register"
 NEXT_EVENT_PATH = "/2020-01-01/extension/event/next"

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared import aws, tracing
 from shared.background.backends import Backend, TaskRejected
 from shared.background.registry import lookup, registered_name, registered_names
-from shared.background.task import QueuedTask
+from shared.background.task import Job, QueuedTask
 from shared.logs import get_logger
 from shared.metrics import observed
 from shared.settings import ConfigurationError, Settings, get_settings
@@ -48,8 +48,6 @@ BACKEND_NAME = "sqs"
 MESSAGE_VERSION = 1
 BATCH_LIMIT = 10
 BACKOFF_CAP_SECONDS = 5.0
-
-Job = Callable[[], Awaitable[None]]
 
 
 class Deferrer(Protocol):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +11,9 @@ from starlette.background import BackgroundTask
 
 from shared.background.registry import registered_name, task_options
 from shared.ids import new_id
+
+Job = Callable[[], Awaitable[None]]
+"""Work run later with no arguments: a backend's dispatch, deferred until after the response."""
 
 
 def qualified_name(func: Callable[..., Any]) -> str:
