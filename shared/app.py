@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from shared.allow import method_not_allowed
-from shared.background.app import install as install_task_layer
+from shared.background.install import install as install_task_layer
 from shared.body_limit import BodyLimitMiddleware
 from shared.logs import ensure_logging_configured
 from shared.request_id import RequestIdMiddleware

@@ -45,7 +45,7 @@ def test_a_function_that_cannot_start_alone_stops_the_gateway_from_starting() ->
     from fastapi.testclient import TestClient
 
     from shared.app import create_app
-    from shared.background.app import UnmanagedRouteError
+    from shared.background.install import UnmanagedRouteError
     from shared.gateway import create_gateway
 
     broken = create_app("broken")

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from shared.background import build_executor, handoff
-from shared.background.execution import run_tasks
+from shared.background.runner import run_tasks
 from shared.background.task import QueuedTask
 from shared.worker import Worker
 from tests.support import handoff_tasks

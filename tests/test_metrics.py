@@ -204,7 +204,7 @@ def test_emf_keeps_at_most_100_values_per_document() -> None:
 
 def test_every_task_event_is_counted_whatever_the_log_level(monkeypatch: pytest.MonkeyPatch) -> None:
     """Metrics come from the events, not from the log lines: LOG_LEVEL=ERROR filters the lines only."""
-    from shared.background.execution import log as execution_log
+    from shared.background.runner import log as execution_log
     from shared.logs import configure_logging
 
     monkeypatch.setenv("METRICS", "emf")

@@ -19,8 +19,8 @@ from PIL import Image
 
 from infra.local_resources import create_resources
 from shared import aws
-from shared.background.execution import run_task
 from shared.background.registry import lookup
+from shared.background.runner import run_task
 from shared.background.task import QueuedTask
 from shared.settings import get_settings
 from shared.tasks import audit, email, files, search

@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 
 from shared.app import create_app
 from shared.background import TaskRejected, task
-from shared.background.app import TaskRoute, install
 from shared.background.backends import InlineBackend
+from shared.background.install import TaskRoute, install
 from shared.background.task import QueuedTask
 from shared.ids import new_id
 from shared.logs import _IsoTimestamp, configure_logging, get_logger

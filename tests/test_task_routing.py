@@ -21,7 +21,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from shared.app import create_app
-from shared.background.app import TaskRoute, UnmanagedRouteError, install
+from shared.background.install import TaskRoute, UnmanagedRouteError, install
 from tests.support.lambda_events import http_api_event
 from tests.support.logs import LogCapture, parse_json_lines
 from tests.support.runtime_api import InitFailed, LambdaEnvironment, lambda_environment

@@ -1,8 +1,8 @@
 """The background-task layer: FastAPI's ``BackgroundTasks``, run safely everywhere.
 
-An app opts in with one call, ``shared.background.app.install(app)``
+An app opts in with one call, ``shared.background.install.install(app)``
 (``shared.app.create_app`` does it). Endpoints keep calling
-``background_tasks.add_task(func, *args, **kwargs)``. Only ``app`` and ``routing``
+``background_tasks.add_task(func, *args, **kwargs)``. Only ``install`` and ``routing``
 import FastAPI: the SQS worker runs tasks through this package without it.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from shared.background import handoff
 from shared.background.backends import Backend, InlineBackend, TaskRejected
-from shared.background.execution import PermanentTaskError
 from shared.background.executor import TaskExecutor
 from shared.background.registry import task
+from shared.background.runner import PermanentTaskError
 from shared.settings import Settings, get_settings, running_on_lambda
 
 __all__ = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from shared.background.execution import run_tasks
+from shared.background.runner import run_tasks
 from shared.background.task import QueuedTask
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from starlette.background import BackgroundTask
 
 from shared.background.backends import Backend
-from shared.background.execution import task_fields
+from shared.background.runner import task_fields
 from shared.background.task import QueuedTask, flatten
 from shared.logs import get_logger
 from shared.metrics import observed

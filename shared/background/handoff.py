@@ -206,7 +206,7 @@ class Handoff:
 
         Synchronous, from the cancelled run: the send is a task of its own, which ``drain`` awaits.
         """
-        from shared.background.execution import task_fields
+        from shared.background.runner import task_fields
 
         movable = [running] if running is not None and self.movable(running, started=True) else []
         for task in never_started:
@@ -221,7 +221,7 @@ class Handoff:
 
     def lost(self, task: QueuedTask, backend: str, decision: Decision) -> None:
         """A task the queue did not take did not complete here either."""
-        from shared.background.execution import task_fields
+        from shared.background.runner import task_fields
 
         log.error(
             "task.lost",
@@ -249,7 +249,7 @@ class Handoff:
     ) -> list[QueuedTask]:
         """Send ``tasks``; log each as handed off, or refused. Returns the refused ones."""
         from shared.background.backends import TaskRejected
-        from shared.background.execution import task_fields
+        from shared.background.runner import task_fields
 
         decided = time.perf_counter()
         refused: list[tuple[QueuedTask, str]] = []

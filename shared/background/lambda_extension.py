@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from shared import metrics
-from shared.background.execution import run_tasks
+from shared.background.runner import run_tasks
 from shared.background.task import Job, QueuedTask
 from shared.logs import get_logger
 from shared.settings import get_settings

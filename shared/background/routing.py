@@ -83,7 +83,7 @@ def manage_routes(routes: Iterable[BaseRoute]) -> None:
             if not hasattr(route.app.state, "task_executor"):
                 raise UnmanagedRouteError(
                     f"the app mounted at {where} runs its background tasks without the task layer: "
-                    "build it with shared.app.create_app() or call shared.background.app.install() on it"
+                    "build it with shared.app.create_app() or call shared.background.install.install() on it"
                 )
         elif isinstance(route, APIRoute) and not isinstance(route, TaskRoute):
             try:

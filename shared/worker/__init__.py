@@ -15,7 +15,7 @@ import structlog
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 
 from shared import metrics
-from shared.background.execution import TaskStuck
+from shared.background.runner import TaskStuck
 from shared.lambda_keys import lambda_log_keys
 from shared.logs import ensure_logging_configured, get_logger
 from shared.settings import get_settings

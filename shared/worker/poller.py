@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import aws
-from shared.background.execution import TaskStuck
+from shared.background.runner import TaskStuck
 from shared.logs import ensure_logging_configured, get_logger
 from shared.settings import ConfigurationError, Settings, exit_on_configuration_error, get_settings
 from shared.worker.processing import EXIT_TASK_STUCK, Worker

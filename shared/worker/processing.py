@@ -39,8 +39,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from shared import aws, tracing
-from shared.background.execution import TaskStuck, run_task_outcome
 from shared.background.registry import lookup, task_options
+from shared.background.runner import TaskStuck, run_task_outcome
 from shared.background.sqs import BACKEND_NAME, TaskMessage
 from shared.background.task import QueuedTask
 from shared.logs import get_logger
