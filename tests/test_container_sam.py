@@ -34,14 +34,15 @@ from tests.support.lambda_events import sqs_event
 from tests.support.logs import parse_json_lines
 from tests.support.moto_server import LocalAws
 from tests.support.runtime_api import EVENTS_DIR
-from tests.support.sam import run_sam, sam_environment
+from tests.support.sam import logical_id, run_sam, sam_environment
 from tests.support.servers import ServerProcess, free_port
 
+# Every HTTP event of infra/events (every front door: HTTP API, REST API, ALB, Function URL),
+# with the function its name starts with: a new function's events need no edit here.
 HTTP_CASES = {
-    "notifications-send-notification-http-api.json": ("NotificationsFunction", 200),
-    "users-register-http-api.json": ("UsersFunction", 201),
-    "items-create-http-api.json": ("ItemsFunction", 201),
-    "uploads-upload-http-api.json": ("UploadsFunction", 202),
+    path.name: logical_id(path.name.split("-")[0])
+    for path in sorted(EVENTS_DIR.glob("*.json"))
+    if not path.name.startswith("worker-")
 }
 
 
@@ -99,11 +100,7 @@ def invoke(network: Network, sam_build: Build, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="module")
 def invocations(invoke: Any, network: Network, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Invoked]:
-    """Each function with its event of infra/events, two at a time; the worker also with the upload queued.
-
-    (The other events of infra/events reach the same handler through other front doors:
-    test_lambda_extension.py runs them under the runtime client.)
-    """
+    """Each function with each of its events of infra/events, two at a time; the worker also with the upload queued."""
     queued = tmp_path_factory.mktemp("sqs") / "queued-upload.json"
 
     def upload_then_work() -> dict[str, Invoked]:
@@ -111,7 +108,7 @@ def invocations(invoke: Any, network: Network, tmp_path_factory: pytest.TempPath
         queued.write_text(json.dumps(sqs_event(network.aws.take_messages("files.process_upload"))))
         return {"uploads-upload-http-api.json": uploaded, "queued-upload": invoke("WorkerFunction", queued)}
 
-    cases = {name: (function, EVENTS_DIR / name) for name, (function, _) in HTTP_CASES.items()}
+    cases = {name: (function, EVENTS_DIR / name) for name, function in HTTP_CASES.items()}
     cases["worker-sqs-task.json"] = ("WorkerFunction", EVENTS_DIR / "worker-sqs-task.json")
     del cases["uploads-upload-http-api.json"]
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -123,7 +120,7 @@ def invocations(invoke: Any, network: Network, tmp_path_factory: pytest.TempPath
 @pytest.mark.parametrize("event", sorted(HTTP_CASES))
 def test_each_http_function_answers_then_runs_its_tasks(invocations: dict[str, Invoked], event: str) -> None:
     invoked = invocations[event]
-    assert invoked.result.get("statusCode") == HTTP_CASES[event][1], invoked.output
+    assert 200 <= invoked.result.get("statusCode", 0) < 300, invoked.output
     names = [line.get("event") for line in invoked.events]
     assert "request.completed" in names, invoked.output
     after = names[names.index("request.completed") :]
