@@ -73,25 +73,54 @@ class ExtensionsApiError(Exception):
 
 
 class ExtensionsApiClient:
-    """The two calls an internal extension makes, over stdlib ``http.client``."""
+    """The two calls an internal extension makes, over stdlib ``http.client``.
+
+    One connection, kept alive between calls: a new TCP connection per ``event/next``
+    would sit between the response and the moment the environment is free (billed).
+    """
 
     def __init__(self, address: str) -> None:
         self.address = address
+        self._connection: http.client.HTTPConnection | None = None
+
+    def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
+        connection = self._connection
+        if connection is None:
+            host, _, port = self.address.partition(":")
+            connection = self._connection = http.client.HTTPConnection(host, int(port or 80))
+        connection.timeout = timeout
+        if connection.sock is not None:
+            connection.sock.settimeout(timeout)
+        return connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def _call(self, method: str, path: str, headers: dict[str, str], body: bytes | None, timeout: float | None) -> Any:
-        host, _, port = self.address.partition(":")
-        connection = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
+        reused = self._connection is not None
         try:
+            connection = self._connect(timeout)
             connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()
             payload = response.read()
-            if response.status != 200:
-                raise ExtensionsApiError(f"{method} {path}: HTTP {response.status} {payload[:500]!r}")
-            return response, json.loads(payload or b"{}")
-        except (OSError, http.client.HTTPException, ValueError) as exc:
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+            self.close()
+            if reused:  # the API closed the kept-alive connection meanwhile: once more, on a new one
+                return self._call(method, path, headers, body, timeout)
             raise ExtensionsApiError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        finally:
-            connection.close()
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise ExtensionsApiError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        if response.will_close:
+            self.close()
+        if response.status != 200:
+            raise ExtensionsApiError(f"{method} {path}: HTTP {response.status} {payload[:500]!r}")
+        try:
+            return response, json.loads(payload or b"{}")
+        except ValueError as exc:
+            raise ExtensionsApiError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
 
     def register(self, name: str, events: Sequence[str]) -> str:
         response, _ = self._call(
