@@ -58,12 +58,12 @@ def task_label(task_ms: int) -> str:
     return "no task" if task_ms == NO_TASK else f"{task_ms} ms task"
 
 
-def health_event(event: dict[str, Any]) -> dict[str, Any]:
-    """The same HTTP API event as ``GET /health``: an endpoint that queues no task."""
+def health_event(event: dict[str, Any], path: str = "/health") -> dict[str, Any]:
+    """The same HTTP API event as ``GET path`` (``/health``: an endpoint that queues no task)."""
     health = copy.deepcopy(event)
-    health.update(rawPath="/health", rawQueryString="", body="")
+    health.update(rawPath=path, rawQueryString="", body="")
     health.pop("pathParameters", None)
-    health["requestContext"]["http"].update(method="GET", path="/health")
+    health["requestContext"]["http"].update(method="GET", path=path)
     return health
 
 
