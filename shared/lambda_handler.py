@@ -24,7 +24,8 @@ from typing import Any
 import structlog
 from mangum import Mangum
 from mangum.protocols.http import HTTPCycle
-from mangum.types import ASGI, LambdaHandler as EventShape
+from mangum.types import ASGI
+from mangum.types import LambdaHandler as EventShape
 
 from shared import metrics
 from shared.background import handoff

@@ -141,7 +141,7 @@ def test_warm_invocations_each_finish_their_tasks_before_the_next_is_handed_out(
 
 def test_the_extension_asks_for_every_event_on_one_kept_alive_connection(tmp_path: Path) -> None:
     # A new connection per event/next would sit between the response and the freeze, billed.
-    log_file, environment = fresh(tmp_path)
+    _log_file, environment = fresh(tmp_path)
     with environment as env:
         for index in range(3):
             env.invoke(http_api_event(f"/slow/{unique(str(index))}", query={"seconds": "0"})).wait_free()
