@@ -13,8 +13,13 @@ deferred during the invocation has run::
       app -> dispatch(tasks) -------------------------------->  run_tasks(tasks)
     handler returns ------------->  handler i returned            ...
     POST .../response (client has it)                             ...
-                                   wait: every job done  <-----  done
-                                   GET extension/event/next  -> environment may freeze
+                                   (reads the answer)            done: GET extension/event/next
+                                                                 -> environment may freeze
+
+``event/next`` is sent by whichever thread sees the invocation done (the main thread as the
+handler returns if no job is left, else the runner after the last one; the extension thread
+itself when it gets there first, or after a timeout), on one kept-alive connection; the
+extension thread only reads the answer, so no thread is woken between response and freeze.
 
 When post-response execution is impossible (no Extensions API, registration
 refused, or a handler not built by ``shared.lambda_handler.make_handler``), jobs run
