@@ -1,4 +1,4 @@
-"""Measurement 3: cold start, the wall time to import each function's handler module.
+"""Measurement 3: cold start, the time to import each function's handler module and to answer its first request.
 
 What is measured is what Lambda imports: each function's directory from ``sam build``
 (the same build section 5 sizes) with its layers and the runtime's own packages
@@ -8,8 +8,13 @@ What is measured is what Lambda imports: each function's directory from ``sam bu
 ``bench.baselines.hello``, is laid out the same way (its own directory, precompiled) on
 the same interpreter and the same Dependencies layer, so the ratio compares like with like.
 
-Each sample is a fresh interpreter that imports one module and prints how long the import
-took; the process's own wall time (interpreter start and exit included) is recorded too.
+Each import sample is a fresh interpreter that imports one module and prints how long the
+import took; the process's own wall time (interpreter start and exit included) is recorded too.
+Each first-response sample is what Lambda does at a cold start: a fresh ``python -m
+awslambdaric HANDLER`` process against the Runtime API emulator (``tests.support.runtime_api``),
+with one HTTP API request (``GET /health``; the baseline's ``GET /``) waiting; measured from
+just before the process is started to the response arriving at the emulator: interpreter
+start, the runtime client, the import (the extension registers), init, the first request.
 Modules take turns within every repetition, after one discarded warm-up import each
 (bytecode present, files in the page cache, as on a warm Lambda host).
 
@@ -34,12 +39,16 @@ from cfnlint.decode.cfn_yaml import loads  # type: ignore[import-untyped]
 
 from bench import artifacts
 from bench.env import PYTHON, ROOT, child_env, progress
+from bench.lambda_runtime import health_event
 from bench.model import Distribution, Section, Table, Target, fmt, fmt_ratio, median, percentile, ratio
+from tests.support.runtime_api import RuntimeApiEmulator, RuntimeClientProcess, load_event
 
 BASELINE = "bench.baselines.hello"
 BASELINE_FILES = ("bench/__init__.py", "bench/baselines/__init__.py", "bench/baselines/hello.py")
 PROJECT_PACKAGES = ("functions", "shared", "bench")
-TARGET_RATIO = 1.25
+TARGET_RATIO = 1.10
+FIRST_RESPONSE_RATIO = 1.15
+FIRST_RESPONSE_EVENT = "notifications-send-notification-http-api.json"
 _PROBE = (
     "import importlib, sys, time\n"
     "started = time.perf_counter()\n"
@@ -77,6 +86,8 @@ class Module:
     error: str = ""
     profiles: list[dict[str, float]] = field(default_factory=list)
     first_client_ms: list[float] = field(default_factory=list)
+    first_response_ms: list[float] = field(default_factory=list)
+    first_response_error: str = ""
     importers: dict[str, str] = field(default_factory=dict)
 
     def packages_ms(self) -> dict[str, float]:
@@ -106,13 +117,19 @@ def function_modules() -> list[str]:
 # --- where the modules come from ----------------------------------------------------------
 
 
-def _template_value(value: Any, parameters: dict[str, Any]) -> str:
+QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/bench-{}"
+"""What a ``Ref`` to a queue gives (its URL, which the settings check): never called here."""
+
+
+def _template_value(value: Any, parameters: dict[str, Any], resources: dict[str, Any]) -> str:
     """An environment value of the built template: parameters by their default, resources by a placeholder."""
     if isinstance(value, dict) and "Ref" in value:
         ref = value["Ref"]
         if ref in parameters:
             default = parameters[ref].get("Default", "")
             return ",".join(map(str, default)) if isinstance(default, list) else str(default)
+        if resources.get(ref, {}).get("Type") == "AWS::SQS::Queue":
+            return QUEUE_URL.format(ref)
         return f"bench-{ref}"
     if isinstance(value, dict):
         return "bench-" + "-".join(map(str, value))
@@ -129,7 +146,10 @@ def _functions_of(template: dict[str, Any]) -> dict[str, tuple[str, dict[str, st
             continue
         properties = resource.get("Properties", {})
         own = properties.get("Environment", {}).get("Variables", {})
-        env = {key: _template_value(value, parameters) for key, value in {**inherited, **own}.items()}
+        env = {
+            key: _template_value(value, parameters, template.get("Resources", {}))
+            for key, value in {**inherited, **own}.items()
+        }
         module = str(properties.get("Handler", "")).rpartition(".")[0].replace("/", ".")
         found[module] = (name, env)
     return found
@@ -246,6 +266,40 @@ def _first_client(module: Module) -> None:
         module.first_client_ms.append(float(output[-1]))
 
 
+def _http_get(path: str) -> dict[str, Any]:
+    """An HTTP API (v2) event for ``GET path``."""
+    return health_event(load_event(FIRST_RESPONSE_EVENT), path)
+
+
+def serves_http(module: Module) -> bool:
+    """The worker's handler takes SQS batches: it has no first HTTP response to time."""
+    return module.name == BASELINE or module.name.endswith(".app")
+
+
+def _first_response(module: Module) -> None:
+    """A cold ``python -m awslambdaric`` process, one request waiting: process start to response posted."""
+    event = _http_get("/" if module.name == BASELINE else "/health")
+    handler = f"{module.name}.handler"
+    command = [module.runtime.python, "-s", "-m", "awslambdaric", handler]
+    with RuntimeApiEmulator(function_name="cold-start", timeout_s=30) as api:
+        invocation = api.submit(event)
+        started = time.monotonic()
+        process = RuntimeClientProcess(api, handler, env=module.runtime.env, command=command, cwd=module.runtime.cwd)
+        try:
+            invocation.wait_response(60)
+            status = invocation.result.get("statusCode") if invocation.status == "success" else invocation.status
+            if status != 200:
+                module.first_response_error = f"{status}: {invocation.body!r:.120}"
+            else:
+                assert invocation.responded_at is not None
+                module.first_response_ms.append((invocation.responded_at - started) * 1000)
+        except Exception as exc:  # a crashed or hung init: say so in the table, not a traceback
+            last = (process.output().strip().splitlines() or [""])[-1]
+            module.first_response_error = f"{type(exc).__name__}: {exc} {last[:160]}"
+        finally:
+            process.close()
+
+
 def _package(module: str) -> str:
     return module.partition(".")[0]
 
@@ -335,11 +389,13 @@ def measure(
     functions: list[str] | None = None,
     build: bool = True,
     profile_runs: int = 3,
+    first_response: bool = True,
 ) -> Section:
     """``functions``: module names to measure (default: every function's ``app``).
 
     ``build``: import the ``sam build`` artifacts (built once per run, see ``bench.artifacts``);
     False imports this checkout in the bench's interpreter, and the targets are not judged.
+    ``first_response``: also time a cold runtime-client process to its first response.
     """
     names = functions or function_modules()
     layout = deployed_layout(workdir, names) if build else "not built: skipped (--no-sam)"
@@ -363,6 +419,8 @@ def measure(
         for module in modules[offset:] + modules[:offset]:
             if not module.error:
                 _probe(module)
+            if first_response and not module.error and serves_http(module):
+                _first_response(module)
         if (repetition + 1) % 5 == 0 or repetition + 1 == repetitions:
             progress(f"cold start: {repetition + 1}/{repetitions} repetitions")
     return _section(layout, repetitions, warmup)
@@ -397,7 +455,7 @@ def _section(layout: Layout, repetitions: int, warmup: bool) -> Section:
     )
     section = Section(
         key="cold_start",
-        title="3. Cold start: importing the handler module",
+        title="3. Cold start: importing the handler module, and the first response",
         intro=(
             f"{layout.description} {repetitions} fresh interpreters per module, modules interleaved"
             f"{', after one discarded warm-up import each' if warmup else ''}. 'import' is timed inside the "
@@ -435,6 +493,19 @@ def _section(layout: Layout, repetitions: int, warmup: bool) -> Section:
             ]
         )
         section.distributions.append(Distribution(module.name.removeprefix("functions."), module.import_ms))
+    if any(module.first_response_ms or module.first_response_error for module in modules):
+        section.tables.append(_first_response_table(modules))
+        section.notes.append(
+            "'first response': a cold `python -m awslambdaric HANDLER` process (same interpreter, directories and "
+            "environment as the imports) against the Runtime API emulator on 127.0.0.1, with one HTTP API request "
+            "waiting (`GET /health`; the baseline's `GET /`), from just before the process starts to the response "
+            "arriving at the emulator: interpreter start, runtime client, import (the post-response extension "
+            "registers), init and the first request; taken in the same repetitions as the imports, interleaved. "
+            "The worker takes SQS batches, not HTTP requests: no first response is timed for it."
+        )
+    for module in modules[1:]:
+        if serves_http(module) and (module.first_response_ms or module.first_response_error):
+            section.targets.append(_first_response_target(module, baseline, layout))
     for module in modules[1:]:
         measured = math.nan if module.error else paired_ratio(module.import_ms, baseline.import_ms)
         if module.error:
@@ -454,3 +525,51 @@ def _section(layout: Layout, repetitions: int, warmup: bool) -> Section:
             )
         )
     return section
+
+
+def _first_response_table(modules: list[Module]) -> Table:
+    baseline = modules[0]
+    table = Table(
+        "Time to first response of a cold Lambda process (ms)",
+        ["module", "n", "median", "p95", "ratio (paired)", "beyond the import, median"],
+    )
+    for module in modules:
+        if not serves_http(module):
+            continue
+        if module.error or module.first_response_error:
+            table.rows.append([f"`{module.name}`", "0", f"failed: {module.error or module.first_response_error}"])
+            continue
+        samples = module.first_response_ms
+        paired = paired_ratio(samples, baseline.first_response_ms)
+        table.rows.append(
+            [
+                f"`{module.name}`",
+                str(len(samples)),
+                fmt(median(samples)),
+                fmt(percentile(samples, 95)),
+                "baseline" if module is baseline else fmt_ratio(paired),
+                fmt(median(samples) - median(module.import_ms)),
+            ]
+        )
+    return table
+
+
+def _first_response_target(module: Module, baseline: Module, layout: Layout) -> Target:
+    error = module.error or module.first_response_error
+    measured = math.nan if error else paired_ratio(module.first_response_ms, baseline.first_response_ms)
+    if error:
+        shown = f"failed: {error}"
+    else:
+        ours, base = median(module.first_response_ms), median(baseline.first_response_ms)
+        shown = f"{fmt_ratio(measured)} (medians {fmt(ours)} vs {fmt(base)} ms, {fmt(ours - base)} ms apart)"
+    judged = layout.deployed and not math.isnan(measured)
+    return Target(
+        name=f"(3) first response, `{module.name}`",
+        goal=f"process start to first response <= {FIRST_RESPONSE_RATIO:g}x the bare FastAPI + Mangum app",
+        measured=shown if layout.deployed or error else f"{shown} in the dev virtualenv, not the deployed artifact",
+        met=measured <= FIRST_RESPONSE_RATIO if judged else None,
+        why=(
+            "beyond the import: the extension's registration (a thread, one local HTTP call), the logging "
+            "configuration and the first request through the template's middleware and log lines"
+        ),
+    )

@@ -4,14 +4,16 @@ The real runtime client (``awslambdaric``) serves each handler in its own proces
 the Runtime + Extensions API emulator of the tests (``tests.support.runtime_api``), which
 records when the response arrived and when the environment became free (the runtime and
 every extension asked for their next event: the moment Lambda could freeze it or hand out
-the next invocation). All four environments run at once and take turns, one invocation at
-a time: the template's ``make_handler`` over ``bench.template_app`` and plain ``Mangum``
-over ``bench.baselines.bare_app``, each with a task of 0 ms (the tutorial's write) and 500 ms.
-The event is the HTTP API (v2) one from ``infra/events``.
+the next invocation, and until which it bills). All six environments run at once and take
+turns, one invocation at a time: the template's ``make_handler`` over ``bench.template_app``
+and plain ``Mangum`` over ``bench.baselines.bare_app``, each with no task (``GET /health``),
+a task of 0 ms (the tutorial's write) and 500 ms. The event is the HTTP API (v2) one from
+``infra/events`` (path and method changed for ``/health``).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,13 @@ from bench.model import Distribution, Section, Table, Target, fmt, fmt_ratio, me
 from tests.support.runtime_api import LambdaEnvironment, RuntimeApiEmulator, RuntimeClientProcess, load_event
 
 EVENT = "notifications-send-notification-http-api.json"
-TASK_MS = (0, 500)
+NO_TASK = -1
+"""``task_ms`` of the environments invoked with ``GET /health``: no task queued."""
+TASK_MS = (NO_TASK, 0, 500)
+FREE_TARGETS = {NO_TASK: 1.1, 0: 1.3}
+"""Environment free, template over plain Mangum: Lambda bills until then."""
+NOT_DELAYED_MS = 0.5
+"""(1a) is met within 1.1x or within this many ms: a 500 ms task cannot hide in less."""
 TEMPLATE = "template (make_handler)"
 PLAIN = "plain Mangum"
 
@@ -46,8 +54,23 @@ def _variants() -> list[Variant]:
     ]
 
 
+def task_label(task_ms: int) -> str:
+    return "no task" if task_ms == NO_TASK else f"{task_ms} ms task"
+
+
+def health_event(event: dict[str, Any], path: str = "/health") -> dict[str, Any]:
+    """The same HTTP API event as ``GET path`` (``/health``: an endpoint that queues no task)."""
+    health = copy.deepcopy(event)
+    health.update(rawPath=path, rawQueryString="", body="")
+    health.pop("pathParameters", None)
+    health["requestContext"]["http"].update(method="GET", path=path)
+    return health
+
+
 def _invoke(variant: Variant, event: dict[str, Any], record: bool) -> None:
     assert variant.environment is not None
+    if variant.task_ms == NO_TASK:
+        event = health_event(event)
     invocation = variant.environment.invoke(event, timeout=60).wait_free(60)
     status = invocation.result.get("statusCode") if invocation.status == "success" else invocation.status
     if status != 200:
@@ -61,7 +84,7 @@ def _start(variants: list[Variant], workdir: Path) -> None:
     """Start every environment first, then wait for their inits, which overlap."""
     for variant in variants:
         env = {
-            "BENCH_TASK_MS": str(variant.task_ms),
+            "BENCH_TASK_MS": str(max(variant.task_ms, 0)),
             "NOTIFICATION_LOG_PATH": str(workdir / "lambda-notifications.log"),
             "LOG_LEVEL": "INFO",
         }
@@ -113,7 +136,7 @@ def _section(variants: list[Variant], invocations: int, warmup: int) -> Section:
             f"{invocations} warm invocations per environment (after {warmup} discarded), environments taking turns; "
             "`awslambdaric` against the Runtime/Extensions API emulator on 127.0.0.1, event "
             f"`infra/events/{EVENT}`. The 500 ms task is `asyncio.sleep(0.5)` then the write; the 0 ms one the "
-            "tutorial's write alone. Ratio: to plain Mangum with the same task."
+            "tutorial's write alone; 'no task' is `GET /health`. Ratio: to plain Mangum with the same task."
         ),
     )
     headers = ["handler", "n", "median ms", "p95 ms", "ratio to plain Mangum"]
@@ -124,14 +147,14 @@ def _section(variants: list[Variant], invocations: int, warmup: int) -> Section:
             for variant in (_find(variants, TEMPLATE, task_ms), plain):
                 samples = getattr(variant, attribute)
                 row = summary_row(
-                    f"{variant.label}, {task_ms} ms task",
+                    f"{variant.label}, {task_label(task_ms)}",
                     samples,
                     None if variant is plain else getattr(plain, attribute),
                 )
                 table.rows.append(row)
                 short = "response" if attribute == "response_ms" else "free"
                 section.distributions.append(
-                    Distribution(f"{variant.label.split(' (')[0]}, {task_ms} ms: {short}", samples)
+                    Distribution(f"{variant.label.split(' (')[0]}, {task_label(task_ms)}: {short}", samples)
                 )
         section.tables.append(table)
     failures = [f"{v.label}, {v.task_ms} ms: {failure}" for v in variants for failure in v.failures]
@@ -148,12 +171,13 @@ def _targets(variants: list[Variant]) -> list[Target]:
     plain_500 = median(_find(variants, PLAIN, 500).response_ms)
     against_no_task = ratio(ours_500, ours_0)
     speedup = ratio(plain_500, ours_500)
-    return [
+    apart_ms = ours_500 - ours_0
+    targets = [
         Target(
             name="(1a) Lambda response with a 500 ms task",
-            goal="<= 1.1x the response with no task",
-            measured=f"{fmt_ratio(against_no_task)} ({fmt(ours_500)} vs {fmt(ours_0)} ms)",
-            met=None if math.isnan(against_no_task) else against_no_task <= 1.1,
+            goal=f"<= 1.1x the response with a 0 ms task, or <= {NOT_DELAYED_MS:g} ms apart",
+            measured=f"{fmt_ratio(against_no_task)} ({fmt(ours_500)} vs {fmt(ours_0)} ms, {fmt(apart_ms)} ms apart)",
+            met=None if math.isnan(against_no_task) else against_no_task <= 1.1 or apart_ms <= NOT_DELAYED_MS,
             why=(
                 "the handler returns before the task runs; the lambda-extension backend runs it afterwards and "
                 f"holds the environment until it is done (free after {fmt(free_500)} ms)"
@@ -167,3 +191,34 @@ def _targets(variants: list[Variant]) -> list[Target]:
             why="plain Mangum runs the whole ASGI cycle, background task included, before it returns the response",
         ),
     ]
+    for task_ms, goal in FREE_TARGETS.items():
+        ours, plain = _find(variants, TEMPLATE, task_ms).free_ms, _find(variants, PLAIN, task_ms).free_ms
+        measured = ratio(median(ours), median(plain))
+        targets.append(
+            Target(
+                name=f"(1c) Lambda environment free (billed), {task_label(task_ms)}",
+                goal=f"<= {goal:g}x plain Mangum",
+                measured=(
+                    f"{fmt_ratio(measured)} ({fmt(median(ours))} vs {fmt(median(plain))} ms, "
+                    f"{fmt(median(ours) - median(plain))} ms apart)"
+                ),
+                met=None if math.isnan(measured) else measured <= goal,
+                why=FREE_WHY[task_ms],
+            )
+        )
+    return targets
+
+
+FREE_WHY = {
+    NO_TASK: (
+        "plain Mangum's environment is free once its response is posted; the template's also waits for the "
+        "extension thread's `event/next` (one HTTP request on a kept-alive connection, once the main thread "
+        "reported the handler returned), and its response carries the template's per-request work (request id, "
+        "trace id, the request.completed line)"
+    ),
+    0: (
+        "plain Mangum runs the task before posting its response; the template after it, in the runner thread "
+        "(the `def` task in a worker thread, its task.started and task.succeeded lines, the invocation's EMF "
+        "line), then the extension thread's `event/next`: hand-overs between threads plain Mangum does not make"
+    ),
+}

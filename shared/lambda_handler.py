@@ -23,7 +23,9 @@ from typing import Any
 
 import structlog
 from mangum import Mangum
+from mangum.protocols.http import HTTPCycle
 from mangum.types import ASGI
+from mangum.types import LambdaHandler as EventShape
 
 from shared import metrics
 from shared.background import handoff
@@ -76,12 +78,13 @@ class LambdaHandler:
             structlog.contextvars.bound_contextvars(**lambda_log_keys(context)),
             _invocation(context),
         ):
-            self.check_event(event, context)
-            response: dict[str, Any] = self.adapter(event, context)
+            # Mangum's own __call__ (lifespan="off"), on the event shape check_event already read.
+            shape = self.check_event(event, context)
+            response: dict[str, Any] = shape(HTTPCycle(shape.scope, shape.body)(self.adapter.app))
             return response
 
-    def check_event(self, event: Any, context: Any) -> None:
-        """Raise ``InvalidEventError`` (and log it) unless Mangum can serve ``event``."""
+    def check_event(self, event: Any, context: Any) -> EventShape:
+        """Mangum's reading of ``event``; raise ``InvalidEventError`` (and log it) unless it can serve it."""
         if not isinstance(event, dict):
             problem = f"the event is a JSON {type(event).__name__}, not an object"
             keys: list[str] = []
@@ -95,7 +98,7 @@ class LambdaHandler:
                 try:
                     adapter.scope  # noqa: B018 - building the scope and body reads every field Mangum needs
                     adapter.body  # noqa: B018
-                    return
+                    return adapter
                 except Exception as exc:
                     mangum_class = (c for c in type(adapter).__mro__ if c.__module__.startswith("mangum."))
                     shape = next(mangum_class, type(adapter)).__name__

@@ -240,6 +240,8 @@ def configure_logging(service: str | None = None, stream: TextIO | None = None, 
         if logger.handlers:
             logger.handlers = []
             logger.propagate = True
+    # Mangum's "GET /path 200" access line says what request.completed says, once more per request.
+    logging.getLogger("mangum.http").setLevel(logging.WARNING if level > logging.DEBUG else level)
     # boto's debug chatter would drown the task events at LOG_LEVEL=DEBUG; Mangum narrates every
     # lifespan step at INFO (six lines per Lambda environment): its warnings and errors are enough.
     for name in ("botocore", "boto3", "urllib3"):

@@ -1,17 +1,25 @@
-"""Configuration of every function, read once from the environment (pydantic-settings)."""
+"""Configuration of every function, read once from the environment.
+
+A pydantic model filled from ``os.environ`` by ``_from_environment`` (variable names are
+the field names in upper case, or a field's ``validation_alias``, in any case; tuple fields
+are JSON): pydantic validates and words the errors. pydantic-settings did the same reading
+and cost every cold start ~10 ms of imports (itself and python-dotenv) for sources the
+template never uses (.env files, secrets directories, CLI parsing).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 EXIT_CONFIGURATION = 2
 """Exit code of a process that refused to start because a setting is wrong."""
@@ -24,6 +32,13 @@ class ConfigurationError(Exception):
     """A setting is wrong; the message is one line naming the variable, its value and what is expected."""
 
 
+class SettingsError(ValueError):
+    """A variable of a tuple setting is not JSON."""
+
+    def __init__(self, field_name: str, exc: ValueError) -> None:
+        super().__init__(f'error parsing value for field "{field_name}" from the environment: {exc}')
+
+
 def running_on_lambda() -> bool:
     """True inside a Lambda execution environment (real, SAM local, or the test emulator)."""
     return "AWS_LAMBDA_RUNTIME_API" in os.environ
@@ -34,8 +49,13 @@ def _default_notification_log() -> str:
     return "/tmp/notifications.log" if running_on_lambda() else "log.txt"
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+class Settings(BaseModel):
+    """``Settings()`` reads the environment; keyword arguments override it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**{**_from_environment(type(self)), **values})
 
     # --- logging -----------------------------------------------------------------
     service_name: str = Field("app", description="Default `service` key; create_app() sets it per function.")
@@ -142,6 +162,35 @@ class Settings(BaseSettings):
     image_memory_budget_mb: int | None = Field(
         None, gt=0, description="Memory for one decoded image (4 bytes a pixel); default half the function's."
     )
+
+
+_COMPLEX = (tuple, list, dict, set, frozenset)
+
+
+def _is_complex(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation) or annotation
+    if origin in _COMPLEX:
+        return True
+    return any(_is_complex(arg) for arg in typing.get_args(annotation) if arg is not type(None))
+
+
+def _from_environment(model: type[Settings]) -> dict[str, Any]:
+    """Each field's variable, found in any case; keyed as pydantic expects it (the alias, if any)."""
+    environment = {name.upper(): value for name, value in os.environ.items()}
+    found: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        key = field.validation_alias if isinstance(field.validation_alias, str) else name
+        value = environment.get(key.upper())
+        if value is None:
+            continue
+        if _is_complex(field.annotation):
+            try:
+                found[key] = json.loads(value)
+            except ValueError as exc:
+                raise SettingsError(name, exc) from None
+        else:
+            found[key] = value
+    return found
 
 
 def _variable(field_name: str) -> str:

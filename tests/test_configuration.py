@@ -53,6 +53,26 @@ def test_a_valid_queue_url_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
         assert load_settings().task_queue_url == url
 
 
+def test_settings_read_variables_in_any_case_aliases_and_json_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What pydantic-settings read, without it: the names, case-insensitive, the aliases, JSON for lists.
+    monkeypatch.setenv("log_level", "debug")
+    monkeypatch.setenv("Upload_Allowed_Types", '["image/png"]')
+    monkeypatch.setenv("THUMBNAIL_SIZES", "[64]")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Shop")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("LAMBDA_DEADLINE_MARGIN_MS", "250")
+    monkeypatch.setenv("METRICS_NAMESPACE", "ignored: the field reads its alias")
+
+    settings = load_settings()
+
+    assert settings.log_level == "DEBUG"
+    assert settings.upload_allowed_types == ("image/png",)
+    assert settings.thumbnail_sizes == (64,)
+    assert settings.metrics_namespace == "Shop"
+    assert settings.aws_region == "eu-west-1"
+    assert settings.lambda_deadline_margin_ms == 250
+
+
 def run(command: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     base = {"PATH": "/usr/bin:/bin", "AWS_DEFAULT_REGION": "us-east-1", "LOG_FORMAT": "json", "HOME": "/tmp"}
     return subprocess.run(

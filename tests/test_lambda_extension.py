@@ -139,6 +139,18 @@ def test_warm_invocations_each_finish_their_tasks_before_the_next_is_handed_out(
     assert order == [f"slow {label}" for label in labels]
 
 
+def test_the_extension_asks_for_every_event_on_one_kept_alive_connection(tmp_path: Path) -> None:
+    # A new connection per event/next would sit between the response and the freeze, billed.
+    _log_file, environment = fresh(tmp_path)
+    with environment as env:
+        for index in range(3):
+            env.invoke(http_api_event(f"/slow/{unique(str(index))}", query={"seconds": "0"})).wait_free()
+        ports = list(env.api.extension_next_ports)
+
+    assert len(ports) == 4  # at init, then after each of the three invocations
+    assert len(set(ports)) == 1, ports
+
+
 def test_cold_start_is_true_only_on_the_first_invocation_of_an_environment(warm: Function) -> None:
     for _ in range(2):
         warm.env.invoke(http_api_event("/slow/cold", query={"seconds": "0"})).wait_free()

@@ -13,8 +13,13 @@ deferred during the invocation has run::
       app -> dispatch(tasks) -------------------------------->  run_tasks(tasks)
     handler returns ------------->  handler i returned            ...
     POST .../response (client has it)                             ...
-                                   wait: every job done  <-----  done
-                                   GET extension/event/next  -> environment may freeze
+                                   (reads the answer)            done: GET extension/event/next
+                                                                 -> environment may freeze
+
+``event/next`` is sent by whichever thread sees the invocation done (the main thread as the
+handler returns if no job is left, else the runner after the last one; the extension thread
+itself when it gets there first, or after a timeout), on one kept-alive connection; the
+extension thread only reads the answer, so no thread is woken between response and freeze.
 
 When post-response execution is impossible (no Extensions API, registration
 refused, or a handler not built by ``shared.lambda_handler.make_handler``), jobs run
@@ -71,25 +76,54 @@ class ExtensionsApiError(Exception):
 
 
 class ExtensionsApiClient:
-    """The two calls an internal extension makes, over stdlib ``http.client``."""
+    """The two calls an internal extension makes, over stdlib ``http.client``.
+
+    One connection, kept alive between calls: a new TCP connection per ``event/next``
+    would sit between the response and the moment the environment is free (billed).
+    """
 
     def __init__(self, address: str) -> None:
         self.address = address
+        self._connection: http.client.HTTPConnection | None = None
+
+    def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
+        connection = self._connection
+        if connection is None:
+            host, _, port = self.address.partition(":")
+            connection = self._connection = http.client.HTTPConnection(host, int(port or 80))
+        connection.timeout = timeout
+        if connection.sock is not None:
+            connection.sock.settimeout(timeout)
+        return connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def _call(self, method: str, path: str, headers: dict[str, str], body: bytes | None, timeout: float | None) -> Any:
-        host, _, port = self.address.partition(":")
-        connection = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
+        reused = self._connection is not None
         try:
+            connection = self._connect(timeout)
             connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()
             payload = response.read()
-            if response.status != 200:
-                raise ExtensionsApiError(f"{method} {path}: HTTP {response.status} {payload[:500]!r}")
-            return response, json.loads(payload or b"{}")
-        except (OSError, http.client.HTTPException, ValueError) as exc:
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+            self.close()
+            if reused:  # the API closed the kept-alive connection meanwhile: once more, on a new one
+                return self._call(method, path, headers, body, timeout)
             raise ExtensionsApiError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        finally:
-            connection.close()
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise ExtensionsApiError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        if response.will_close:
+            self.close()
+        if response.status != 200:
+            raise ExtensionsApiError(f"{method} {path}: HTTP {response.status} {payload[:500]!r}")
+        try:
+            return response, json.loads(payload or b"{}")
+        except ValueError as exc:
+            raise ExtensionsApiError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
 
     def register(self, name: str, events: Sequence[str]) -> str:
         response, _ = self._call(
@@ -106,7 +140,46 @@ class ExtensionsApiClient:
 
     def next_event(self, extension_id: str) -> dict[str, Any]:
         """Blocks until Lambda has an event for us: while idle, the environment is frozen in here."""
-        _, event = self._call("GET", NEXT_EVENT_PATH, {"Lambda-Extension-Identifier": extension_id}, None, None)
+        self.ask_next(extension_id)
+        return self.read_event()
+
+    def ask_next(self, extension_id: str) -> None:
+        """Send ``event/next`` without waiting for the answer (``read_event``): the environment may freeze now.
+
+        Any thread may ask; the extension thread alone reads.
+        """
+        headers = {"Lambda-Extension-Identifier": extension_id}
+        reused = self._connection is not None
+        try:
+            self._connect(None).request("GET", NEXT_EVENT_PATH, headers=headers)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            self.close()
+            if not reused:
+                raise ExtensionsApiError(f"GET {NEXT_EVENT_PATH}: {type(exc).__name__}: {exc}") from exc
+            self.ask_next(extension_id)  # the API closed the kept-alive connection: on a new one
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise ExtensionsApiError(f"GET {NEXT_EVENT_PATH}: {type(exc).__name__}: {exc}") from exc
+
+    def read_event(self) -> dict[str, Any]:
+        """The answer to ``ask_next``: blocks until Lambda has an event for us."""
+        connection = self._connection
+        if connection is None:
+            raise ExtensionsApiError("event/next: no request was sent")
+        try:
+            response = connection.getresponse()
+            payload = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise ExtensionsApiError(f"GET {NEXT_EVENT_PATH}: {type(exc).__name__}: {exc}") from exc
+        if response.will_close:
+            self.close()
+        if response.status != 200:
+            raise ExtensionsApiError(f"GET {NEXT_EVENT_PATH}: HTTP {response.status} {payload[:500]!r}")
+        try:
+            event = json.loads(payload or b"{}")
+        except ValueError as exc:
+            raise ExtensionsApiError(f"event/next: {type(exc).__name__}: {exc}") from exc
         if not isinstance(event, dict):
             raise ExtensionsApiError(f"event/next: expected a JSON object, got {event!r:.200}")
         return event
@@ -172,6 +245,10 @@ class LambdaExtensionBackend:
         self._unreported_logged = False
         self._outstanding = 0
         self._jobs: queue.SimpleQueue[_Deferred] = queue.SimpleQueue()
+        self._api: ExtensionsApiClient | None = None
+        self._serving: str | None = None  # the INVOKE the extension thread holds the environment for
+        self._serving_returned = False
+        self._asked = True  # event/next sent for it (by whichever thread saw it done first)
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -196,6 +273,7 @@ class LambdaExtensionBackend:
         except ExtensionsApiError as exc:
             self._unavailable(f"registration failed: {exc}")
             return
+        self._api = api
         threading.Thread(target=self._run_jobs, name="lambda-extension-runner", daemon=True).start()
         threading.Thread(target=self._serve_events, args=(api,), name="lambda-extension", daemon=True).start()
         metrics.extension_flushes(True)
@@ -273,6 +351,9 @@ class LambdaExtensionBackend:
             with backend._state:
                 backend._invocation = None
                 backend._returned.append(request_id)
+                if backend._serving == request_id:
+                    backend._serving_returned = True
+                    backend._release_if_done()
                 backend._state.notify_all()
 
     # --- Backend protocol --------------------------------------------------------------
@@ -340,6 +421,7 @@ class LambdaExtensionBackend:
             finally:
                 with self._state:
                     self._outstanding -= 1
+                    self._release_if_done()
                     self._state.notify_all()
 
     async def _run_one(self, deferred: _Deferred) -> None:
@@ -354,13 +436,46 @@ class LambdaExtensionBackend:
 
     # --- extension thread --------------------------------------------------------------
 
+    def _release_if_done(self) -> None:
+        """Ask for the next event from the thread that saw the invocation done (holding ``_state``).
+
+        The handler returned and no job is left: flush the metrics and send ``event/next`` at
+        once, rather than wake the extension thread to do it, a hand-over Lambda would bill.
+        """
+        if self._asked or not self._serving_returned or self._outstanding or self.extension_id is None:
+            return
+        metrics.flush()
+        try:
+            assert self._api is not None
+            self._api.ask_next(self.extension_id)
+        except ExtensionsApiError:
+            return  # the extension thread asks itself, and logs what fails
+        self._asked = True
+
+    def _ask_next(self, api: ExtensionsApiClient) -> None:
+        """The extension thread's own ``event/next``, unless another thread already sent it."""
+        assert self.extension_id is not None
+        with self._state:
+            if self._asked:
+                return
+            metrics.flush()  # once per invocation, after its tasks, before the freeze
+            try:
+                api.ask_next(self.extension_id)
+            finally:
+                self._asked = True  # sent, or the error below sends it again
+
     def _serve_events(self, api: ExtensionsApiClient) -> None:
         assert self.extension_id is not None
         failures = 0
+        ask = True  # False once another thread or _ask_next sent event/next: only the answer is read
         while True:
             try:
-                event = api.next_event(self.extension_id)
+                if ask:
+                    api.ask_next(self.extension_id)
+                    ask = False
+                event = api.read_event()
             except ExtensionsApiError as exc:
+                ask = True
                 failures += 1
                 log.error("lambda_extension.event_error", error=str(exc), attempt=failures)
                 if failures >= 5:
@@ -372,10 +487,19 @@ class LambdaExtensionBackend:
             deadline = _monotonic_from_epoch_ms(event.get("deadlineMs"))
             event_type = event.get("eventType")
             if event_type == "INVOKE":
+                request_id = str(event.get("requestId"))
+                with self._state:
+                    self._serving, self._asked = request_id, False
+                    self._serving_returned = request_id in self._returned
                 if self._tracks_invocations():
-                    self._await_handler(str(event.get("requestId")), deadline)
+                    self._await_handler(request_id, deadline)
                 self._await_jobs(deadline)
-                metrics.flush()  # once per invocation, after its tasks, before the freeze
+                try:
+                    self._ask_next(api)
+                except ExtensionsApiError as exc:
+                    failures += 1
+                    log.error("lambda_extension.event_error", error=str(exc), attempt=failures)
+                    ask = True
             elif event_type == "SHUTDOWN":  # only if Lambda ever delivers it to internal extensions
                 self._await_jobs(deadline)
                 log.info("lambda_extension.shutdown", reason=event.get("shutdownReason"))

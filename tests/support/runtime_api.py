@@ -26,6 +26,7 @@ Typical use::
     SHUTDOWN to the extensions registered for it (``RuntimeClientProcess.shutdown`` then
     sends SIGTERM to the runtime, as Lambda does).
   - records: ``invocations``, ``extensions`` (name, id, events, external), ``init_error``,
+    ``extension_next_ports`` (the client port of each ``event/next``: one per TCP connection),
     ``timeline`` (``(monotonic_s, what, detail)`` in order), ``wall(monotonic_s)``. Timeline
     entries: ``extension.registered``, ``extension.next``, ``registration.closed``, ``runtime.next``,
     ``init.complete``, ``invocation.handed_out``, ``runtime.success`` / ``runtime.error``,
@@ -193,6 +194,7 @@ class RuntimeApiEmulator:
         self._cond = threading.Condition()
         self._wall_offset = time.time() - time.monotonic()
         self._listeners: list[Callable[[str, str], None]] = []
+        self.extension_next_ports: list[int] = []
         self._server = _QuietServer(("127.0.0.1", 0), _handler_for(self))
         self._thread: threading.Thread | None = None
 
@@ -519,6 +521,7 @@ def _handler_for(api: RuntimeApiEmulator) -> type[BaseHTTPRequestHandler]:
             if self.path == "/2018-06-01/runtime/invocation/next":
                 self._send(*api.runtime_next())
             elif self.path == "/2020-01-01/extension/event/next":
+                api.extension_next_ports.append(self.client_address[1])
                 self._send(*api.extension_next(self.headers.get("Lambda-Extension-Identifier", "")))
             else:
                 self._send(404, {}, {"errorType": "NotFound", "errorMessage": self.path})
