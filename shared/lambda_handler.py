@@ -66,7 +66,6 @@ class LambdaHandler:
         self.lifespan = Lifespan(app)
         handlers = [*(mangum_options.pop("custom_handlers", None) or []), *HANDLERS]
         self.adapter = Mangum(self.lifespan, lifespan="off", custom_handlers=handlers, **mangum_options)
-        LambdaExtensionBackend.track_invocations()
         if running_on_lambda():  # the INIT line; a server logs its own at start-up
             self.lifespan.start()
             handoff.current().log_ready()  # built at the end of the app's module: its tasks are registered

@@ -24,7 +24,6 @@ def unregistered(monkeypatch: pytest.MonkeyPatch, logs: LogCapture) -> Iterator[
     backend = LambdaExtensionBackend(None)
     backend.start()
     monkeypatch.setattr(LambdaExtensionBackend, "_instance", backend)
-    monkeypatch.setattr(LambdaExtensionBackend, "_handler_reports_invocations", True)
     yield backend
 
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from shared.background.lambda_extension import ExtensionsApiClient, ExtensionsApiError
+from shared.background.extensions_api import ExtensionsApiClient, ExtensionsApiError
 from tests.support.runtime_api import ExternalExtension, RuntimeApiEmulator, RuntimeClientProcess
 
 

@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import http.client
 import inspect
-import json
 import os
 import queue
 import sys
@@ -50,17 +48,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from shared import metrics
+from shared.background.extensions_api import ExtensionsApiClient, ExtensionsApiError
 from shared.background.runner import run_tasks
 from shared.background.task import Job, QueuedTask
 from shared.logs import get_logger
 from shared.settings import get_settings
 
 log = get_logger("shared.background.lambda_extension")
-
-REGISTER_PATH = "/2020-01-01/extension/register"
-NEXT_EVENT_PATH = "/2020-01-01/extension/event/next"
-REGISTER_TIMEOUT_S = 5.0
-"""Registration answers at once; a hang here would eat the 10 s init budget."""
 
 DRAIN_GRACE_S = 1.0
 """Past the invocation deadline, how long to keep waiting for jobs before letting go."""
@@ -69,120 +63,6 @@ HANDLER_START_GRACE_S = 2.0
 """How long after INVOKE the handler may take to start. If the runtime fails before
 calling it (an event that is not JSON), the environment is released after this, not at
 the deadline; a handler starting even later runs its jobs before returning instead."""
-
-
-class ExtensionsApiError(Exception):
-    """The Extensions API refused a call or could not be reached."""
-
-
-class ExtensionsApiClient:
-    """The two calls an internal extension makes, over stdlib ``http.client``.
-
-    One connection, kept alive between calls: a new TCP connection per ``event/next``
-    would sit between the response and the moment the environment is free (billed).
-    """
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self._connection: http.client.HTTPConnection | None = None
-
-    def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
-        connection = self._connection
-        if connection is None:
-            host, _, port = self.address.partition(":")
-            connection = self._connection = http.client.HTTPConnection(host, int(port or 80))
-        connection.timeout = timeout
-        if connection.sock is not None:
-            connection.sock.settimeout(timeout)
-        return connection
-
-    def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
-
-    def _call(self, method: str, path: str, headers: dict[str, str], body: bytes | None, timeout: float | None) -> Any:
-        reused = self._connection is not None
-        try:
-            connection = self._connect(timeout)
-            connection.request(method, path, body=body, headers=headers)
-            response = connection.getresponse()
-            payload = response.read()
-        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-            self.close()
-            if reused:  # the API closed the kept-alive connection meanwhile: once more, on a new one
-                return self._call(method, path, headers, body, timeout)
-            raise ExtensionsApiError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise ExtensionsApiError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        if response.will_close:
-            self.close()
-        if response.status != 200:
-            raise ExtensionsApiError(f"{method} {path}: HTTP {response.status} {payload[:500]!r}")
-        try:
-            return response, json.loads(payload or b"{}")
-        except ValueError as exc:
-            raise ExtensionsApiError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-
-    def register(self, name: str, events: Sequence[str]) -> str:
-        response, _ = self._call(
-            "POST",
-            REGISTER_PATH,
-            {"Lambda-Extension-Name": name, "Content-Type": "application/json"},
-            json.dumps({"events": list(events)}).encode(),
-            REGISTER_TIMEOUT_S,
-        )
-        extension_id = response.getheader("Lambda-Extension-Identifier")
-        if not extension_id:
-            raise ExtensionsApiError("register: no Lambda-Extension-Identifier in the answer")
-        return str(extension_id)
-
-    def next_event(self, extension_id: str) -> dict[str, Any]:
-        """Blocks until Lambda has an event for us: while idle, the environment is frozen in here."""
-        self.ask_next(extension_id)
-        return self.read_event()
-
-    def ask_next(self, extension_id: str) -> None:
-        """Send ``event/next`` without waiting for the answer (``read_event``): the environment may freeze now.
-
-        Any thread may ask; the extension thread alone reads.
-        """
-        headers = {"Lambda-Extension-Identifier": extension_id}
-        reused = self._connection is not None
-        try:
-            self._connect(None).request("GET", NEXT_EVENT_PATH, headers=headers)
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            self.close()
-            if not reused:
-                raise ExtensionsApiError(f"GET {NEXT_EVENT_PATH}: {type(exc).__name__}: {exc}") from exc
-            self.ask_next(extension_id)  # the API closed the kept-alive connection: on a new one
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise ExtensionsApiError(f"GET {NEXT_EVENT_PATH}: {type(exc).__name__}: {exc}") from exc
-
-    def read_event(self) -> dict[str, Any]:
-        """The answer to ``ask_next``: blocks until Lambda has an event for us."""
-        connection = self._connection
-        if connection is None:
-            raise ExtensionsApiError("event/next: no request was sent")
-        try:
-            response = connection.getresponse()
-            payload = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise ExtensionsApiError(f"GET {NEXT_EVENT_PATH}: {type(exc).__name__}: {exc}") from exc
-        if response.will_close:
-            self.close()
-        if response.status != 200:
-            raise ExtensionsApiError(f"GET {NEXT_EVENT_PATH}: HTTP {response.status} {payload[:500]!r}")
-        try:
-            event = json.loads(payload or b"{}")
-        except ValueError as exc:
-            raise ExtensionsApiError(f"event/next: {type(exc).__name__}: {exc}") from exc
-        if not isinstance(event, dict):
-            raise ExtensionsApiError(f"event/next: expected a JSON object, got {event!r:.200}")
-        return event
 
 
 @dataclass(frozen=True)
@@ -231,7 +111,6 @@ class LambdaExtensionBackend:
 
     _instance: ClassVar[LambdaExtensionBackend | None] = None
     _instance_lock: ClassVar[threading.Lock] = threading.Lock()
-    _handler_reports_invocations: ClassVar[bool] = False
 
     def __init__(self, runtime_api: str | None) -> None:
         self.runtime_api = runtime_api
@@ -300,14 +179,6 @@ class LambdaExtensionBackend:
 
     # --- what the Lambda handler tells us ------------------------------------------
 
-    @classmethod
-    def track_invocations(cls) -> None:
-        """Declare that a handler reporting each invocation exists (``make_handler`` does).
-
-        Used when the entry point Lambda calls cannot be found; see ``_tracks_invocations``.
-        """
-        cls._handler_reports_invocations = True
-
     def _tracks_invocations(self) -> bool:
         """Does the entry point Lambda calls report its invocations (``make_handler``'s does)?
 
@@ -320,16 +191,19 @@ class LambdaExtensionBackend:
         with self._state:
             if self._tracked is None:
                 entry_point = _entry_point()
-                if entry_point is None:
-                    self._tracked = self._handler_reports_invocations
-                else:
-                    self._tracked = bool(getattr(inspect.unwrap(entry_point), "reports_invocations", False))
-                    if not self._tracked:
-                        log.warning(
-                            "lambda_extension.unavailable",
-                            reason=f"the entry point {entry_point!r:.120} is not built by make_handler",
-                            consequence="tasks run before the handler returns, so responses wait for them",
-                        )
+                unwrapped = inspect.unwrap(entry_point) if entry_point is not None else None
+                self._tracked = bool(getattr(unwrapped, "reports_invocations", False))
+                if not self._tracked:
+                    found = (
+                        "cannot be found"
+                        if entry_point is None
+                        else f"{entry_point!r:.120} is not built by make_handler"
+                    )
+                    log.warning(
+                        "lambda_extension.unavailable",
+                        reason=f"the entry point Lambda calls (_HANDLER) {found}",
+                        consequence="tasks run before the handler returns, so responses wait for them",
+                    )
             return self._tracked
 
     @classmethod
