@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from shared import metrics
-from shared.background.execution import run_tasks
+from shared.background.execution import EXIT_TASK_STUCK, TaskStuck, run_tasks
 from shared.background.task import QueuedTask
 from shared.logs import get_logger
 from shared.settings import get_settings
@@ -351,6 +351,11 @@ class LambdaExtensionBackend:
                 await deferred.job()
         except TimeoutError:
             log.error("lambda_extension.job_timed_out", job=deferred.label, error="invocation deadline reached")
+        except TaskStuck as exc:
+            # Frozen with the environment, its thread would run on into later invocations.
+            metrics.flush()
+            log.critical("lambda_extension.exiting", reason=str(exc), exit_code=EXIT_TASK_STUCK)
+            os._exit(EXIT_TASK_STUCK)
         except Exception as exc:
             log.error("lambda_extension.job_failed", job=deferred.label, exc_info=exc)
 
