@@ -12,7 +12,6 @@ import contextvars
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio.to_thread
@@ -72,7 +71,6 @@ def task_fields(task: QueuedTask, backend: str) -> dict[str, Any]:
     return fields
 
 
-_start_lock = threading.Lock()
 _still_running: set[_SyncCall] = set()
 
 
@@ -88,19 +86,20 @@ class _SyncCall:
     not never will. ``watch()`` gives a future that is done when the thread ends.
     """
 
-    __slots__ = ("_watcher", "ended", "error", "given_up", "started", "task")
+    __slots__ = ("_claim", "_watcher", "ended", "error", "task")
 
     def __init__(self, task: QueuedTask) -> None:
         self.task = task
-        self.started = self.given_up = self.ended = False
+        self._claim = [True]  # taken (list.pop is atomic) by the thread starting it, or by give_up()
+        self.ended = False
         self.error: BaseException | None = None
         self._watcher: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
 
     def __call__(self) -> None:
-        with _start_lock:
-            if self.given_up:
-                return
-            self.started = True
+        try:
+            self._claim.pop()
+        except IndexError:  # given up before it started: it never runs
+            return
         try:
             self.task.func(*self.task.args, **self.task.kwargs)
         except BaseException as exc:
@@ -116,9 +115,11 @@ class _SyncCall:
 
     def give_up(self) -> bool:
         """Stop waiting; True if the task runs or ran (False: it never will)."""
-        with _start_lock:
-            self.given_up = True
-            return self.started
+        try:
+            self._claim.pop()
+        except IndexError:
+            return True
+        return False
 
     def watch(self) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
@@ -136,18 +137,23 @@ def _settle(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-@dataclass
 class _Overrun:
     """A sync task whose wait was cut (its timeout, or the deadline) while its thread runs on."""
 
-    task: QueuedTask
-    fields: dict[str, Any]
-    call: _SyncCall
-    ended: asyncio.Future[None]
-    started: float
-    timeout_s: float | None
-    note: dict[str, Any]
-    outcome: Outcome | None = None
+    def __init__(
+        self,
+        task: QueuedTask,
+        fields: dict[str, Any],
+        call: _SyncCall,
+        started: float,
+        timeout_s: float | None,
+        note: dict[str, Any],
+    ) -> None:
+        self.task, self.fields, self.call = task, fields, call
+        self.started, self.timeout_s, self.note = started, timeout_s, note
+        self.outcome: Outcome | None = None
+        self.ended = call.watch()
+        self.ended.add_done_callback(self.report_end)  # in the request's context: its keys on the line
 
     def elapsed_ms(self) -> float:
         return round((time.perf_counter() - self.started) * 1000, 3)
@@ -309,7 +315,8 @@ async def run_task_outcome(
     handoff: Handoff | None = None,
     overruns: list[_Overrun] | None = None,
 ) -> Outcome:
-    """Run one task and say how it ended; never raises, except to pass on cancellation.
+    """Run one task and say how it ended; never raises, except to pass on cancellation (and
+    TaskStuck: a sync task still running at ``deadline``).
 
     ``finish_sync`` (the worker): a sync task is waited for past its timeout, up to
     ``deadline``, where TaskStuck is raised (see ``_run_sync_to_its_end``).
@@ -347,7 +354,7 @@ async def run_task_outcome(
         by_deadline = handoff is not None and time_left != task.timeout
         note = {"handoff": handoff.note(task, started=True, reason=DEADLINE)} if by_deadline and handoff else {}
         if call is not None and call.give_up():
-            overrun = _Overrun(task, fields, call, call.watch(), started, time_left, note)
+            overrun = _Overrun(task, fields, call, started, time_left, note)
             if time_left == task.timeout:
                 log.warning(
                     "task.overrunning",
@@ -357,12 +364,15 @@ async def run_task_outcome(
                     consequence="a sync task cannot be stopped: it runs on beside the next tasks, "
                     "its real outcome is logged when it ends",
                 )
-            overrun.ended.add_done_callback(overrun.report_end)
             if overruns is not None:
                 overruns.append(overrun)
                 return "overrunning"
-            return "succeeded" if await _finish([overrun], deadline) else "failed"
-        never = {"error": "no worker thread was free before its timeout"} if call is not None else {}
+            try:
+                return "succeeded" if await _finish([overrun], deadline) else "failed"
+            except asyncio.CancelledError:
+                _cancel([overrun], handoff or handoffs.current())
+                raise
+        never = {"error": "it had not started (no worker thread was free)"} if call is not None else {}
         log.error(
             "task.timed_out", **fields, started=True, duration_ms=elapsed_ms(), timeout_s=time_left, **never, **note
         )
