@@ -22,6 +22,7 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 from shared.background import handoff
+from shared.background.runner import threads_still_running
 from shared.settings import ConfigurationError, exit_on_configuration_error, get_settings
 
 
@@ -93,6 +94,11 @@ def main(argv: list[str] | None = None) -> None:
     server.run()
     if not server.started:
         sys.exit(STARTUP_FAILURE)
+    if threads_still_running():
+        # Logged task.cancelled (still_running); the interpreter would wait for the thread at exit.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

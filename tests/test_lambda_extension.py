@@ -11,6 +11,7 @@ follows its own invocations by their ids and its own notification-log lines by l
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -205,20 +206,49 @@ def test_task_lines_carry_the_lambda_and_request_keys(warm: Function) -> None:
     assert from_gateway.result["headers"]["x-request-id"] == gateway_id
 
 
-def test_a_task_past_the_deadline_is_logged_as_timed_out(warm: Function) -> None:
-    """Deadline 2 s, margin 500 ms: the 6 s sync task is abandoned, the next one never starts."""
+def test_a_sync_task_past_the_deadline_ends_the_process_and_never_runs_on(tmp_path: Path) -> None:
+    """Deadline 2 s, margin 500 ms: the 3 s sync task still runs at 1.5 s. A thread cannot be stopped,
+    so the process ends (exit 3) rather than let it run on, frozen, into a later invocation; the next
+    task never starts."""
     label = unique("blocking")
+    log_file, environment = fresh(tmp_path)
+    with environment as env:
+        function = Function(env, log_file)
+        invocation = env.invoke(http_api_event(f"/blocking/{label}", query={"seconds": "3"}), timeout_s=2.0)
+        returncode = env.process.wait(20)
+        time.sleep(max(0.0, invocation.handed_out_at + 4.0 - time.monotonic()))  # past the task's own end
+        lines = function.log_lines()
+
+        assert invocation.result["statusCode"] == 200
+        assert returncode == 3
+        assert invocation.freed_at is None, "never released with the thread still running"
+        timed_out = {line["task"]: line for line in function.task_lines("task.timed_out", invocation)}
+        assert timed_out["lambda_test.blocking"]["started"] is True
+        assert timed_out["lambda_test.blocking"]["still_running"] is True
+        assert timed_out["lambda_test.record"]["started"] is False
+        assert not function.task_lines("task.succeeded", invocation)
+        [exiting] = env.logs("lambda_extension.exiting")
+        assert exiting["exit_code"] == 3 and "lambda_test.blocking" in exiting["reason"]
+        assert f"blocking {label}" not in lines, "its side effect never happens, in this invocation or a later one"
+
+
+def test_a_sync_task_past_its_timeout_holds_the_environment_until_it_ends(warm: Function) -> None:
+    """Its own timeout (0.5 s) passes well before the deadline: reported overrunning, the next task
+    runs meanwhile, the environment is released only once the thread ended and said how."""
+    label = unique("overrunning")
     with Moments(warm, "environment.free") as moments:
-        invocation = warm.env.invoke(http_api_event(f"/blocking/{label}", query={"seconds": "6"}), timeout_s=2.0)
+        invocation = warm.env.invoke(http_api_event(f"/overrunning/{label}", query={"seconds": "1"}))
         invocation.wait_free()
 
     assert invocation.result["statusCode"] == 200
-    timed_out = {line["task"]: line for line in warm.task_lines("task.timed_out", invocation)}
-    assert timed_out["lambda_test.blocking"]["started"] is True
-    assert timed_out["lambda_test.record"]["started"] is False
-    assert not warm.task_lines("task.succeeded", invocation)
-    # A sync task cannot be killed: still sleeping when the environment was let go.
-    assert f"blocking {label}" not in moments.at("environment.free", invocation).log_lines
+    [overrunning] = warm.task_lines("task.overrunning", invocation)
+    assert overrunning["task"] == "lambda_test.overrunning" and overrunning["timeout_s"] == 0.5
+    succeeded = {line["task"]: line for line in warm.task_lines("task.succeeded", invocation)}
+    assert succeeded["lambda_test.overrunning"]["overran"] is True
+    assert "overran" not in succeeded["lambda_test.record"]
+    assert not warm.task_lines("task.timed_out", invocation)
+    at_free = moments.at("environment.free", invocation).log_lines
+    assert at_free.index(f"record {label}") < at_free.index(f"overrunning {label}")
 
 
 def test_deferred_job_runs_after_the_response_in_the_request_context(warm: Function) -> None:

@@ -171,3 +171,72 @@ def test_shared_serve_prints_request_completed_instead_of_access_lines(tmp_path:
     completed = next(e for e in events if e["event"] == "request.completed" and e["request_id"] == request_id)
     assert completed["route"] == "/send-notification/{email}"
     assert "path" not in completed
+
+
+def test_a_sync_task_past_its_timeout_runs_on_beside_the_next_task_and_reports_its_real_end(tmp_path: Path) -> None:
+    """A thread cannot be stopped: 0.5 s into a 2 s sync task it is reported overrunning, not timed
+    out (its side effect is still to come), the next task runs meanwhile, and its end is logged."""
+    log_file = tmp_path / "slow.log"
+    server = start_function(
+        "slow", {"NOTIFICATION_LOG_PATH": str(log_file), "LOG_FORMAT": "json"}, "--app", "tests.support.slow_app:app"
+    )
+    try:
+        response = httpx.post(f"{server.base_url}/blocking/b", params={"seconds": 2.0}, timeout=10)
+        assert response.json() == {"queued": 2}
+        request_id = response.headers["x-request-id"]
+        names = wait_for_task_events(server, request_id, count=8)
+    finally:
+        exit_code = server.stop()
+        output = server.output()
+        server.close()
+
+    assert exit_code == 0
+    assert log_file.read_text().splitlines() == ["b-1", "b-0"], "the second task ran while the first ran on"
+    events = [e for e in parse_json_lines(output) if e.get("request_id") == request_id]
+    first = [
+        (e["event"], e.get("task")) for e in events if e["event"].startswith("task.") and e["event"] != "task.queued"
+    ]
+    assert first == [
+        ("task.started", "slow.blocking_write"),
+        ("task.overrunning", "slow.blocking_write"),
+        ("task.started", "tests.support.slow_app.slow_write"),
+        ("task.succeeded", "tests.support.slow_app.slow_write"),
+        ("task.succeeded", "slow.blocking_write"),
+    ], names
+    [overrunning] = [e for e in events if e["event"] == "task.overrunning"]
+    assert overrunning["timeout_s"] == 0.5
+    [late] = [e for e in events if e["event"] == "task.succeeded" and e["task"] == "slow.blocking_write"]
+    assert late["overran"] is True and late["timeout_s"] == 0.5
+    assert late["duration_ms"] >= 2000
+    assert late["task_id"] == overrunning["task_id"]
+    assert not [e for e in events if e["event"] == "task.timed_out"]
+
+
+def test_sigterm_past_the_grace_logs_a_sync_task_still_running_and_the_process_exits(tmp_path: Path) -> None:
+    """Its thread never ends (it waits for a file nobody creates): the process exits all the same,
+    after saying so, and the side effect never happens."""
+    log_file = tmp_path / "slow.log"
+    server = start_function(
+        "slow",
+        {"NOTIFICATION_LOG_PATH": str(log_file), "LOG_FORMAT": "json", "SHUTDOWN_GRACE_SECONDS": "1"},
+        "--app",
+        "tests.support.slow_app:app",
+    )
+    try:
+        response = httpx.post(
+            f"{server.base_url}/blocking/g", params={"seconds": 0, "gate": str(tmp_path / "never")}, timeout=10
+        )
+        request_id = response.headers["x-request-id"]
+        assert wait_for_task_events(server, request_id, count=5)[-1] == "task.succeeded"  # the second task
+        server.process.send_signal(signal.SIGTERM)
+        exit_code = server.process.wait(30)
+    finally:
+        output = server.output()
+        server.close()
+
+    assert exit_code == 0
+    assert log_file.read_text().splitlines() == ["g-1"]
+    events = [e for e in parse_json_lines(output) if e.get("task") == "slow.blocking_write"]
+    assert [e["event"] for e in events] == ["task.queued", "task.started", "task.overrunning", "task.cancelled"]
+    cancelled = events[-1]
+    assert cancelled["started"] is True and cancelled["still_running"] is True

@@ -315,7 +315,12 @@ def test_default_timeout_applies_to_sync_tasks(settings_env: pytest.MonkeyPatch,
     with TestClient(app) as client:
         client.post("/slow")
 
-    assert [e["task"] for e in logs.named("task.timed_out")] == [f"{__name__}.blocking_sleepy"]
+    # A thread cannot be stopped: past the default timeout it is reported overrunning, then its real end.
+    [overrunning] = logs.named("task.overrunning")
+    assert (overrunning["task"], overrunning["timeout_s"]) == (f"{__name__}.blocking_sleepy", 0.05)
+    [late] = logs.named("task.succeeded", task=f"{__name__}.blocking_sleepy")
+    assert late["overran"] is True and late["timeout_s"] == 0.05
+    assert not logs.named("task.timed_out")
 
 
 def test_sync_tasks_run_off_the_event_loop_thread() -> None:
@@ -440,3 +445,36 @@ def test_the_users_own_aws_error_handler_wins() -> None:
         response = client.get("/aws")
 
     assert (response.status_code, response.text) == (599, "mine: ClientError")
+
+
+def late_failure(gate: threading.Event, results: list[str]) -> None:
+    gate.wait(5)
+    results.append("late side effect")
+    raise ValueError("failed after its timeout")
+
+
+def test_a_sync_task_failing_after_its_timeout_is_reported_failed_with_overran(logs: LogCapture) -> None:
+    """It overran, the next task ran meanwhile (and let it go on), then its real failure is logged."""
+    results: list[str] = []
+    gate = threading.Event()
+
+    def release(results: list[str]) -> None:
+        results.append("next ran")
+        gate.set()
+
+    tasks = [
+        QueuedTask(late_failure, (gate, results), {}, "tests.late_failure", timeout=0.05),
+        QueuedTask(release, (results,), {}, "tests.release"),
+    ]
+
+    asyncio.run(InlineBackend().dispatch(tasks))
+
+    assert results == ["next ran", "late side effect"]
+    assert [e["event"] for e in logs.events if e.get("task") == "tests.late_failure"] == [
+        "task.started",
+        "task.overrunning",
+        "task.failed",
+    ]
+    [failed] = logs.named("task.failed")
+    assert failed["overran"] is True and failed["error"] == "failed after its timeout"
+    assert not logs.named("task.timed_out")

@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 
 from shared import metrics
 from shared.background.extensions_api import ExtensionsApiClient, ExtensionsApiError
-from shared.background.runner import run_tasks
+from shared.background.runner import EXIT_TASK_STUCK, TaskStuck, run_tasks
 from shared.background.task import Job, QueuedTask
 from shared.logs import get_logger
 from shared.settings import get_settings
@@ -305,6 +305,11 @@ class LambdaExtensionBackend:
                 await deferred.job()
         except TimeoutError:
             log.error("lambda_extension.job_timed_out", job=deferred.label, error="invocation deadline reached")
+        except TaskStuck as exc:
+            # Frozen with the environment, its thread would run on into later invocations.
+            metrics.flush()
+            log.critical("lambda_extension.exiting", reason=str(exc), exit_code=EXIT_TASK_STUCK)
+            os._exit(EXIT_TASK_STUCK)
         except Exception as exc:
             log.error("lambda_extension.job_failed", job=deferred.label, exc_info=exc)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import functools
 import threading
 import time
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ class PermanentTaskError(Exception):
     """
 
 
-Outcome = Literal["succeeded", "failed", "failed_permanently"]
+Outcome = Literal["succeeded", "failed", "failed_permanently", "overrunning"]
 
 
 def _failed(fields: dict[str, Any], exc: BaseException, **extra: Any) -> Outcome:
@@ -53,6 +52,10 @@ def _failed(fields: dict[str, Any], exc: BaseException, **extra: Any) -> Outcome
 
 class TaskStuck(Exception):
     """A sync task still runs at its hard deadline: only ending the process stops its thread."""
+
+
+EXIT_TASK_STUCK = 3
+"""Exit code of a process that ended itself to stop a sync task still running at its deadline."""
 
 
 def task_fields(task: QueuedTask, backend: str) -> dict[str, Any]:
@@ -68,12 +71,148 @@ def task_fields(task: QueuedTask, backend: str) -> dict[str, Any]:
     return fields
 
 
-async def _call(task: QueuedTask) -> None:
-    if task.is_async:
-        await task.func(*task.args, **task.kwargs)
-    else:
-        # abandon_on_cancel: a timed-out sync task cannot be stopped, but we stop waiting for it.
-        await anyio.to_thread.run_sync(functools.partial(task.func, *task.args, **task.kwargs), abandon_on_cancel=True)
+_still_running: set[_SyncCall] = set()
+
+
+def threads_still_running() -> int:
+    """Sync tasks nobody waits for any more whose thread still runs (a stopping server ends the process)."""
+    return len(_still_running)
+
+
+class _SyncCall:
+    """A sync task's call in anyio's worker thread whose end stays known once nobody awaits it.
+
+    ``give_up()`` (its wait timed out or was cancelled) says whether it started; one that had
+    not never will. ``watch()`` gives a future that is done when the thread ends.
+    """
+
+    __slots__ = ("_claim", "_watcher", "ended", "error", "task")
+
+    def __init__(self, task: QueuedTask) -> None:
+        self.task = task
+        self._claim = [True]  # taken (list.pop is atomic) by the thread starting it, or by give_up()
+        self.ended = False
+        self.error: BaseException | None = None
+        self._watcher: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+
+    def __call__(self) -> None:
+        try:
+            self._claim.pop()
+        except IndexError:  # given up before it started: it never runs
+            return
+        try:
+            self.task.func(*self.task.args, **self.task.kwargs)
+        except BaseException as exc:
+            self.error = exc
+            raise
+        finally:
+            self.ended = True
+            watcher = self._watcher
+            if watcher is not None:
+                _still_running.discard(self)
+                with contextlib.suppress(RuntimeError):  # the loop is gone: the process is ending
+                    watcher[0].call_soon_threadsafe(_settle, watcher[1])
+
+    def give_up(self) -> bool:
+        """Stop waiting; True if the task runs or ran (False: it never will)."""
+        try:
+            self._claim.pop()
+        except IndexError:
+            return True
+        return False
+
+    def watch(self) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._watcher = (loop, future)
+        _still_running.add(self)
+        if self.ended:
+            _still_running.discard(self)
+            _settle(future)
+        return future
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _Overrun:
+    """A sync task whose wait was cut (its timeout, or the deadline) while its thread runs on."""
+
+    def __init__(
+        self,
+        task: QueuedTask,
+        fields: dict[str, Any],
+        call: _SyncCall,
+        started: float,
+        timeout_s: float | None,
+        note: dict[str, Any],
+    ) -> None:
+        self.task, self.fields, self.call = task, fields, call
+        self.started, self.timeout_s, self.note = started, timeout_s, note
+        self.outcome: Outcome | None = None
+        self.ended = call.watch()
+        self.ended.add_done_callback(self.report_end)  # in the request's context: its keys on the line
+
+    def elapsed_ms(self) -> float:
+        return round((time.perf_counter() - self.started) * 1000, 3)
+
+    def report_end(self, _: object = None) -> None:
+        """Its thread ended: log its real outcome (in the request's context, as a done callback)."""
+        overran = {"overran": True, "timeout_s": self.timeout_s}
+        if self.call.error is not None:
+            self.outcome = _failed(self.fields, self.call.error, **overran, duration_ms=self.elapsed_ms())
+        else:
+            log.info("task.succeeded", **self.fields, **overran, duration_ms=self.elapsed_ms())
+            self.outcome = "succeeded"
+
+    def cancelled(self, handoff: Handoff) -> None:
+        """The run was cancelled (shutdown grace over) with this thread still running."""
+        self.ended.remove_done_callback(self.report_end)
+        fields = {**self.fields, "started": True, "still_running": True, "duration_ms": self.elapsed_ms()}
+        log.error("task.cancelled", **fields, handoff=_thread_note(handoff))
+
+
+THREAD_RUNS_ON = "not possible: its thread still runs (a sync task cannot be stopped)"
+
+
+def _thread_note(handoff: Handoff) -> str:
+    """Why a sync task whose thread runs on is not handed off: it would run beside its retry."""
+    return THREAD_RUNS_ON if handoff.enabled else handoff.off_reason
+
+
+def _runs_on(task: QueuedTask) -> bool:
+    return any(call.task is task for call in list(_still_running))
+
+
+async def _finish(overruns: list[_Overrun], deadline: float | None) -> int:
+    """Wait for the overrunning threads of a run (each logs its end); how many succeeded.
+
+    Those still running at ``deadline`` are logged ``task.timed_out`` with ``still_running``
+    and TaskStuck is raised: only ending the process stops them (the Lambda backend does).
+    """
+    pending = {overrun.ended for overrun in overruns if not overrun.ended.done()}
+    left = None if deadline is None else deadline - time.monotonic()
+    if pending and (left is None or left > 0):
+        await asyncio.wait(pending, timeout=left)
+    await asyncio.sleep(0)  # the done callbacks of threads that ended just now
+    stuck = [overrun for overrun in overruns if not overrun.ended.done()]
+    for overrun in stuck:
+        overrun.ended.remove_done_callback(overrun.report_end)
+        log.error(
+            "task.timed_out",
+            **overrun.fields,
+            started=True,
+            still_running=True,
+            duration_ms=overrun.elapsed_ms(),
+            timeout_s=overrun.timeout_s,
+            **overrun.note,
+        )
+    if stuck:
+        names = ", ".join(f"{overrun.task.name!r} ({overrun.task.task_id})" for overrun in stuck)
+        raise TaskStuck(f"sync task {names} still runs at the deadline")
+    return sum(overrun.outcome == "succeeded" for overrun in overruns)
 
 
 def _time_left(task: QueuedTask, deadline: float | None) -> float | None:
@@ -157,10 +296,14 @@ async def _run_sync_to_its_end(task: QueuedTask, fields: dict[str, Any], deadlin
 
 
 async def run_task(
-    task: QueuedTask, backend: str, deadline: float | None = None, handoff: Handoff | None = None
+    task: QueuedTask,
+    backend: str,
+    deadline: float | None = None,
+    handoff: Handoff | None = None,
+    overruns: list[_Overrun] | None = None,
 ) -> bool:
     """Run one task; True when it succeeded. Never raises, except to pass on cancellation."""
-    return await run_task_outcome(task, backend, deadline, handoff=handoff) == "succeeded"
+    return await run_task_outcome(task, backend, deadline, handoff=handoff, overruns=overruns) == "succeeded"
 
 
 async def run_task_outcome(
@@ -170,12 +313,17 @@ async def run_task_outcome(
     *,
     finish_sync: bool = False,
     handoff: Handoff | None = None,
+    overruns: list[_Overrun] | None = None,
 ) -> Outcome:
-    """Run one task and say how it ended; never raises, except to pass on cancellation.
+    """Run one task and say how it ended; never raises, except to pass on cancellation (and
+    TaskStuck: a sync task still running at ``deadline``).
 
     ``finish_sync`` (the worker): a sync task is waited for past its timeout, up to
     ``deadline``, where TaskStuck is raised (see ``_run_sync_to_its_end``).
     ``handoff`` (in-process runs): timed-out and cancelled lines say what becomes of the work.
+    ``overruns`` (in-process runs): a sync task past its timeout is logged ``task.overrunning``
+    and added there, for ``run_tasks`` to wait for while the next tasks run; without it, it is
+    waited for here. Either way its real outcome is logged when its thread ends.
     """
     fields = task_fields(task, backend)
     time_left = _time_left(task, deadline)
@@ -192,19 +340,50 @@ async def run_task_outcome(
     def elapsed_ms() -> float:
         return round((time.perf_counter() - started) * 1000, 3)
 
+    call = None if task.is_async else _SyncCall(task)
     # asyncio.timeout(None) costs as much as a real limit; most tasks have none.
     limit = asyncio.timeout(time_left) if time_left is not None else contextlib.nullcontext()
     try:
         async with limit:
-            await _call(task)
+            if call is None:
+                await task.func(*task.args, **task.kwargs)
+            else:
+                # abandon_on_cancel: a thread cannot be stopped; past the limit it is watched instead.
+                await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
     except TimeoutError:
         by_deadline = handoff is not None and time_left != task.timeout
         note = {"handoff": handoff.note(task, started=True, reason=DEADLINE)} if by_deadline and handoff else {}
-        log.error("task.timed_out", **fields, started=True, duration_ms=elapsed_ms(), timeout_s=time_left, **note)
+        if call is not None and call.give_up():
+            overrun = _Overrun(task, fields, call, started, time_left, note)
+            if time_left == task.timeout:
+                log.warning(
+                    "task.overrunning",
+                    **fields,
+                    timeout_s=time_left,
+                    duration_ms=elapsed_ms(),
+                    consequence="a sync task cannot be stopped: it runs on beside the next tasks, "
+                    "its real outcome is logged when it ends",
+                )
+            if overruns is not None:
+                overruns.append(overrun)
+                return "overrunning"
+            try:
+                return "succeeded" if await _finish([overrun], deadline) else "failed"
+            except asyncio.CancelledError:
+                _cancel([overrun], handoff or handoffs.current())
+                raise
+        never = {"error": "it had not started (no worker thread was free)"} if call is not None else {}
+        log.error(
+            "task.timed_out", **fields, started=True, duration_ms=elapsed_ms(), timeout_s=time_left, **never, **note
+        )
         return "failed"
     except asyncio.CancelledError:
         note = {"handoff": handoff.note(task, started=True)} if handoff is not None else {}
-        log.error("task.cancelled", **fields, started=True, duration_ms=elapsed_ms(), **note)
+        still = {"still_running": True} if call is not None and call.give_up() and not call.ended else {}
+        if still and call is not None:
+            call.watch()  # a stopping server ends the process rather than wait for this thread
+            note = {"handoff": _thread_note(handoff)} if handoff is not None else {}
+        log.error("task.cancelled", **fields, started=True, duration_ms=elapsed_ms(), **still, **note)
         raise
     except Exception as exc:
         return _failed(fields, exc, duration_ms=elapsed_ms())
@@ -219,8 +398,14 @@ async def run_tasks(tasks: Sequence[QueuedTask], backend: str, deadline: float |
     handed to the durable queue instead (``shared.background.handoff``). If the whole run is
     cancelled (shutdown grace exceeded), the tasks that never got to start are handed off or
     logged as cancelled, so none disappears without a trace.
+
+    A sync task past its timeout runs on (``task.overrunning``) while the next tasks run; the
+    run ends when its thread does, its real outcome logged. One still running at ``deadline``
+    (Lambda) raises TaskStuck once the other tasks are done or handed off: the caller must
+    end the process, or its thread would run on into later invocations.
     """
     handoff = handoffs.current()
+    overruns: list[_Overrun] = []
     succeeded = 0
     for index, task in enumerate(tasks):
         running: QueuedTask | None = None
@@ -229,16 +414,29 @@ async def run_tasks(tasks: Sequence[QueuedTask], backend: str, deadline: float |
             decision = handoff.wants(task, deadline) if handoff.enabled else None
             if decision is None:
                 running = task
-                succeeded += await run_task(task, backend, deadline, handoff)
+                succeeded += await run_task(task, backend, deadline, handoff, overruns)
             elif not await handoff.move(task, backend, decision):
                 refused = decision  # the queue did not take it: run it here as far as it can
-                if await run_task(task, backend, deadline):
+                if await run_task(task, backend, deadline, overruns=overruns):
                     succeeded += 1
                 else:
                     handoff.lost(task, backend, refused)
         except asyncio.CancelledError:
             if refused is not None:
                 handoff.lost(task, backend, refused)
-            handoff.cut(tasks[index + 1 :], running, backend)
+            _cancel(overruns, handoff)
+            handoff.cut(tasks[index + 1 :], None if running is None or _runs_on(running) else running, backend)
+            raise
+    if overruns:
+        try:
+            succeeded += await _finish(overruns, deadline)
+        except asyncio.CancelledError:
+            _cancel(overruns, handoff)
             raise
     return succeeded
+
+
+def _cancel(overruns: list[_Overrun], handoff: Handoff) -> None:
+    for overrun in overruns:
+        if not overrun.ended.done():
+            overrun.cancelled(handoff)

@@ -40,6 +40,7 @@ from pydantic import ValidationError
 
 from shared import aws, tracing
 from shared.background.registry import lookup, task_options
+from shared.background.runner import EXIT_TASK_STUCK as EXIT_TASK_STUCK  # the worker exits with it too
 from shared.background.runner import TaskStuck, run_task_outcome
 from shared.background.sqs import BACKEND_NAME, TaskMessage
 from shared.background.task import QueuedTask
@@ -48,9 +49,6 @@ from shared.metrics import observed
 from shared.settings import Settings, get_settings
 
 log = observed(get_logger("shared.worker"))
-
-EXIT_TASK_STUCK = 3
-"""Exit code of a worker that ended itself to stop a sync task past its deadline."""
 
 IDEMPOTENCY_KEY_PREFIX = "task"
 """Keys are ``task#<md5 of task_id>``: the same for the Lambda and the container worker."""

@@ -39,9 +39,16 @@ async def gated(label: str, gate: str) -> None:
 
 @task("lambda_test.blocking")
 def blocking(label: str, seconds: float) -> None:
-    """A sync task: past the deadline it cannot be stopped, only abandoned."""
+    """A sync task: past the deadline it cannot be stopped; the process ends instead."""
     time.sleep(seconds)
     notification_log.append(f"blocking {label}\n")
+
+
+@task("lambda_test.overrunning", timeout=0.5)
+def overrunning(label: str, seconds: float) -> None:
+    """A sync task declaring 0.5 s that takes ``seconds``: reported overrunning, then its real end."""
+    time.sleep(seconds)
+    notification_log.append(f"overrunning {label}\n")
 
 
 @task("lambda_test.fail")
@@ -76,6 +83,13 @@ async def post_gated(label: str, gate: str, background_tasks: BackgroundTasks) -
 @app.post("/blocking/{label}")
 async def post_blocking(label: str, background_tasks: BackgroundTasks, seconds: float = 5.0) -> dict[str, str]:
     background_tasks.add_task(blocking, label, seconds)
+    background_tasks.add_task(record, label)
+    return {"queued": label}
+
+
+@app.post("/overrunning/{label}")
+async def post_overrunning(label: str, background_tasks: BackgroundTasks, seconds: float = 1.0) -> dict[str, str]:
+    background_tasks.add_task(overrunning, label, seconds)
     background_tasks.add_task(record, label)
     return {"queued": label}
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 
 from fastapi import BackgroundTasks
 
 from shared.app import create_app
+from shared.background import task
 from shared.tasks import notification_log
 
 app = create_app("slow")
@@ -15,6 +18,26 @@ app = create_app("slow")
 async def slow_write(tag: str, seconds: float) -> None:
     await asyncio.sleep(seconds)
     notification_log.append(f"{tag}\n")
+
+
+@task("slow.blocking_write", timeout=0.5)
+def blocking_write(tag: str, seconds: float, gate: str = "") -> None:
+    """A sync task declaring 0.5 s: it sleeps ``seconds`` (or until the file ``gate`` exists), then appends."""
+    if gate:
+        while not Path(gate).exists():
+            time.sleep(0.01)
+    time.sleep(seconds)
+    notification_log.append(f"{tag}\n")
+
+
+@app.post("/blocking/{name}")
+async def blocking(
+    name: str, background_tasks: BackgroundTasks, seconds: float = 2.0, gate: str = ""
+) -> dict[str, int]:
+    """The sync task, then a quick async one."""
+    background_tasks.add_task(blocking_write, f"{name}-0", seconds, gate)
+    background_tasks.add_task(slow_write, f"{name}-1", 0.0)
+    return {"queued": 2}
 
 
 @app.post("/slow/{name}")
