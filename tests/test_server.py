@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -25,6 +26,26 @@ def wait_for_task_events(server: ServerProcess, request_id: str, count: int, tim
         if len(names) >= count or time.monotonic() > deadline:
             return names
         time.sleep(0.02)
+
+
+@contextmanager
+def slow_server(log_file: Path, **env: str) -> Iterator[ServerProcess]:
+    """``tests.support.slow_app`` under ``python -m shared.serve``, JSON logs, its notification log at ``log_file``."""
+    server = start_function(
+        "slow",
+        {"NOTIFICATION_LOG_PATH": str(log_file), "LOG_FORMAT": "json", **env},
+        "--app",
+        "tests.support.slow_app:app",
+    )
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def stop_with_sigterm(server: ServerProcess) -> tuple[int, str]:
+    """SIGTERM, as ``docker stop`` sends it: the exit code and everything the server printed."""
+    return server.stop(timeout=30), server.output()
 
 
 def test_response_arrives_while_the_task_is_still_running(tmp_path: Path) -> None:
@@ -55,22 +76,12 @@ def test_response_arrives_while_the_task_is_still_running(tmp_path: Path) -> Non
 
 def test_sigterm_lets_in_flight_tasks_finish(tmp_path: Path) -> None:
     log_file = tmp_path / "slow.log"
-    server = start_function(
-        "slow",
-        {"NOTIFICATION_LOG_PATH": str(log_file), "LOG_FORMAT": "json"},
-        "--app",
-        "tests.support.slow_app:app",
-    )
-    try:
+    with slow_server(log_file) as server:
         for name in ("a", "b", "c"):
             response = httpx.post(f"{server.base_url}/slow/{name}", params={"tasks": 2, "seconds": 0.5}, timeout=10)
             assert response.json() == {"queued": 2}
         assert not log_file.exists()
-        server.process.send_signal(signal.SIGTERM)
-        exit_code = server.process.wait(30)
-    finally:
-        output = server.output()
-        server.close()
+        exit_code, output = stop_with_sigterm(server)
 
     assert exit_code == 0, "a graceful shutdown is a success"
     assert sorted(log_file.read_text().splitlines()) == ["a-0", "a-1", "b-0", "b-1", "c-0", "c-1"]
@@ -83,20 +94,10 @@ def test_sigterm_lets_in_flight_tasks_finish(tmp_path: Path) -> None:
 
 def test_sigterm_past_the_grace_period_logs_every_unfinished_task(tmp_path: Path) -> None:
     log_file = tmp_path / "slow.log"
-    server = start_function(
-        "slow",
-        {"NOTIFICATION_LOG_PATH": str(log_file), "LOG_FORMAT": "json", "SHUTDOWN_GRACE_SECONDS": "1"},
-        "--app",
-        "tests.support.slow_app:app",
-    )
-    try:
+    with slow_server(log_file, SHUTDOWN_GRACE_SECONDS="1") as server:
         response = httpx.post(f"{server.base_url}/slow/late", params={"tasks": 3, "seconds": 30}, timeout=10)
         assert response.json() == {"queued": 3}
-        server.process.send_signal(signal.SIGTERM)
-        exit_code = server.process.wait(30)
-    finally:
-        output = server.output()
-        server.close()
+        exit_code, output = stop_with_sigterm(server)
 
     assert exit_code == 0, "a graceful shutdown is a success"
     assert not log_file.exists()
@@ -112,20 +113,10 @@ def test_sigterm_past_the_grace_period_logs_every_unfinished_task(tmp_path: Path
 def test_a_fractional_grace_period_is_honoured(tmp_path: Path) -> None:
     """SHUTDOWN_GRACE_SECONDS=0.9 is 0.9 s, not int(0.9) = no grace at all."""
     log_file = tmp_path / "slow.log"
-    server = start_function(
-        "slow",
-        {"NOTIFICATION_LOG_PATH": str(log_file), "LOG_FORMAT": "json", "SHUTDOWN_GRACE_SECONDS": "0.9"},
-        "--app",
-        "tests.support.slow_app:app",
-    )
-    try:
+    with slow_server(log_file, SHUTDOWN_GRACE_SECONDS="0.9") as server:
         response = httpx.post(f"{server.base_url}/slow/quick", params={"tasks": 1, "seconds": 0.2}, timeout=10)
         assert response.json() == {"queued": 1}
-        server.process.send_signal(signal.SIGTERM)
-        exit_code = server.process.wait(30)
-    finally:
-        output = server.output()
-        server.close()
+        exit_code, output = stop_with_sigterm(server)
 
     assert exit_code == 0
     assert log_file.read_text() == "quick-0\n"
@@ -177,18 +168,12 @@ def test_a_sync_task_past_its_timeout_runs_on_beside_the_next_task_and_reports_i
     """A thread cannot be stopped: 0.5 s into a 2 s sync task it is reported overrunning, not timed
     out (its side effect is still to come), the next task runs meanwhile, and its end is logged."""
     log_file = tmp_path / "slow.log"
-    server = start_function(
-        "slow", {"NOTIFICATION_LOG_PATH": str(log_file), "LOG_FORMAT": "json"}, "--app", "tests.support.slow_app:app"
-    )
-    try:
+    with slow_server(log_file) as server:
         response = httpx.post(f"{server.base_url}/blocking/b", params={"seconds": 2.0}, timeout=10)
         assert response.json() == {"queued": 2}
         request_id = response.headers["x-request-id"]
         names = wait_for_task_events(server, request_id, count=8)
-    finally:
-        exit_code = server.stop()
-        output = server.output()
-        server.close()
+        exit_code, output = stop_with_sigterm(server)
 
     assert exit_code == 0
     assert log_file.read_text().splitlines() == ["b-1", "b-0"], "the second task ran while the first ran on"
@@ -216,23 +201,13 @@ def test_sigterm_past_the_grace_logs_a_sync_task_still_running_and_the_process_e
     """Its thread never ends (it waits for a file nobody creates): the process exits all the same,
     after saying so, and the side effect never happens."""
     log_file = tmp_path / "slow.log"
-    server = start_function(
-        "slow",
-        {"NOTIFICATION_LOG_PATH": str(log_file), "LOG_FORMAT": "json", "SHUTDOWN_GRACE_SECONDS": "1"},
-        "--app",
-        "tests.support.slow_app:app",
-    )
-    try:
+    with slow_server(log_file, SHUTDOWN_GRACE_SECONDS="1") as server:
         response = httpx.post(
             f"{server.base_url}/blocking/g", params={"seconds": 0, "gate": str(tmp_path / "never")}, timeout=10
         )
         request_id = response.headers["x-request-id"]
         assert wait_for_task_events(server, request_id, count=5)[-1] == "task.succeeded"  # the second task
-        server.process.send_signal(signal.SIGTERM)
-        exit_code = server.process.wait(30)
-    finally:
-        output = server.output()
-        server.close()
+        exit_code, output = stop_with_sigterm(server)
 
     assert exit_code == 0
     assert log_file.read_text().splitlines() == ["g-1"]
