@@ -63,14 +63,18 @@ class ExtensionsApiClient:
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise ExtensionsApiError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        return response, self._answer(response, payload, f"{method} {path}")
+
+    def _answer(self, response: http.client.HTTPResponse, payload: bytes, call: str) -> Any:
+        """The JSON of a 200 answer; anything else is an ``ExtensionsApiError`` naming ``call``."""
         if response.will_close:
             self.close()
         if response.status != 200:
-            raise ExtensionsApiError(f"{method} {path}: HTTP {response.status} {payload[:500]!r}")
+            raise ExtensionsApiError(f"{call}: HTTP {response.status} {payload[:500]!r}")
         try:
-            return response, json.loads(payload or b"{}")
+            return json.loads(payload or b"{}")
         except ValueError as exc:
-            raise ExtensionsApiError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            raise ExtensionsApiError(f"{call}: {type(exc).__name__}: {exc}") from exc
 
     def register(self, name: str, events: Sequence[str]) -> str:
         response, _ = self._call(
@@ -119,14 +123,7 @@ class ExtensionsApiClient:
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise ExtensionsApiError(f"GET {NEXT_EVENT_PATH}: {type(exc).__name__}: {exc}") from exc
-        if response.will_close:
-            self.close()
-        if response.status != 200:
-            raise ExtensionsApiError(f"GET {NEXT_EVENT_PATH}: HTTP {response.status} {payload[:500]!r}")
-        try:
-            event = json.loads(payload or b"{}")
-        except ValueError as exc:
-            raise ExtensionsApiError(f"event/next: {type(exc).__name__}: {exc}") from exc
+        event = self._answer(response, payload, f"GET {NEXT_EVENT_PATH}")
         if not isinstance(event, dict):
             raise ExtensionsApiError(f"event/next: expected a JSON object, got {event!r:.200}")
         return event
