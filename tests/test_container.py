@@ -23,12 +23,12 @@ from PIL import Image
 
 from infra.sam_build import PRUNED, pruned_imports
 from shared.settings import Settings
-from tests.support.engine import Container, docker, eventually, running, start
+from tests.support.engine import Container, docker, running, start
 from tests.support.lock import locked_versions
 from tests.support.moto_server import LocalAws, running_moto
 from tests.support.pillow_check import PILLOW_CHECK
 from tests.support.sam import ROOT, function_folders
-from tests.support.servers import free_port
+from tests.support.servers import eventually, free_port
 
 SITE_PACKAGES = "/opt/venv/lib/python3.12/site-packages"
 NOTIFICATION = "notification for foo@example.com: some notification\n"

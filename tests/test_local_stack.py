@@ -13,7 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.settings import Settings
 from tests.support.logs import parse_json_lines
 from tests.support.sam import ROOT, function_folders
-from tests.support.servers import free_port
+from tests.support.servers import eventually, free_port
 
 T = TypeVar("T")
 
@@ -106,18 +106,6 @@ def stack(isolated_settings: Path) -> Iterator[Stack]:
     finally:
         print(running.output())  # pytest shows it when the test failed
         running.close()
-
-
-def eventually(probe: Callable[[], T | None], timeout: float = 30.0) -> T:
-    """Background work lands after the response: poll ``probe`` until it returns something."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError("the background effect never appeared")
-        time.sleep(0.2)
 
 
 def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -16,7 +16,7 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -69,18 +69,6 @@ def docker(*args: str, timeout: float = 180, check: bool = True) -> subprocess.C
         output = (result.stdout + result.stderr).strip()[-4000:]
         raise AssertionError(f"`docker {' '.join(args)}` exited with {result.returncode}:\n{output}")
     return result
-
-
-def eventually(probe: Callable[[], T | None], timeout: float = 30.0, what: str = "the background effect") -> T:
-    """Background work lands after the response: poll ``probe`` until it returns something."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not appear within {timeout:.0f}s")
-        time.sleep(0.2)
 
 
 @dataclass

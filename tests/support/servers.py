@@ -8,8 +8,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
@@ -79,3 +80,18 @@ def start_function(function: str, env: dict[str, str], *extra_args: str) -> Serv
         server.close()
         raise
     return server
+
+
+T = TypeVar("T")
+
+
+def eventually(probe: Callable[[], T | None], timeout: float = 30.0, what: str = "the background effect") -> T:
+    """Background work lands after the response: poll ``probe`` until it returns something."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not appear within {timeout:.0f}s")
+        time.sleep(0.2)
