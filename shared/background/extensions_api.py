@@ -1,14 +1,20 @@
 """The Lambda Extensions API, as an internal extension calls it: register, then ``event/next``.
 
-Plain ``http.client`` (no SDK offers this API): one connection kept alive between calls,
-since a new TCP connection per ``event/next`` would sit between the response and the
-moment the environment is free (billed).
+No SDK offers this API, and ``http.client`` cannot do what the extension needs: send
+``event/next`` (the environment may freeze now) from whichever thread sees the invocation
+done, *before* anyone has read the answer to the previous ``event/next`` (the INVOKE being
+served). That is HTTP/1.1 pipelining on one kept-alive connection, which the Runtime API
+serves in order. So this is a small client on a plain socket: requests are written whole
+under a lock, answers are read in order by one reader, with their own buffer, so an answer
+that arrived early is never lost.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
+import select
+import socket
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +22,7 @@ REGISTER_PATH = "/2020-01-01/extension/register"
 NEXT_EVENT_PATH = "/2020-01-01/extension/event/next"
 REGISTER_TIMEOUT_S = 5.0
 """Registration answers at once; a hang here would eat the 10 s init budget."""
+MAX_LINE = 65536
 
 
 class ExtensionsApiError(Exception):
@@ -23,107 +30,147 @@ class ExtensionsApiError(Exception):
 
 
 class ExtensionsApiClient:
-    """The two calls an internal extension makes, over stdlib ``http.client``.
+    """``register``, then ``send_next`` (any thread) and ``read_event`` (one reader), on one connection.
 
-    One connection, kept alive between calls: a new TCP connection per ``event/next``
-    would sit between the response and the moment the environment is free (billed).
+    A new TCP connection per ``event/next`` would sit between the response and the moment the
+    environment is free (billed); the connection is reopened only if the API closed it.
     """
 
     def __init__(self, address: str) -> None:
+        host, _, port = address.partition(":")
         self.address = address
-        self._connection: http.client.HTTPConnection | None = None
+        self._host, self._port = host, int(port or 80)
+        self._socket: socket.socket | None = None
+        self._buffer = bytearray()
+        self._send_lock = threading.Lock()
+        self._next_request = b""
 
-    def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
-        connection = self._connection
-        if connection is None:
-            host, _, port = self.address.partition(":")
-            connection = self._connection = http.client.HTTPConnection(host, int(port or 80))
-        connection.timeout = timeout
-        if connection.sock is not None:
-            connection.sock.settimeout(timeout)
-        return connection
+    # --- the connection ---------------------------------------------------------------------
+
+    def _connected(self) -> socket.socket:
+        if self._socket is None:
+            try:
+                self._socket = socket.create_connection((self._host, self._port), timeout=REGISTER_TIMEOUT_S)
+            except OSError as exc:
+                raise ExtensionsApiError(f"cannot connect to {self.address}: {exc}") from exc
+            self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._buffer.clear()
+        return self._socket
 
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        self._buffer.clear()
 
-    def _call(self, method: str, path: str, headers: dict[str, str], body: bytes | None, timeout: float | None) -> Any:
-        reused = self._connection is not None
-        try:
-            connection = self._connect(timeout)
-            connection.request(method, path, body=body, headers=headers)
-            response = connection.getresponse()
-            payload = response.read()
-        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-            self.close()
-            if reused:  # the API closed the kept-alive connection meanwhile: once more, on a new one
-                return self._call(method, path, headers, body, timeout)
-            raise ExtensionsApiError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise ExtensionsApiError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        return response, self._answer(response, payload, f"{method} {path}")
+    def _send(self, request: bytes, call: str) -> None:
+        with self._send_lock:
+            try:
+                self._connected().sendall(request)
+            except OSError as exc:
+                self.close()
+                raise ExtensionsApiError(f"{call}: {type(exc).__name__}: {exc}") from exc
 
-    def _answer(self, response: http.client.HTTPResponse, payload: bytes, call: str) -> Any:
-        """The JSON of a 200 answer; anything else is an ``ExtensionsApiError`` naming ``call``."""
-        if response.will_close:
-            self.close()
-        if response.status != 200:
-            raise ExtensionsApiError(f"{call}: HTTP {response.status} {payload[:500]!r}")
+    # --- reading answers (one reader at a time) ---------------------------------------------
+
+    def answer_waiting(self) -> bool:
+        """Has (part of) an answer arrived that nobody read yet? Never blocks."""
+        sock = self._socket
+        if self._buffer:
+            return True
+        if sock is None:
+            return False
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable)
+
+    def _fill(self, sock: socket.socket) -> None:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionResetError("the Extensions API closed the connection")
+        self._buffer += chunk
+
+    def _line(self, sock: socket.socket) -> bytes:
+        while (end := self._buffer.find(b"\r\n")) < 0:
+            if len(self._buffer) > MAX_LINE:
+                raise ValueError("header line too long")
+            self._fill(sock)
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 2]
+        return line
+
+    def _exactly(self, sock: socket.socket, size: int) -> bytes:
+        while len(self._buffer) < size:
+            self._fill(sock)
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def _read_answer(self, call: str, timeout: float | None) -> tuple[dict[str, str], Any]:
+        """One whole answer (status, headers, body): the JSON of a 200, else ``ExtensionsApiError``."""
+        sock = self._socket
+        if sock is None:
+            raise ExtensionsApiError(f"{call}: no request was sent")
         try:
-            return json.loads(payload or b"{}")
+            sock.settimeout(timeout)
+            _, status, _ = self._line(sock).decode("latin-1").split(" ", 2)
+            headers: dict[str, str] = {}
+            while line := self._line(sock):
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            if headers.get("transfer-encoding", "").lower() == "chunked":
+                body = b""
+                while size := int(self._line(sock).split(b";")[0], 16):
+                    body += self._exactly(sock, size + 2)[:-2]
+                while self._line(sock):  # trailers
+                    pass
+            else:
+                body = self._exactly(sock, int(headers.get("content-length", "0")))
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise ExtensionsApiError(f"{call}: {type(exc).__name__}: {exc}") from exc
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        if status != "200":
+            raise ExtensionsApiError(f"{call}: HTTP {status} {body[:500]!r}")
+        try:
+            return headers, json.loads(body or b"{}")
         except ValueError as exc:
             raise ExtensionsApiError(f"{call}: {type(exc).__name__}: {exc}") from exc
 
+    # --- the two calls ----------------------------------------------------------------------
+
     def register(self, name: str, events: Sequence[str]) -> str:
-        response, _ = self._call(
-            "POST",
-            REGISTER_PATH,
-            {"Lambda-Extension-Name": name, "Content-Type": "application/json"},
-            json.dumps({"events": list(events)}).encode(),
-            REGISTER_TIMEOUT_S,
+        call = f"POST {REGISTER_PATH}"
+        body = json.dumps({"events": list(events)}).encode()
+        head = (
+            f"POST {REGISTER_PATH} HTTP/1.1\r\nHost: {self.address}\r\nLambda-Extension-Name: {name}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         )
-        extension_id = response.getheader("Lambda-Extension-Identifier")
+        self._send(head.encode("latin-1") + body, call)
+        headers, _ = self._read_answer(call, REGISTER_TIMEOUT_S)
+        extension_id = headers.get("lambda-extension-identifier")
         if not extension_id:
             raise ExtensionsApiError("register: no Lambda-Extension-Identifier in the answer")
-        return str(extension_id)
+        self._next_request = (
+            f"GET {NEXT_EVENT_PATH} HTTP/1.1\r\nHost: {self.address}\r\n"
+            f"Lambda-Extension-Identifier: {extension_id}\r\n\r\n"
+        ).encode("latin-1")
+        return extension_id
 
-    def next_event(self, extension_id: str) -> dict[str, Any]:
-        """Blocks until Lambda has an event for us: while idle, the environment is frozen in here."""
-        self.ask_next(extension_id)
-        return self.read_event()
+    def send_next(self) -> None:
+        """Send ``event/next`` without reading any answer: from now on the environment may freeze.
 
-    def ask_next(self, extension_id: str) -> None:
-        """Send ``event/next`` without waiting for the answer (``read_event``): the environment may freeze now.
-
-        Any thread may ask; the extension thread alone reads.
+        Any thread may send, also while the answer to the previous one (the INVOKE being
+        served) is still unread: the API answers them in order, and ``read_event`` reads them
+        in order.
         """
-        headers = {"Lambda-Extension-Identifier": extension_id}
-        reused = self._connection is not None
-        try:
-            self._connect(None).request("GET", NEXT_EVENT_PATH, headers=headers)
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            self.close()
-            if not reused:
-                raise ExtensionsApiError(f"GET {NEXT_EVENT_PATH}: {type(exc).__name__}: {exc}") from exc
-            self.ask_next(extension_id)  # the API closed the kept-alive connection: on a new one
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise ExtensionsApiError(f"GET {NEXT_EVENT_PATH}: {type(exc).__name__}: {exc}") from exc
+        if not self._next_request:
+            raise ExtensionsApiError("event/next before register")
+        self._send(self._next_request, f"GET {NEXT_EVENT_PATH}")
 
-    def read_event(self) -> dict[str, Any]:
-        """The answer to ``ask_next``: blocks until Lambda has an event for us."""
-        connection = self._connection
-        if connection is None:
-            raise ExtensionsApiError("event/next: no request was sent")
-        try:
-            response = connection.getresponse()
-            payload = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise ExtensionsApiError(f"GET {NEXT_EVENT_PATH}: {type(exc).__name__}: {exc}") from exc
-        event = self._answer(response, payload, f"GET {NEXT_EVENT_PATH}")
+    def read_event(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next unread answer to ``send_next``: blocks until Lambda has sent it."""
+        _, event = self._read_answer(f"GET {NEXT_EVENT_PATH}", timeout)
         if not isinstance(event, dict):
             raise ExtensionsApiError(f"event/next: expected a JSON object, got {event!r:.200}")
         return event

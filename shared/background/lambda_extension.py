@@ -7,19 +7,22 @@ the Extensions API during init (when the handler module is imported) and, on eac
 INVOKE, asks for the next event only when the handler has returned and every job
 deferred during the invocation has run::
 
-    main thread (awslambdaric)     extension thread             runner thread
-    GET  runtime/invocation/next   GET extension/event/next
-    handler(event, context)          <- INVOKE i
-      app -> dispatch(tasks) -------------------------------->  run_tasks(tasks)
-    handler returns ------------->  handler i returned            ...
-    POST .../response (client has it)                             ...
-                                   (reads the answer)            done: GET extension/event/next
-                                                                 -> environment may freeze
+    main thread (awslambdaric)     runner thread                extension thread
+    GET runtime/invocation/next                                 (asleep; INVOKE i waits unread)
+    handler(event, context)
+      app -> dispatch(tasks) --->  run_tasks(tasks)
+    handler returns                  ...
+    POST .../response (client has it) ...
+                                   done: GET extension/event/next -> environment may freeze
+                                                                reads INVOKE i, sleeps again
 
-``event/next`` is sent by whichever thread sees the invocation done (the main thread as the
-handler returns if no job is left, else the runner after the last one; the extension thread
-itself when it gets there first, or after a timeout), on one kept-alive connection; the
-extension thread only reads the answer, so no thread is woken between response and freeze.
+``event/next`` is sent by whichever thread sees the invocation done: the main thread as
+the handler returns if no job is left, else the runner after the last one. It is sent on
+one kept-alive connection before anyone has read the INVOKE it ends (HTTP/1.1 pipelining),
+so no thread is woken while the handler runs nor between the response and the freeze: a
+woken thread would take the GIL from the handler. The extension thread reads each INVOKE
+once its invocation is released, and wakes every ``WATCH_INTERVAL_S`` for an INVOKE no
+handler took (the runtime failed before calling it) and for jobs stuck past the deadline.
 
 When post-response execution is impossible (no Extensions API, registration
 refused, or a handler not built by ``shared.lambda_handler.make_handler``), jobs run
@@ -58,6 +61,12 @@ log = get_logger("shared.background.lambda_extension")
 
 DRAIN_GRACE_S = 1.0
 """Past the invocation deadline, how long to keep waiting for jobs before letting go."""
+
+WATCH_INTERVAL_S = 1.0
+"""How often the idle extension thread looks for an INVOKE no handler took, or jobs past the deadline."""
+
+READ_TIMEOUT_S = 1.0
+"""Reading an answer that has (begun to) arrive: the rest follows at once."""
 
 HANDLER_START_GRACE_S = 2.0
 """How long after INVOKE the handler may take to start. If the runtime fails before
@@ -117,17 +126,21 @@ class LambdaExtensionBackend:
         self.extension_id: str | None = None
         self.unavailable_reason: str | None = None
         self._state = threading.Condition()
-        self._invocation: _Invocation | None = None
-        self._returned: deque[str] = deque(maxlen=64)
-        self._given_up: str | None = None
+        self._invocation: _Invocation | None = None  # the handler running now
+        self._returned: str | None = None  # the invocation whose handler returned, held for its jobs
+        self._returned_deadline: float | None = None
+        self._released: deque[str] = deque(maxlen=64)  # event/next sent for these
+        self._seen: deque[str] = deque(maxlen=64)  # their INVOKE was read
+        self._given_up: deque[str] = deque(maxlen=64)  # released before their handler started
+        self._unread = 0  # released invocations whose INVOKE is still unread
+        self._broken = False
+        self._reading = threading.Lock()  # one reader of the API's answers at a time
         self._tracked: bool | None = None
         self._unreported_logged = False
         self._outstanding = 0
         self._jobs: queue.SimpleQueue[_Deferred] = queue.SimpleQueue()
+        self._held: list[_Deferred] = []  # the running handler's jobs: the runner gets them as it returns
         self._api: ExtensionsApiClient | None = None
-        self._serving: str | None = None  # the INVOKE the extension thread holds the environment for
-        self._serving_returned = False
-        self._asked = True  # event/next sent for it (by whichever thread saw it done first)
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -149,6 +162,7 @@ class LambdaExtensionBackend:
         try:
             api = ExtensionsApiClient(self.runtime_api)
             self.extension_id = api.register(self.extension_name, ["INVOKE"])
+            api.send_next()  # ready for the first INVOKE, without waiting for a thread to start
         except ExtensionsApiError as exc:
             self._unavailable(f"registration failed: {exc}")
             return
@@ -216,19 +230,18 @@ class LambdaExtensionBackend:
             return
         margin_s = get_settings().lambda_deadline_margin_ms / 1000
         deadline = None if remaining_ms is None else time.monotonic() + remaining_ms / 1000 - margin_s
-        with backend._state:
-            backend._invocation = _Invocation(request_id, deadline, post_response=backend._given_up != request_id)
-            backend._state.notify_all()
+        with backend._state:  # no notify: nobody waits for a handler to start but _hold_for_handler's timeout
+            backend._invocation = _Invocation(request_id, deadline, post_response=request_id not in backend._given_up)
         try:
             yield
         finally:
             with backend._state:
                 backend._invocation = None
-                backend._returned.append(request_id)
-                if backend._serving == request_id:
-                    backend._serving_returned = True
-                    backend._release_if_done()
-                backend._state.notify_all()
+                backend._returned, backend._returned_deadline = request_id, deadline
+                for deferred in backend._held:
+                    backend._jobs.put(deferred)
+                backend._held.clear()
+                backend._release_if_done()
 
     # --- Backend protocol --------------------------------------------------------------
 
@@ -269,7 +282,7 @@ class LambdaExtensionBackend:
             return
         with self._state:
             self._outstanding += 1
-        self._jobs.put(deferred)
+            self._held.append(deferred)
 
     def _explain_unreported_invocation(self) -> None:
         """The one fallback not logged elsewhere: a handler that reported no invocation (logged once)."""
@@ -296,7 +309,6 @@ class LambdaExtensionBackend:
                 with self._state:
                     self._outstanding -= 1
                     self._release_if_done()
-                    self._state.notify_all()
 
     async def _run_one(self, deferred: _Deferred) -> None:
         """Run a job; log (never raise) its failure. Tasks log themselves in ``run_tasks``."""
@@ -313,98 +325,182 @@ class LambdaExtensionBackend:
         except Exception as exc:
             log.error("lambda_extension.job_failed", job=deferred.label, exc_info=exc)
 
-    # --- extension thread --------------------------------------------------------------
+    # --- releasing the environment (any thread) ----------------------------------------
 
     def _release_if_done(self) -> None:
-        """Ask for the next event from the thread that saw the invocation done (holding ``_state``).
+        """Send ``event/next`` for the returned invocation once no job is left (holding ``_state``).
 
-        The handler returned and no job is left: flush the metrics and send ``event/next`` at
-        once, rather than wake the extension thread to do it, a hand-over Lambda would bill.
+        Called by the thread that sees it done: the main thread as the handler returns, or the
+        runner after the last job. The metrics are flushed first, once per invocation, before
+        the freeze; then the environment may freeze.
         """
-        if self._asked or not self._serving_returned or self._outstanding or self.extension_id is None:
+        request_id = self._returned
+        if request_id is None or self._outstanding:
             return
+        self._returned = None
+        self._release(request_id)
+
+    def _release(self, request_id: str) -> None:
+        """``event/next`` for ``request_id``, then read its INVOKE if it is still unread (holding ``_state``).
+
+        The INVOKE arrived before its handler ran, so reading it here takes microseconds, where
+        waking the extension thread to read it would take the GIL from the response being posted.
+        """
+        if request_id in self._released or self._api is None:
+            return
+        self._released.append(request_id)
+        if request_id in self._seen:
+            self._seen.remove(request_id)
+        else:
+            self._unread += 1
         metrics.flush()
         try:
-            assert self._api is not None
-            self._api.ask_next(self.extension_id)
-        except ExtensionsApiError:
-            return  # the extension thread asks itself, and logs what fails
-        self._asked = True
+            self._api.send_next()
+        except ExtensionsApiError as exc:
+            log.error("lambda_extension.event_error", error=str(exc), function_request_id=request_id)
+            self._broken = True
+        else:
+            self._read_arrived()
+        if self._unread or self._broken:
+            self._state.notify_all()  # the extension thread reads what has not arrived yet
 
-    def _ask_next(self, api: ExtensionsApiClient) -> None:
-        """The extension thread's own ``event/next``, unless another thread already sent it."""
-        assert self.extension_id is not None
-        with self._state:
-            if self._asked:
-                return
-            metrics.flush()  # once per invocation, after its tasks, before the freeze
-            try:
-                api.ask_next(self.extension_id)
-            finally:
-                self._asked = True  # sent, or the error below sends it again
+    def _read_arrived(self) -> None:
+        """Read the unread INVOKEs of released invocations that have arrived, unless another thread reads."""
+        assert self._api is not None
+        if not self._reading.acquire(blocking=False):
+            return
+        try:
+            while self._unread and self._api.answer_waiting():
+                self._note_read(self._api.read_event(timeout=READ_TIMEOUT_S))
+        except ExtensionsApiError as exc:
+            log.error("lambda_extension.event_error", error=str(exc))
+            self._broken = True
+        finally:
+            self._reading.release()
+
+    def _note_read(self, event: dict[str, Any]) -> str:
+        """Book an INVOKE just read (holding ``_state``); its request id."""
+        request_id = str(event.get("requestId"))
+        if request_id in self._released:
+            self._unread -= 1
+        else:
+            self._seen.append(request_id)  # read before its release
+        return request_id
+
+    # --- extension thread --------------------------------------------------------------
 
     def _serve_events(self, api: ExtensionsApiClient) -> None:
-        assert self.extension_id is not None
-        failures = 0
-        ask = True  # False once another thread or _ask_next sent event/next: only the answer is read
-        while True:
-            try:
-                if ask:
-                    api.ask_next(self.extension_id)
-                    ask = False
+        """Watch for what no other thread would ever release, and read what they could not.
+
+        The first INVOKE is read as it arrives, to learn whether the entry point reports its
+        invocations. If it does, the thread then sleeps: each later INVOKE is read by the thread
+        that releases its invocation. It wakes every ``WATCH_INTERVAL_S`` for an INVOKE whose
+        handler never started and for jobs past the deadline.
+        """
+        try:
+            with self._reading:
                 event = api.read_event()
+        except ExtensionsApiError as exc:
+            self._unavailable(f"event/next failed: {exc}")
+            return
+        if not self._tracks_invocations():
+            self._release_each_invoke(api, event)
+            return
+        self._hold_for_handler(event)
+        failures = 0
+        while True:
+            with self._state:
+                self._state.wait_for(lambda: self._unread > 0 or self._broken, timeout=self._watch_timeout())
+                unread, broken = self._unread, self._broken
+            try:
+                if broken:
+                    self._reconnect(api, failures)
+                elif unread:
+                    with self._reading:
+                        event = api.read_event()
+                    with self._state:
+                        self._note_read(event)
+                else:
+                    self._watch(api)
+                failures = 0
             except ExtensionsApiError as exc:
-                ask = True
                 failures += 1
                 log.error("lambda_extension.event_error", error=str(exc), attempt=failures)
                 if failures >= 5:
                     self._unavailable(f"event/next keeps failing: {exc}")
                     return
-                time.sleep(0.05 * 2**failures)
-                continue
-            failures = 0
-            deadline = _monotonic_from_epoch_ms(event.get("deadlineMs"))
-            event_type = event.get("eventType")
-            if event_type == "INVOKE":
-                request_id = str(event.get("requestId"))
                 with self._state:
-                    self._serving, self._asked = request_id, False
-                    self._serving_returned = request_id in self._returned
-                if self._tracks_invocations():
-                    self._await_handler(request_id, deadline)
-                self._await_jobs(deadline)
-                try:
-                    self._ask_next(api)
-                except ExtensionsApiError as exc:
-                    failures += 1
-                    log.error("lambda_extension.event_error", error=str(exc), attempt=failures)
-                    ask = True
-            elif event_type == "SHUTDOWN":  # only if Lambda ever delivers it to internal extensions
-                self._await_jobs(deadline)
-                log.info("lambda_extension.shutdown", reason=event.get("shutdownReason"))
+                    self._broken = True
+
+    def _release_each_invoke(self, api: ExtensionsApiClient, event: dict[str, Any]) -> None:
+        """An entry point that reports no invocation runs its jobs before returning: nothing to hold."""
+        while True:
+            with self._state:
+                self._release(self._note_read(event))
+            try:
+                with self._reading:
+                    event = api.read_event()
+            except ExtensionsApiError as exc:
+                self._unavailable(f"event/next failed: {exc}")
                 return
 
-    def _await_handler(self, request_id: str, deadline: float | None) -> None:
-        def started() -> bool:
-            invocation = self._invocation
-            return request_id in self._returned or (invocation is not None and invocation.request_id == request_id)
-
-        remaining = _seconds_until(deadline)
-        grace = HANDLER_START_GRACE_S if remaining is None else min(HANDLER_START_GRACE_S, remaining)
+    def _reconnect(self, api: ExtensionsApiClient, failures: int) -> None:
+        """After a failed call: a new connection, and ``event/next`` on it (the old one's answers are gone)."""
+        time.sleep(0.05 * 2**failures)
+        with self._reading:
+            api.close()
+            api.send_next()
         with self._state:
-            if not self._state.wait_for(started, timeout=grace):
-                self._given_up = request_id
-                log.warning("lambda_extension.handler_not_started", function_request_id=request_id, waited_s=grace)
-                return
-            if self._state.wait_for(lambda: request_id in self._returned, timeout=_seconds_until(deadline)):
-                self._returned.remove(request_id)
-                return
-        log.warning("lambda_extension.handler_not_returned", function_request_id=request_id)
+            self._broken, self._unread = False, 0
 
-    def _await_jobs(self, deadline: float | None) -> None:
-        timeout = None if deadline is None else _seconds_until(deadline + DRAIN_GRACE_S)
+    def _watch_timeout(self) -> float:
+        pending = self._pending_deadline()
+        if pending is None:
+            return WATCH_INTERVAL_S
+        return min(WATCH_INTERVAL_S, _seconds_until(pending + DRAIN_GRACE_S) or 0.0)
+
+    def _pending_deadline(self) -> float | None:
+        """The deadline of the returned invocation still held for its jobs, if any."""
+        return self._returned_deadline if self._returned is not None else None
+
+    def _watch(self, api: ExtensionsApiClient) -> None:
+        """No release for a while: jobs stuck past the deadline, or an INVOKE no handler took."""
         with self._state:
-            if self._state.wait_for(lambda: self._outstanding == 0, timeout=timeout):
+            pending = self._pending_deadline()
+            if pending is not None and _seconds_until(pending + DRAIN_GRACE_S) == 0.0:
+                log.error("lambda_extension.drain_incomplete", outstanding_jobs=self._outstanding)
+                request_id, self._returned = self._returned, None
+                assert request_id is not None
+                self._release(request_id)
                 return
-            outstanding = self._outstanding
-        log.error("lambda_extension.drain_incomplete", outstanding_jobs=outstanding)
+            if self._invocation is not None or self._returned is not None or self._unread:
+                return
+            with self._reading:
+                event = api.read_event(timeout=READ_TIMEOUT_S) if api.answer_waiting() else None
+        if event is not None:
+            self._hold_for_handler(event)
+
+    def _hold_for_handler(self, event: dict[str, Any]) -> None:
+        """An INVOKE read before its release: give its handler ``HANDLER_START_GRACE_S`` to start.
+
+        If the runtime failed before calling it (an event that is not JSON), nobody else would
+        release the environment before the deadline.
+        """
+        with self._state:
+            request_id = self._note_read(event)
+
+            def started() -> bool:
+                invocation = self._invocation
+                return (
+                    request_id in self._released
+                    or self._returned == request_id
+                    or (invocation is not None and invocation.request_id == request_id)
+                )
+
+            remaining = _seconds_until(_monotonic_from_epoch_ms(event.get("deadlineMs")))
+            grace = HANDLER_START_GRACE_S if remaining is None else min(HANDLER_START_GRACE_S, remaining)
+            if self._state.wait_for(started, timeout=grace):
+                return
+            self._given_up.append(request_id)
+            log.warning("lambda_extension.handler_not_started", function_request_id=request_id, waited_s=grace)
+            self._release(request_id)
