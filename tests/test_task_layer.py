@@ -505,6 +505,26 @@ def test_aws_outages_answer_503_though_botocore_loads_only_with_the_first_client
     assert '"event":"request.aws_unavailable"' in completed.stdout
 
 
+def test_a_pydantic_v1_model_is_still_refused_as_fastapi_refuses_it() -> None:
+    """shared.pydantic_v1_check skips FastAPI's import of pydantic.v1, not its check."""
+    import warnings
+
+    from fastapi.exceptions import PydanticV1NotSupportedError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pydantic import v1
+
+    class Legacy(v1.BaseModel):
+        name: str
+
+    app = create_app("tasktest")
+    with pytest.raises(PydanticV1NotSupportedError, match=r"pydantic\.v1 models are no longer supported"):
+
+        @app.get("/legacy", response_model=Legacy)
+        def legacy() -> None: ...
+
+
 def late_failure(gate: threading.Event, results: list[str]) -> None:
     gate.wait(5)
     results.append("late side effect")
