@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from shared import pydantic_v1_check
 from shared.allow import method_not_allowed
 from shared.background.install import install as install_task_layer
 from shared.body_limit import BodyLimitMiddleware
@@ -42,6 +43,7 @@ def create_app(
     ``exception_handlers=`` win over these defaults, the catch-all (``Exception``/500) included.
     """
     ensure_logging_configured(service)
+    pydantic_v1_check.install()  # before any route is declared: each one asks
     app = FastAPI(title=service, **fastapi_options)
     root_path = get_settings().api_root_path
     if root_path:

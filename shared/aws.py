@@ -10,6 +10,9 @@ to AWS itself.
 
 from __future__ import annotations
 
+import sys
+import threading
+from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +27,32 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 
+_when_loaded: list[Callable[[], None]] = []
+_when_loaded_lock = threading.Lock()
+
+
+def when_sdk_loaded(callback: Callable[[], None]) -> None:
+    """Run ``callback`` once botocore is loaded: now if it is, else when the first client is made.
+
+    What needs botocore's classes (e.g. exception handlers for its errors) waits for the
+    first request that calls AWS instead of lengthening every cold start.
+    """
+    with _when_loaded_lock:
+        if "botocore" not in sys.modules:
+            _when_loaded.append(callback)
+            return
+    callback()
+
+
 @cache
 def _session() -> Session:
     import boto3
 
+    with _when_loaded_lock:
+        callbacks = _when_loaded.copy()
+        _when_loaded.clear()
+    for callback in callbacks:
+        callback()
     return boto3.session.Session(region_name=get_settings().aws_region)
 
 

@@ -496,7 +496,8 @@ def test_create_resources_is_safe_to_call_again(state: AwsState) -> None:
 
 
 def test_importing_a_function_creates_no_client_and_loads_no_image_library_nor_the_sdk() -> None:
-    """Cold start: clients (and boto3 with them) on first use; Pillow, puremagic and Powertools where used.
+    """Cold start: clients (boto3 and botocore with them) on first use; Pillow, puremagic and Powertools where used;
+    never pydantic.v1, which FastAPI's check for v1 models would import (shared/pydantic_v1_check.py).
 
     Durable tasks routed to SQS, as template.yaml deploys the functions, so the sqs backend is imported too.
     """
@@ -506,6 +507,8 @@ def test_importing_a_function_creates_no_client_and_loads_no_image_library_nor_t
         "from shared import aws\n"
         "print(json.dumps({'clients': aws.client.cache_info().currsize + aws.resource.cache_info().currsize,"
         " 'pil': 'PIL' in sys.modules, 'puremagic': 'puremagic' in sys.modules, 'boto3': 'boto3' in sys.modules,"
+        " 'botocore': 'botocore' in sys.modules,"
+        " 'pydantic_v1': 'pydantic.v1' in sys.modules,"
         " 'powertools': 'aws_lambda_powertools' in sys.modules,"
         " 'sqs_backend': 'shared.background.sqs' in sys.modules}))\n"
     )
@@ -523,6 +526,8 @@ def test_importing_a_function_creates_no_client_and_loads_no_image_library_nor_t
         "pil": False,
         "puremagic": False,
         "boto3": False,
+        "botocore": False,
+        "pydantic_v1": False,
         "powertools": False,
         "sqs_backend": True,
     }

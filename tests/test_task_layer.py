@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import datetime
@@ -445,6 +449,80 @@ def test_the_users_own_aws_error_handler_wins() -> None:
         response = client.get("/aws")
 
     assert (response.status_code, response.text) == (599, "mine: ClientError")
+
+
+_AWS_ERRORS_AFTER_START = """
+import json, sys
+from fastapi.testclient import TestClient
+from shared import aws
+from shared.app import create_app
+
+def throttling_app(name):
+    app = create_app(name, calls_aws=True)
+
+    @app.get("/aws")
+    def call_aws():
+        aws.client("sqs")  # the first client loads botocore
+        from botocore.exceptions import ClientError
+
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "SendMessage")
+
+    return app
+
+started, fresh = throttling_app("started"), throttling_app("fresh")
+found = {"botocore_after_create_app": "botocore" in sys.modules}
+with TestClient(started, raise_server_exceptions=False) as client:
+    found["health"] = client.get("/health").status_code  # the middleware stack is built without botocore
+    answer = client.get("/aws")
+    found["started"] = [answer.status_code, answer.headers.get("retry-after")]
+with TestClient(fresh, raise_server_exceptions=False) as client:  # botocore came before its first request
+    answer = client.get("/aws")
+    found["fresh"] = [answer.status_code, answer.headers.get("retry-after")]
+print(json.dumps(found))
+"""
+
+
+def test_aws_outages_answer_503_though_botocore_loads_only_with_the_first_client() -> None:
+    """calls_aws=True imports no botocore at cold start; the 503 handlers arrive with the first client,
+    in an app already serving (its middleware stack built) and in one not started yet."""
+    completed = subprocess.run(
+        [sys.executable, "-c", _AWS_ERRORS_AFTER_START],
+        cwd=Path(__file__).parents[1],
+        env={**os.environ, "LOG_FORMAT": "json"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    found = json.loads(completed.stdout.strip().splitlines()[-1])
+
+    assert found == {
+        "botocore_after_create_app": False,
+        "health": 200,
+        "started": [503, "1"],
+        "fresh": [503, "1"],
+    }
+    assert '"event":"request.aws_unavailable"' in completed.stdout
+
+
+def test_a_pydantic_v1_model_is_still_refused_as_fastapi_refuses_it() -> None:
+    """shared.pydantic_v1_check skips FastAPI's import of pydantic.v1, not its check."""
+    import warnings
+
+    from fastapi.exceptions import PydanticV1NotSupportedError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pydantic import v1
+
+    class Legacy(v1.BaseModel):
+        name: str
+
+    app = create_app("tasktest")
+    with pytest.raises(PydanticV1NotSupportedError, match=r"pydantic\.v1 models are no longer supported"):
+
+        @app.get("/legacy", response_model=Legacy)
+        def legacy() -> None: ...
 
 
 def late_failure(gate: threading.Event, results: list[str]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated
 
-from botocore.exceptions import ClientError
 from fastapi import BackgroundTasks, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.convertors import StringConvertor, register_url_convertor
@@ -105,6 +104,8 @@ def get_item(item_id: ResourceId) -> Item:
 @app.delete("/items/{item_id:not_search}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404, 503))
 def delete_item(item_id: ResourceId, background_tasks: BackgroundTasks) -> Response:
     """Delete an item; its search rows are removed in the background."""
+    from botocore.exceptions import ClientError  # loaded with the client, not at cold start
+
     try:
         _table().delete_item(Key={"id": item_id}, ConditionExpression="attribute_exists(id)")
     except ClientError as exc:

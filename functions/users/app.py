@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from botocore.exceptions import ClientError
 from fastapi import BackgroundTasks, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -17,6 +16,9 @@ from shared.settings import get_settings
 from shared.tasks import audit
 from shared.tasks.email import send_welcome_email
 from shared.validation import Email, ResourceId, SingleLine
+
+if TYPE_CHECKING:
+    from botocore.exceptions import ClientError
 
 app = create_app(
     "users",
@@ -62,6 +64,8 @@ def register(body: Registration, request: Request, response: Response, backgroun
     user = User(id=new_id(), name=body.name, email=body.email, created_at=audit.utc_now())
     table_name = get_settings().users_table
     client: Any = aws.dynamodb().meta.client
+    from botocore.exceptions import ClientError  # loaded with the client
+
     try:
         client.transact_write_items(
             TransactItems=[

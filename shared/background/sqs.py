@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import anyio.to_thread
 import structlog
-from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared import aws, tracing
@@ -59,7 +58,8 @@ class Deferrer(Protocol):
 class TaskMessage(BaseModel):
     """The body of one task message, as the worker reads it."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, validate_by_name=True)
+    # Built at the worker's first message, not at every API function's cold start.
+    model_config = ConfigDict(extra="ignore", frozen=True, validate_by_name=True, defer_build=True)
 
     v: Literal[1] = 1
     task: str
@@ -275,6 +275,8 @@ class SqsBackend:
         self, ids: list[str], unsent: dict[str, _Entry], message_ids: dict[str, str] | None = None
     ) -> None:
         """One SendMessageBatch, retrying what failed; removes from ``unsent`` what was sent or given up."""
+        from botocore.exceptions import BotoCoreError, ClientError  # loaded with the client, not at cold start
+
         error_type, error = "", ""
         for attempt in range(1, self.attempts + 1):
             pending = [unsent[task_id] for task_id in ids if task_id in unsent]

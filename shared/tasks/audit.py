@@ -16,7 +16,6 @@ from decimal import Decimal
 from typing import Any, TypedDict
 
 import structlog
-from botocore.exceptions import ClientError
 
 from shared import aws
 from shared.background import task
@@ -84,6 +83,8 @@ def record(
     if request_id:
         item["request_id"] = request_id
     table = aws.dynamodb().Table(get_settings().audit_table)
+    from botocore.exceptions import ClientError  # loaded with the client, not at cold start
+
     try:
         table.put_item(Item=item, ConditionExpression="attribute_not_exists(subject)")
     except ClientError as exc:

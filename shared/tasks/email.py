@@ -7,8 +7,6 @@ of the notifications function, for a laptop without any AWS at all.
 
 from __future__ import annotations
 
-from botocore.exceptions import ClientError
-
 from shared import aws
 from shared.background import task
 from shared.ids import new_id
@@ -31,6 +29,8 @@ def deliver(to: str, subject: str, body: str) -> str:
         notification_log.append(f"email to {to}: [{subject}] {one_line}\n")
         message_id = f"log-{new_id()}"
     else:
+        from botocore.exceptions import ClientError  # loaded with the client, not at cold start
+
         try:
             response = aws.ses().send_email(
                 Source=settings.mail_sender,

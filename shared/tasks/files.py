@@ -18,8 +18,6 @@ from dataclasses import asdict, dataclass
 from tempfile import SpooledTemporaryFile
 from typing import IO, TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from shared import aws
 from shared.background import PermanentTaskError, task
 from shared.logs import get_logger
@@ -319,6 +317,8 @@ def _uploads_table() -> Any:
 def _failure_reason(exc: BaseException) -> str:
     if isinstance(exc, ProcessingError):
         return str(exc)
+    from botocore.exceptions import BotoCoreError, ClientError  # loaded with the client, not at cold start
+
     if isinstance(exc, ClientError):
         return f"Storage error: {exc.response.get('Error', {}).get('Code', 'unknown')}."
     if isinstance(exc, BotoCoreError):
