@@ -73,19 +73,6 @@ def test_settings_read_variables_in_any_case_aliases_and_json_lists(monkeypatch:
     assert settings.lambda_deadline_margin_ms == 250
 
 
-def test_settings_are_read_only_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WORKER_BATCH_SIZE", "5")
-    settings = load_settings()
-
-    assert settings == load_settings() and hash(settings) == hash(load_settings())
-    assert settings.worker_batch_size == 5
-    assert "worker_batch_size=5" in repr(settings)
-    with pytest.raises(AttributeError, match="read-only"):
-        settings.worker_batch_size = 6  # type: ignore[misc]
-    monkeypatch.setenv("WORKER_BATCH_SIZE", "6")
-    assert load_settings() != settings
-
-
 def run(command: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     base = {"PATH": "/usr/bin:/bin", "AWS_DEFAULT_REGION": "us-east-1", "LOG_FORMAT": "json", "HOME": "/tmp"}
     return subprocess.run(
