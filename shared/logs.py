@@ -78,6 +78,25 @@ class _ModuleLogger:
         return method
 
 
+_STRUCTLOG_VARS: dict[str, Any] | None = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
+
+
+def bound(key: str) -> Any:
+    """The value ``structlog.contextvars.bind_contextvars`` bound to ``key`` here, else None.
+
+    One context variable read: ``get_contextvars()`` copies the whole context to find one key,
+    which the task metrics would pay three times per request. structlog keeps its variables in
+    a private dict; if a release drops it, this falls back to the public call.
+    """
+    if _STRUCTLOG_VARS is None:
+        return structlog.contextvars.get_contextvars().get(key)
+    var = _STRUCTLOG_VARS.get("structlog_" + key)
+    if var is None:
+        return None
+    value = var.get()
+    return None if value is Ellipsis else value
+
+
 def get_logger(name: str) -> Any:
     """A logger for module level: assembled on first use, after ``configure_logging``."""
     return _ModuleLogger(name)
