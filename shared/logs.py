@@ -79,6 +79,7 @@ class _ModuleLogger:
 
 
 _STRUCTLOG_VARS: dict[str, Any] | None = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
+_PREFIX_LENGTH = len(structlog.contextvars.STRUCTLOG_KEY_PREFIX)
 
 
 def bound(key: str) -> Any:
@@ -90,7 +91,7 @@ def bound(key: str) -> Any:
     """
     if _STRUCTLOG_VARS is None:
         return structlog.contextvars.get_contextvars().get(key)
-    var = _STRUCTLOG_VARS.get("structlog_" + key)
+    var = _STRUCTLOG_VARS.get(structlog.contextvars.STRUCTLOG_KEY_PREFIX + key)
     if var is None:
         return None
     value = var.get()
@@ -130,14 +131,6 @@ def _mask_emails_everywhere(_: WrappedLogger, __: str, event_dict: EventDict) ->
     return event_dict
 
 
-def _add_service(service: str) -> Processor:
-    def add_service(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-        event_dict.setdefault("service", service)
-        return event_dict
-
-    return add_service
-
-
 def _rename_stdlib_logger(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """Keep the emitting logger's name, useful for uvicorn's and boto's lines."""
     record = event_dict.get("_record")
@@ -175,6 +168,58 @@ class _IsoTimestamp:
             self._second = (second, formatted)
         event_dict["timestamp"] = f"{formatted}.{microsecond:06d}Z"
         return event_dict
+
+
+_LEVEL_ALIASES = {"warn": "warning", "exception": "error"}
+"""What ``structlog.processors.add_log_level`` writes for these methods."""
+
+
+class _Prepare:
+    """Every line's common keys in one processor, in the order separate processors would add them.
+
+    The request's bound keys (``merge_contextvars``, read through ``bound``'s variables), ``level``,
+    ``timestamp``, ``service``, and, only for a line with ``exc_info``, ``error_type``/``error``
+    and the traceback as data (``exceptions``, JSON only). One call instead of seven per line.
+    """
+
+    def __init__(self, service: str, exceptions: structlog.processors.ExceptionRenderer | None) -> None:
+        self.service = service
+        self.exceptions = exceptions
+        self.timestamp = _IsoTimestamp()
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        if _STRUCTLOG_VARS is None:
+            structlog.contextvars.merge_contextvars(logger, method_name, event_dict)
+        else:
+            for name, var in list(_STRUCTLOG_VARS.items()):
+                value = var.get()
+                if value is not Ellipsis:
+                    event_dict.setdefault(name[_PREFIX_LENGTH:], value)
+        event_dict["level"] = _LEVEL_ALIASES.get(method_name, method_name)
+        event_dict = self.timestamp(logger, method_name, event_dict)
+        event_dict.setdefault("service", self.service)
+        if "exc_info" in event_dict:
+            event_dict = _add_error_summary(logger, method_name, event_dict)
+            if self.exceptions is not None:
+                event_dict = self.exceptions(logger, method_name, event_dict)
+        return event_dict
+
+
+class _MaskedJson:
+    """The JSON renderer, masking e-mail addresses (``_mask_emails_everywhere``) only in lines that hold one.
+
+    Rendering first and testing the text once costs less than testing every value of every
+    line; the rare line with an ``@`` (or ``%40``) is masked and rendered again.
+    """
+
+    def __init__(self) -> None:
+        self.render = structlog.processors.JSONRenderer(serializer=_dumps)
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> str | bytes:
+        text = self.render(logger, method_name, event_dict)
+        if "@" in text or "%40" in text:
+            text = self.render(logger, method_name, _mask_emails_everywhere(logger, method_name, event_dict))
+        return text
 
 
 def _drop_below_root_level(_: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
@@ -220,21 +265,14 @@ def configure_logging(service: str | None = None, stream: TextIO | None = None, 
     stream = stream or sys.stdout
     level = logging.getLevelNamesMapping()[settings.log_level]
 
-    shared: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        _IsoTimestamp(),
-        _add_service(service),
-        _add_error_summary,
-    ]
+    shared: list[Processor]
     renderer: Processor
     if _use_json(settings.log_format, stream):
-        renderer = structlog.processors.JSONRenderer(serializer=_dumps)
         # Tracebacks as data, without local variables: they would leak task arguments.
-        shared.append(structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)))
+        exceptions = structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
+        shared, renderer = [_Prepare(service, exceptions)], _MaskedJson()
     else:
-        renderer = structlog.dev.ConsoleRenderer()
-    shared.append(_mask_emails_everywhere)
+        shared, renderer = [_Prepare(service, None), _mask_emails_everywhere], structlog.dev.ConsoleRenderer()
 
     structlog.configure(
         processors=[_drop_below_root_level, *shared, renderer],

@@ -25,8 +25,11 @@ class _AfterResponse(BackgroundTask):
     Known to be a coroutine function: Starlette's constructor would inspect it on every request.
     """
 
-    def __init__(self, dispatch: Callable[..., Awaitable[None]], plan: Plan) -> None:
-        self.func, self.args, self.kwargs, self.is_async = dispatch, (plan,), {}, True
+    def __init__(self, dispatch: Callable[[Plan], Awaitable[None]], plan: Plan) -> None:
+        self.dispatch, self.plan, self.is_async = dispatch, plan, True
+
+    async def __call__(self) -> None:
+        await self.dispatch(self.plan)
 
 
 class TaskExecutor:
