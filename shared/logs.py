@@ -186,15 +186,19 @@ class _Prepare:
         self.service = service
         self.exceptions = exceptions
         self.timestamp = _IsoTimestamp()
+        self._keys: tuple[tuple[str, Any], ...] = ()  # (log key, structlog's variable), kept until one is added
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         if _STRUCTLOG_VARS is None:
             structlog.contextvars.merge_contextvars(logger, method_name, event_dict)
         else:
-            for name, var in list(_STRUCTLOG_VARS.items()):
+            keys = self._keys
+            if len(keys) != len(_STRUCTLOG_VARS):  # structlog only ever adds variables
+                keys = self._keys = tuple((name[_PREFIX_LENGTH:], var) for name, var in tuple(_STRUCTLOG_VARS.items()))
+            for key, var in keys:
                 value = var.get()
                 if value is not Ellipsis:
-                    event_dict.setdefault(name[_PREFIX_LENGTH:], value)
+                    event_dict.setdefault(key, value)
         event_dict["level"] = _LEVEL_ALIASES.get(method_name, method_name)
         event_dict = self.timestamp(logger, method_name, event_dict)
         event_dict.setdefault("service", self.service)
