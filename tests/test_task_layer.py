@@ -171,6 +171,11 @@ def test_timestamps_are_iso_utc_with_microseconds_and_follow_the_clock(monkeypat
     ]
 
 
+class Structlogged:
+    def __structlog__(self) -> dict[str, str]:
+        return {"as": "logged"}
+
+
 @pytest.mark.parametrize("structlog_variables", ["structlog's own", "public fallback"])
 def test_every_line_gets_the_bound_keys_level_and_error_summary(
     logs: LogCapture, monkeypatch: pytest.MonkeyPatch, structlog_variables: str
@@ -182,7 +187,7 @@ def test_every_line_gets_the_bound_keys_level_and_error_summary(
     try:
         assert shared.logs.bound("request_id") == "req-7"
         assert shared.logs.bound("never_bound") is None
-        log.info("pipeline.kwargs", request_id="explicit", n=1)
+        log.info("pipeline.kwargs", request_id="explicit", n=1, path=Path("/srv/x"), custom=Structlogged())
         log.info("pipeline.%s", "interpolated")
         log.warning("pipeline.warning")
         try:
@@ -194,6 +199,7 @@ def test_every_line_gets_the_bound_keys_level_and_error_summary(
     assert shared.logs.bound("request_id") is None
     kwargs, interpolated, warning, exception = logs.events
     assert (kwargs["request_id"], kwargs["service"], kwargs["n"], kwargs["level"]) == ("explicit", "svc", 1, "info")
+    assert (kwargs["path"], kwargs["custom"]) == ("PosixPath('/srv/x')", {"as": "logged"})  # as structlog renders them
     assert (interpolated["event"], interpolated["request_id"]) == ("pipeline.interpolated", "req-7")
     assert warning["level"] == "warning"
     assert (exception["level"], exception["error_type"], exception["error"]) == ("error", "Boom", "it broke")
