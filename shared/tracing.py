@@ -182,7 +182,7 @@ def _sdk_tracer() -> Any:
     if api is None:
         return None
     provider = api.get_tracer_provider()
-    if isinstance(provider, api.ProxyTracerProvider | api.NoOpTracerProvider):
+    if isinstance(provider, (api.ProxyTracerProvider, api.NoOpTracerProvider)):  # a tuple: no union built per call
         return None
     return provider.get_tracer("shared.background")
 
