@@ -66,7 +66,8 @@ def _new_span_id() -> str:
 
 
 def new_trace() -> TraceContext:
-    return TraceContext(os.urandom(16).hex(), _new_span_id())
+    ids = os.urandom(24).hex()  # one system call for both ids
+    return TraceContext(ids[:32], ids[32:])
 
 
 def parse_traceparent(value: str | None) -> TraceContext | None:
@@ -82,7 +83,9 @@ def parse_traceparent(value: str | None) -> TraceContext | None:
 
 def parse_xray(header: str | None) -> TraceContext | None:
     """An X-Ray trace header (``Root=1-...;Parent=...;Sampled=1``); None without a valid root."""
-    fields = dict(part.strip().split("=", 1) for part in (header or "").split(";") if "=" in part)
+    if not header:
+        return None
+    fields = dict(part.strip().split("=", 1) for part in header.split(";") if "=" in part)
     version, _, rest = fields.get("Root", "").partition("-")
     epoch, _, unique = rest.partition("-")
     if version != "1" or not (_is_hex(epoch, 8) and _is_hex(unique, 24)):
@@ -137,9 +140,9 @@ def current() -> TraceContext | None:
     return _current.get()
 
 
-def activate(trace: TraceContext) -> tuple[Token[TraceContext | None], Mapping[str, Any]]:
-    """Make ``trace`` current and put its id on every log line; undo with ``deactivate``."""
-    return _current.set(trace), structlog.contextvars.bind_contextvars(trace_id=trace.trace_id)
+def activate(trace: TraceContext, **log_keys: Any) -> tuple[Token[TraceContext | None], Mapping[str, Any]]:
+    """Make ``trace`` current and put its id (and ``log_keys``) on every log line; undo with ``deactivate``."""
+    return _current.set(trace), structlog.contextvars.bind_contextvars(trace_id=trace.trace_id, **log_keys)
 
 
 def deactivate(tokens: tuple[Token[TraceContext | None], Mapping[str, Any]]) -> None:
@@ -179,7 +182,7 @@ def _sdk_tracer() -> Any:
     if api is None:
         return None
     provider = api.get_tracer_provider()
-    if isinstance(provider, api.ProxyTracerProvider | api.NoOpTracerProvider):
+    if isinstance(provider, (api.ProxyTracerProvider, api.NoOpTracerProvider)):  # a tuple: no union built per call
         return None
     return provider.get_tracer("shared.background")
 

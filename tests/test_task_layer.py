@@ -15,10 +15,12 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import structlog
 from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.responses import PlainTextResponse
 from fastapi.testclient import TestClient
 
+import shared.logs
 from shared.app import create_app
 from shared.background import TaskRejected, task
 from shared.background.backends import InlineBackend
@@ -171,6 +173,42 @@ def test_timestamps_are_iso_utc_with_microseconds_and_follow_the_clock(monkeypat
         "2023-11-14T22:13:21.250000Z",
         "2023-11-14T23:13:20.000000Z",
     ]
+
+
+class Structlogged:
+    def __structlog__(self) -> dict[str, str]:
+        return {"as": "logged"}
+
+
+@pytest.mark.parametrize("structlog_variables", ["structlog's own", "public fallback"])
+def test_every_line_gets_the_bound_keys_level_and_error_summary(
+    logs: LogCapture, monkeypatch: pytest.MonkeyPatch, structlog_variables: str
+) -> None:
+    if structlog_variables == "public fallback":  # a structlog release without its private variable dict
+        monkeypatch.setattr("shared.logs._STRUCTLOG_VARS", None)
+    log = get_logger("tests.pipeline")
+    bound = structlog.contextvars.bind_contextvars(request_id="req-7", service="svc")
+    try:
+        assert shared.logs.bound("request_id") == "req-7"
+        assert shared.logs.bound("never_bound") is None
+        log.info("pipeline.kwargs", request_id="explicit", n=1, path=Path("/srv/x"), custom=Structlogged())
+        log.info("pipeline.%s", "interpolated")
+        log.warning("pipeline.warning")
+        try:
+            raise Boom("it broke")
+        except Boom:
+            log.exception("pipeline.exception")
+    finally:
+        structlog.contextvars.reset_contextvars(**bound)
+    assert shared.logs.bound("request_id") is None
+    kwargs, interpolated, warning, exception = logs.events
+    assert (kwargs["request_id"], kwargs["service"], kwargs["n"], kwargs["level"]) == ("explicit", "svc", 1, "info")
+    assert (kwargs["path"], kwargs["custom"]) == ("PosixPath('/srv/x')", {"as": "logged"})  # as structlog renders them
+    assert (interpolated["event"], interpolated["request_id"]) == ("pipeline.interpolated", "req-7")
+    assert warning["level"] == "warning"
+    assert (exception["level"], exception["error_type"], exception["error"]) == ("error", "Boom", "it broke")
+    assert exception["exception"][0]["exc_type"] == "Boom"
+    assert "exc_info" not in exception
 
 
 def test_module_loggers_follow_the_configuration_until_they_cache_it() -> None:

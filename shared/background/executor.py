@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from starlette.background import BackgroundTask
 
@@ -14,7 +14,22 @@ from shared.metrics import observed
 
 log = observed(get_logger("shared.background"))
 
+Plan = Sequence[tuple[Backend, Sequence[QueuedTask]]]
+
 ALL_TASKS = "*"
+
+
+class _AfterResponse(BackgroundTask):
+    """What Starlette awaits after the response: the executor's dispatch of one request's plan.
+
+    Known to be a coroutine function: Starlette's constructor would inspect it on every request.
+    """
+
+    def __init__(self, dispatch: Callable[[Plan], Awaitable[None]], plan: Plan) -> None:
+        self.dispatch, self.plan, self.is_async = dispatch, plan, True
+
+    async def __call__(self) -> None:
+        await self.dispatch(self.plan)
 
 
 class TaskExecutor:
@@ -40,18 +55,23 @@ class TaskExecutor:
         leaves nothing half-queued behind it.
         """
         groups: dict[int, tuple[Backend, list[QueuedTask]]] = {}
+        routes, default_timeout = self._routes, self.default_timeout
         for starlette_task in flatten(background):
-            task = QueuedTask.from_starlette(starlette_task, self.default_timeout)
-            backend = self.backend_for(task)
+            task = QueuedTask.from_starlette(starlette_task, default_timeout)
+            backend = self.backend_for(task) if routes else self.default
             backend.accept(task)
-            groups.setdefault(id(backend), (backend, []))[1].append(task)
+            group = groups.get(id(backend))
+            if group is None:
+                groups[id(backend)] = (backend, [task])
+            else:
+                group[1].append(task)
         plan = list(groups.values())
         for backend, tasks in plan:
             for task in tasks:
                 log.info("task.queued", **task_fields(task, backend.name))
-        return BackgroundTask(self.dispatch, plan)
+        return _AfterResponse(self.dispatch, plan)
 
-    async def dispatch(self, plan: Sequence[tuple[Backend, Sequence[QueuedTask]]]) -> None:
+    async def dispatch(self, plan: Plan) -> None:
         for backend, tasks in plan:
             try:
                 await backend.dispatch(tasks)

@@ -26,9 +26,10 @@ class TaskRoute(APIRoute):
 
         async def handle_with_executor(request: Request) -> Response:
             response = await handle(request)
-            executor = getattr(request.app.state, "task_executor", None)
-            if response.background is not None and executor is not None:
-                response.background = executor.take(response.background)
+            if response.background is not None:
+                executor = getattr(request.app.state, "task_executor", None)
+                if executor is not None:
+                    response.background = executor.take(response.background)
             return response
 
         return handle_with_executor

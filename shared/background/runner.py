@@ -217,10 +217,10 @@ async def _finish(overruns: list[_Overrun], deadline: float | None) -> int:
 
 def _time_left(task: QueuedTask, deadline: float | None) -> float | None:
     """Seconds this task may run: its own timeout, capped by the deadline (monotonic)."""
-    limits = [task.timeout] if task.timeout is not None else []
-    if deadline is not None:
-        limits.append(deadline - time.monotonic())
-    return min(limits) if limits else None
+    if deadline is None:
+        return task.timeout
+    left = deadline - time.monotonic()
+    return left if task.timeout is None else min(task.timeout, left)
 
 
 def _start_thread(task: QueuedTask) -> asyncio.Future[Any]:
@@ -341,15 +341,19 @@ async def run_task_outcome(
         return round((time.perf_counter() - started) * 1000, 3)
 
     call = None if task.is_async else _SyncCall(task)
-    # asyncio.timeout(None) costs as much as a real limit; most tasks have none.
-    limit = asyncio.timeout(time_left) if time_left is not None else contextlib.nullcontext()
     try:
-        async with limit:
+        # abandon_on_cancel: a thread cannot be stopped; past the limit it is watched instead.
+        if time_left is None:  # most tasks: no timeout context at all (asyncio.timeout(None) costs as much)
             if call is None:
                 await task.func(*task.args, **task.kwargs)
             else:
-                # abandon_on_cancel: a thread cannot be stopped; past the limit it is watched instead.
                 await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        else:
+            async with asyncio.timeout(time_left):
+                if call is None:
+                    await task.func(*task.args, **task.kwargs)
+                else:
+                    await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
     except TimeoutError:
         by_deadline = handoff is not None and time_left != task.timeout
         note = {"handoff": handoff.note(task, started=True, reason=DEADLINE)} if by_deadline and handoff else {}
@@ -414,7 +418,8 @@ async def run_tasks(tasks: Sequence[QueuedTask], backend: str, deadline: float |
             decision = handoff.wants(task, deadline) if handoff.enabled else None
             if decision is None:
                 running = task
-                succeeded += await run_task(task, backend, deadline, handoff, overruns)
+                outcome = await run_task_outcome(task, backend, deadline, handoff=handoff, overruns=overruns)
+                succeeded += outcome == "succeeded"
             elif not await handoff.move(task, backend, decision):
                 refused = decision  # the queue did not take it: run it here as far as it can
                 if await run_task(task, backend, deadline, overruns=overruns):

@@ -43,13 +43,14 @@ class QueuedTask:
 
     @classmethod
     def from_starlette(cls, task: BackgroundTask, default_timeout: float | None = None) -> QueuedTask:
-        options = task_options(task.func)
+        func = task.func
+        options = task_options(func)
         timeout = options.timeout if options.timeout is not None else default_timeout
         return cls(
-            func=task.func,
-            args=tuple(task.args),
-            kwargs=dict(task.kwargs),
-            name=qualified_name(task.func),
+            func,
+            tuple(task.args),
+            dict(task.kwargs),
+            options.name or qualified_name(func),
             timeout=timeout,
             is_async=task.is_async,
         )
@@ -60,4 +61,6 @@ def flatten(background: BackgroundTask) -> list[BackgroundTask]:
     nested = getattr(background, "tasks", None)
     if nested is None:
         return [background]
+    if all(type(task) is BackgroundTask for task in nested):  # what add_task makes: nothing nested
+        return list(nested)
     return [leaf for task in nested for leaf in flatten(task)]

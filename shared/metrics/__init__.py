@@ -19,9 +19,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from shared import tracing
+from shared.logs import bound
 from shared.metrics.names import COUNTERS, DEFAULT_NAMESPACE, RETRIED, TIMED_EVENTS
 from shared.settings import get_settings, running_on_lambda
 
@@ -92,7 +91,7 @@ def reset() -> None:
 
 
 def _service(fields: Mapping[str, Any]) -> str:
-    service = fields.get("service") or structlog.contextvars.get_contextvars().get("service")
+    service = fields.get("service") or bound("service")
     return str(service or get_settings().service_name)
 
 

@@ -21,7 +21,9 @@ _ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
 
 def one_line(text: str) -> str:
     """``text`` as a single line ending in a newline, its control characters escaped (tabs kept)."""
-    return text.removesuffix("\n").translate(_ESCAPES) + "\n"
+    line = text.removesuffix("\n")
+    # Every character escaped is unprintable: a printable line (most) skips the per-character mapping.
+    return (line if line.isprintable() else line.translate(_ESCAPES)) + "\n"
 
 
 def log_path() -> Path:
@@ -30,12 +32,12 @@ def log_path() -> Path:
 
 def append(text: str) -> None:
     """Append ``text`` as one line (the seeds' messages carry their own final newline)."""
-    path = log_path()
+    path = get_settings().notification_log_path
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
     try:
         fd = os.open(path, flags, 0o644)
     except FileNotFoundError:  # its directory is created once, not checked on every line
-        path.parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, flags, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
