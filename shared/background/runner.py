@@ -341,19 +341,19 @@ async def run_task_outcome(
         return round((time.perf_counter() - started) * 1000, 3)
 
     call = None if task.is_async else _SyncCall(task)
+
+    async def execute() -> None:
+        if call is None:
+            await task.func(*task.args, **task.kwargs)
+        else:  # abandon_on_cancel: a thread cannot be stopped; past the limit it is watched instead.
+            await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+
     try:
-        # abandon_on_cancel: a thread cannot be stopped; past the limit it is watched instead.
         if time_left is None:  # most tasks: no timeout context at all (asyncio.timeout(None) costs as much)
-            if call is None:
-                await task.func(*task.args, **task.kwargs)
-            else:
-                await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+            await execute()
         else:
             async with asyncio.timeout(time_left):
-                if call is None:
-                    await task.func(*task.args, **task.kwargs)
-                else:
-                    await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+                await execute()
     except TimeoutError:
         by_deadline = handoff is not None and time_left != task.timeout
         note = {"handoff": handoff.note(task, started=True, reason=DEADLINE)} if by_deadline and handoff else {}
