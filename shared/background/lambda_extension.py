@@ -397,11 +397,8 @@ class LambdaExtensionBackend:
         that releases its invocation. It wakes every ``WATCH_INTERVAL_S`` for an INVOKE whose
         handler never started and for jobs past the deadline.
         """
-        try:
-            with self._reading:
-                event = api.read_event()
-        except ExtensionsApiError as exc:
-            self._unavailable(f"event/next failed: {exc}")
+        event = self._read_or_give_up(api)
+        if event is None:
             return
         if not self._tracks_invocations():
             self._release_each_invoke(api, event)
@@ -432,17 +429,21 @@ class LambdaExtensionBackend:
                 with self._state:
                     self._broken = True
 
-    def _release_each_invoke(self, api: ExtensionsApiClient, event: dict[str, Any]) -> None:
+    def _release_each_invoke(self, api: ExtensionsApiClient, event: dict[str, Any] | None) -> None:
         """An entry point that reports no invocation runs its jobs before returning: nothing to hold."""
-        while True:
+        while event is not None:
             with self._state:
                 self._release(self._note_read(event))
-            try:
-                with self._reading:
-                    event = api.read_event()
-            except ExtensionsApiError as exc:
-                self._unavailable(f"event/next failed: {exc}")
-                return
+            event = self._read_or_give_up(api)
+
+    def _read_or_give_up(self, api: ExtensionsApiClient) -> dict[str, Any] | None:
+        """The next INVOKE, waiting for it; None, and tasks before the response from now on, if the API fails."""
+        try:
+            with self._reading:
+                return api.read_event()
+        except ExtensionsApiError as exc:
+            self._unavailable(f"event/next failed: {exc}")
+            return None
 
     def _reconnect(self, api: ExtensionsApiClient, failures: int) -> None:
         """After a failed call: a new connection, and ``event/next`` on it (the old one's answers are gone)."""
