@@ -302,14 +302,14 @@ def _targets(variants: list[Variant]) -> list[Target]:
 
 FREE_WHY = {
     NO_TASK: (
-        "plain Mangum's environment is free once its response is posted; the template's also waits for the "
-        "extension thread's `event/next` (one HTTP request on a kept-alive connection, once the main thread "
-        "reported the handler returned), and its response carries the template's per-request work (request id, "
-        "trace id, the request.completed line)"
+        "both environments are free as their response is posted: the template's handler thread sends the "
+        "extension's `event/next` itself before it returns (see where the time goes); what is left is the "
+        "template's per-request work before the response (request id, trace id, Lambda log keys, the "
+        "request.completed line), in-process CPU in the notes"
     ),
     0: (
         "plain Mangum runs the task before posting its response; the template after it, in the runner thread "
-        "(the `def` task in a worker thread, its task.started and task.succeeded lines, the invocation's EMF "
-        "line), then the extension thread's `event/next`: hand-overs between threads plain Mangum does not make"
+        "(the `def` task in a worker thread and back, its task.started and task.succeeded lines, the "
+        "invocation's EMF line), then `event/next`: the 'response to environment free' column"
     ),
 }
