@@ -251,7 +251,7 @@ def _breakdown_notes(variants: list[Variant], cpu_us: dict[str, float]) -> list[
         "The extension costs the template no hand-over: the handler's own thread sends `event/next` before it "
         "returns when no task is queued (the runner thread after the last task otherwise), and reads the INVOKE "
         "it ends only then; the extension thread sleeps through the invocation (a thread woken by the INVOKE "
-        "would take the GIL from the handler: that cost 0.1 to 0.25 ms per invocation before).",
+        "would take the GIL from the handler).",
     ]
 
 
