@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import threading
@@ -10,27 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from shared.background.extensions_api import ExtensionsApiClient
-from tests.support.runtime_api import RuntimeApiEmulator
-
-
-def runtime_takes_an_invocation(api: RuntimeApiEmulator) -> threading.Thread:
-    """The runtime's side: GET invocation/next, then POST its response."""
-
-    def serve() -> None:
-        connection = http.client.HTTPConnection(api.address)
-        try:
-            connection.request("GET", "/2018-06-01/runtime/invocation/next")
-            answer = connection.getresponse()
-            answer.read()
-            request_id = answer.getheader("Lambda-Runtime-Aws-Request-Id")
-            connection.request("POST", f"/2018-06-01/runtime/invocation/{request_id}/response", body=b"{}")
-            connection.getresponse().read()
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return thread
+from tests.support.runtime_api import RuntimeApiEmulator, runtime_takes_an_invocation
 
 
 def test_event_next_ends_an_invocation_before_anyone_read_its_invoke() -> None:

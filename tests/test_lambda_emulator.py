@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import http.client
-import threading
 import time
 
 import pytest
 
 from shared.background.extensions_api import ExtensionsApiClient, ExtensionsApiError
-from tests.support.runtime_api import ExternalExtension, RuntimeApiEmulator, RuntimeClientProcess
-
-
-def ask_for_an_invocation(api: RuntimeApiEmulator) -> threading.Thread:
-    """What a runtime does once its init is over: GET invocation/next (blocks until stop)."""
-
-    def ask() -> None:
-        connection = http.client.HTTPConnection(api.address)
-        try:
-            connection.request("GET", "/2018-06-01/runtime/invocation/next")
-            connection.getresponse().read()
-        except OSError:
-            pass
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=ask, daemon=True)
-    thread.start()
-    return thread
+from tests.support.runtime_api import (
+    ExternalExtension,
+    RuntimeApiEmulator,
+    RuntimeClientProcess,
+    runtime_takes_an_invocation,
+)
 
 
 def test_internal_extensions_may_not_register_for_shutdown() -> None:
@@ -42,7 +27,7 @@ def test_internal_extensions_may_not_register_for_shutdown() -> None:
 def test_registration_closes_when_the_runtime_asks_for_work_and_shutdown_reaches_external_extensions() -> None:
     with RuntimeApiEmulator() as api:
         monitor = ExternalExtension(api, "monitor")
-        ask_for_an_invocation(api)
+        runtime_takes_an_invocation(api, respond=False)
         api.wait_ready(10)
 
         with pytest.raises(ExtensionsApiError, match="RegistrationClosed"):

@@ -60,6 +60,8 @@ waits for init and yields a ``LambdaEnvironment`` (``api``, ``process``, ``invok
 ``logs``, ``shutdown``).
 ``ExternalExtension(api, name, events)``: an external extension as a thread of the test (e.g. to
 receive SHUTDOWN); register it before the runtime starts.
+``runtime_takes_an_invocation(api, respond=True)``: a runtime by hand, in a thread: GET
+invocation/next, then (``respond``) POST an empty JSON response.
 """
 
 from __future__ import annotations
@@ -623,6 +625,30 @@ def lambda_env(api: RuntimeApiEmulator, handler: str, task_root: Path = ROOT) ->
         "LOG_FORMAT": "json",
         "TZ": "UTC",
     }
+
+
+def runtime_takes_an_invocation(api: RuntimeApiEmulator, *, respond: bool = True) -> threading.Thread:
+    """What a runtime does once its init is over: GET invocation/next (blocks until one is handed
+    out or the emulator stops), then, with ``respond``, POST ``{}`` as its response."""
+
+    def serve() -> None:
+        connection = http.client.HTTPConnection(api.address)
+        try:
+            connection.request("GET", "/2018-06-01/runtime/invocation/next")
+            answer = connection.getresponse()
+            answer.read()
+            if respond and answer.status == 200:
+                request_id = answer.getheader("Lambda-Runtime-Aws-Request-Id")
+                connection.request("POST", f"/2018-06-01/runtime/invocation/{request_id}/response", body=b"{}")
+                connection.getresponse().read()
+        except OSError:
+            pass  # the emulator stopped
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
 
 
 class RuntimeClientProcess:
