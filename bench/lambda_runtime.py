@@ -251,7 +251,8 @@ def _breakdown_notes(variants: list[Variant], cpu_us: dict[str, float]) -> list[
         "The extension costs the template no hand-over: the handler's own thread sends `event/next` before it "
         "returns when no task is queued (the runner thread after the last task otherwise), and reads the INVOKE "
         "it ends only then; the extension thread sleeps through the invocation (a thread woken by the INVOKE "
-        "would take the GIL from the handler).",
+        "would take the GIL from the handler). A last `def` task runs on the runner thread, not in the thread "
+        "pool (two hand-overs fewer); the extension thread ends the process if it still runs at the deadline.",
     ]
 
 
@@ -308,8 +309,9 @@ FREE_WHY = {
         "request.completed line), in-process CPU in the notes"
     ),
     0: (
-        "plain Mangum runs the task before posting its response; the template after it, in the runner thread "
-        "(the `def` task in a worker thread and back, its task.started and task.succeeded lines, the "
-        "invocation's EMF line), then `event/next`: the 'response to environment free' column"
+        "plain Mangum runs the task before posting its response, through the thread pool; the template after "
+        "it, on the runner thread itself (a last `def` task has nothing behind it: no thread pool hand-over), "
+        "with its task.started and task.succeeded lines and the invocation's EMF line, then `event/next`: the "
+        "'response to environment free' column"
     ),
 }

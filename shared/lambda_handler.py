@@ -21,7 +21,6 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-import structlog
 from mangum import Mangum
 from mangum.protocols.http import HTTPCycle
 from mangum.types import ASGI
@@ -30,7 +29,7 @@ from mangum.types import LambdaHandler as EventShape
 from shared import metrics
 from shared.background import handoff
 from shared.background.lambda_extension import LambdaExtensionBackend
-from shared.lambda_keys import lambda_log_keys
+from shared.lambda_keys import lambda_keys_bound
 from shared.lambda_lifespan import Lifespan
 from shared.lambda_paths import HANDLERS
 from shared.logs import get_logger
@@ -74,7 +73,7 @@ class LambdaHandler:
         self.lifespan.start()
         with (
             metrics.invocation(),
-            structlog.contextvars.bound_contextvars(**lambda_log_keys(context)),
+            lambda_keys_bound(context),
             _invocation(context),
         ):
             # Mangum's own __call__ (lifespan="off"), on the event shape check_event already read.

@@ -7,7 +7,11 @@ importing Mangum.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+import structlog
 
 _cold_start = True
 
@@ -44,3 +48,17 @@ def lambda_log_keys(context: Any) -> dict[str, Any]:
     if trace_header:
         keys["xray_trace_id"] = trace_header.split(";")[0].removeprefix("Root=")
     return keys
+
+
+@contextmanager
+def lambda_keys_bound(context: Any) -> Iterator[None]:
+    """``lambda_log_keys(context)`` on every log line inside, the previous values back after.
+
+    Restores with the tokens of the one binding: ``bound_contextvars`` first copies every bound
+    key to find those it replaces, a cost paid before each response.
+    """
+    tokens = structlog.contextvars.bind_contextvars(**lambda_log_keys(context))
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)

@@ -107,7 +107,7 @@ def test_lambda_log_keys_are_those_powertools_logger_emits(
     from aws_lambda_powertools.logging.lambda_context import build_lambda_context_model
     from aws_lambda_powertools.shared.functions import get_tracer_id
 
-    from shared.lambda_handler import lambda_log_keys
+    from shared.lambda_keys import lambda_log_keys
 
     if trace_header is None:
         monkeypatch.delenv("_X_AMZN_TRACE_ID", raising=False)

@@ -11,6 +11,7 @@ follows its own invocations by their ids and its own notification-log lines by l
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -230,6 +231,52 @@ def test_a_sync_task_past_the_deadline_ends_the_process_and_never_runs_on(tmp_pa
         [exiting] = env.logs("lambda_extension.exiting")
         assert exiting["exit_code"] == 3 and "lambda_test.blocking" in exiting["reason"]
         assert f"blocking {label}" not in lines, "its side effect never happens, in this invocation or a later one"
+
+
+def test_the_last_sync_task_runs_on_the_runner_thread_the_others_in_the_thread_pool(warm: Function) -> None:
+    """Nothing waits behind the last task: the pool's two hand-overs would only delay the release."""
+    label = unique("records")
+    invocation = warm.env.invoke(http_api_event(f"/records/{label}")).wait_free()
+
+    assert invocation.result["statusCode"] == 200
+    threads = {line["label"]: line["thread"] for line in warm.task_lines("lambda_test.recorded", invocation)}
+    assert threads[f"{label}-last"] == "lambda-extension-runner"
+    assert threads[f"{label}-first"] != "lambda-extension-runner"
+    assert len(warm.task_lines("task.succeeded", invocation)) == 2
+
+
+@pytest.mark.parametrize("warmed", [False, True], ids=["first-invocation", "warm"])
+def test_the_last_sync_task_past_the_deadline_ends_the_process(tmp_path: Path, warmed: bool) -> None:
+    """Called on the runner thread, nothing there can stop it at the deadline: the extension thread
+    logs it timed out and ends the process, as for a task in a thread of its own. First invocation:
+    the deadline comes before the extension thread's next look (it is woken); warm: after it."""
+    label = unique("blocking-last")
+    log_file, environment = fresh(tmp_path)
+    with environment as env:
+        function = Function(env, log_file)
+        if warmed:
+            env.invoke(http_api_event(f"/slow/{label}", query={"seconds": "0"})).wait_free()
+        query = {"seconds": "4", "then_record": "false"}
+        invocation = env.invoke(http_api_event(f"/blocking/{label}", query=query), timeout_s=2.5 if warmed else 2.0)
+        # What Lambda does at the timeout (the emulator does not): the process must have ended itself first.
+        lambda_timeout = threading.Timer(invocation.deadline_ms / 1000 - time.time(), env.process.process.kill)
+        lambda_timeout.start()
+        try:
+            returncode = env.process.wait(20)
+        finally:
+            lambda_timeout.cancel()
+
+        assert invocation.result["statusCode"] == 200
+        assert returncode == 3, "ended by its own watch before the timeout, not killed at it"
+        assert invocation.freed_at is None
+        [timed_out] = function.task_lines("task.timed_out", invocation)
+        assert timed_out["task"] == "lambda_test.blocking"
+        assert timed_out["started"] is True and timed_out["still_running"] is True
+        assert timed_out["request_id"] and timed_out["function_request_id"] == invocation.request_id
+        assert not function.task_lines("task.succeeded", invocation)
+        [exiting] = env.logs("lambda_extension.exiting")
+        assert exiting["exit_code"] == 3 and "lambda_test.blocking" in exiting["reason"]
+        assert f"blocking {label}" not in function.log_lines()
 
 
 def test_a_sync_task_past_its_timeout_holds_the_environment_until_it_ends(warm: Function) -> None:

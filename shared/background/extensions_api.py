@@ -11,10 +11,12 @@ that arrived early is never lost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +24,8 @@ REGISTER_PATH = "/2020-01-01/extension/register"
 NEXT_EVENT_PATH = "/2020-01-01/extension/event/next"
 REGISTER_TIMEOUT_S = 5.0
 """Registration answers at once; a hang here would eat the 10 s init budget."""
+SEND_TIMEOUT_S = 5.0
+"""A request is a few hundred bytes: the socket only refuses them if the API hangs."""
 MAX_LINE = 65536
 
 
@@ -54,6 +58,9 @@ class ExtensionsApiClient:
             except OSError as exc:
                 raise ExtensionsApiError(f"cannot connect to {self.address}: {exc}") from exc
             self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Non-blocking: a send or a read of what has arrived is one system call (a socket with a
+            # timeout polls before each); the waits, rare, are select() calls of our own.
+            self._socket.setblocking(False)
             self._buffer.clear()
         return self._socket
 
@@ -66,7 +73,13 @@ class ExtensionsApiClient:
     def _send(self, request: bytes, call: str) -> None:
         with self._send_lock:
             try:
-                self._connected().sendall(request)
+                sock = self._connected()
+                unsent = memoryview(request)
+                while unsent:
+                    with contextlib.suppress(BlockingIOError):  # full: wait below
+                        unsent = unsent[sock.send(unsent) :]
+                    if unsent and not select.select([], [sock], [], SEND_TIMEOUT_S)[1]:
+                        raise TimeoutError("the Extensions API takes no more data")
             except OSError as exc:
                 self.close()
                 raise ExtensionsApiError(f"{call}: {type(exc).__name__}: {exc}") from exc
@@ -80,27 +93,41 @@ class ExtensionsApiClient:
             return True
         if sock is None:
             return False
-        readable, _, _ = select.select([sock], [], [], 0)
-        return bool(readable)
+        try:
+            chunk = sock.recv(65536)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True  # the read reports it
+        self._buffer += chunk
+        return True  # an empty chunk: the API closed the connection, which the read reports
 
-    def _fill(self, sock: socket.socket) -> None:
-        chunk = sock.recv(65536)
+    def _fill(self, sock: socket.socket, deadline: float | None) -> None:
+        while True:
+            try:
+                chunk = sock.recv(65536)
+                break
+            except BlockingIOError:
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    raise TimeoutError("no answer from the Extensions API") from None
+                select.select([sock], [], [], wait)
         if not chunk:
             raise ConnectionResetError("the Extensions API closed the connection")
         self._buffer += chunk
 
-    def _line(self, sock: socket.socket) -> bytes:
+    def _line(self, sock: socket.socket, deadline: float | None) -> bytes:
         while (end := self._buffer.find(b"\r\n")) < 0:
             if len(self._buffer) > MAX_LINE:
                 raise ValueError("header line too long")
-            self._fill(sock)
+            self._fill(sock, deadline)
         line = bytes(self._buffer[:end])
         del self._buffer[: end + 2]
         return line
 
-    def _exactly(self, sock: socket.socket, size: int) -> bytes:
+    def _exactly(self, sock: socket.socket, size: int, deadline: float | None) -> bytes:
         while len(self._buffer) < size:
-            self._fill(sock)
+            self._fill(sock, deadline)
         data = bytes(self._buffer[:size])
         del self._buffer[:size]
         return data
@@ -110,21 +137,21 @@ class ExtensionsApiClient:
         sock = self._socket
         if sock is None:
             raise ExtensionsApiError(f"{call}: no request was sent")
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            sock.settimeout(timeout)
-            _, status, _ = self._line(sock).decode("latin-1").split(" ", 2)
+            _, status, _ = self._line(sock, deadline).decode("latin-1").split(" ", 2)
             headers: dict[str, str] = {}
-            while line := self._line(sock):
+            while line := self._line(sock, deadline):
                 name, _, value = line.decode("latin-1").partition(":")
                 headers[name.strip().lower()] = value.strip()
             if headers.get("transfer-encoding", "").lower() == "chunked":
                 body = b""
-                while size := int(self._line(sock).split(b";")[0], 16):
-                    body += self._exactly(sock, size + 2)[:-2]
-                while self._line(sock):  # trailers
+                while size := int(self._line(sock, deadline).split(b";")[0], 16):
+                    body += self._exactly(sock, size + 2, deadline)[:-2]
+                while self._line(sock, deadline):  # trailers
                     pass
             else:
-                body = self._exactly(sock, int(headers.get("content-length", "0")))
+                body = self._exactly(sock, int(headers.get("content-length", "0")), deadline)
         except (OSError, ValueError) as exc:
             self.close()
             raise ExtensionsApiError(f"{call}: {type(exc).__name__}: {exc}") from exc

@@ -83,6 +83,15 @@ class _Deferred:
 
 
 @dataclass(frozen=True)
+class _Watched:
+    """A sync task running on the runner thread, and what to log if it still runs at the deadline."""
+
+    deadline: float
+    on_expiry: Callable[[], str]
+    context: contextvars.Context
+
+
+@dataclass(frozen=True)
 class _Invocation:
     request_id: str
     deadline: float | None
@@ -141,6 +150,9 @@ class LambdaExtensionBackend:
         self._jobs: queue.SimpleQueue[_Deferred] = queue.SimpleQueue()
         self._held: list[_Deferred] = []  # the running handler's jobs: the runner gets them as it returns
         self._api: ExtensionsApiClient | None = None
+        self._watched: _Watched | None = None  # a sync task running on the runner thread
+        self._wakes_at = float("inf")  # when the extension thread looks again (inf: not known)
+        self._wake_early = False
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -250,9 +262,10 @@ class LambdaExtensionBackend:
 
     async def dispatch(self, tasks: Sequence[QueuedTask]) -> None:
         deadline, name = self._current_deadline(), self.name
+        watch = self if name != BEFORE_RESPONSE else None  # on the runner thread, which the extension thread watches
 
         async def run() -> None:
-            await run_tasks(tasks, name, deadline=deadline)
+            await run_tasks(tasks, name, deadline=deadline, watch=watch)
 
         await self._defer(run, label="tasks", deadline=None)
 
@@ -265,6 +278,25 @@ class LambdaExtensionBackend:
         When post-response execution is impossible it is awaited here instead.
         """
         await self._defer(job, label=label, deadline=self._current_deadline())
+
+    @contextmanager
+    def watch(self, deadline: float | None, on_expiry: Callable[[], str]) -> Iterator[None]:
+        """Around a sync task called on the runner thread (``run_tasks``): if it still runs at
+        ``deadline``, the extension thread calls ``on_expiry`` (in this context: the request's
+        keys) and ends the process, as the runner does for a sync task in a thread of its own."""
+        if deadline is None:
+            yield
+            return
+        with self._state:
+            self._watched = _Watched(deadline, on_expiry, contextvars.copy_context())
+            if deadline < self._wakes_at:  # usually not: the deadline is seconds away, the next look at most one
+                self._wake_early = True
+                self._state.notify_all()
+        try:
+            yield
+        finally:
+            with self._state:
+                self._watched = None
 
     def _current_deadline(self) -> float | None:
         invocation = self._invocation
@@ -318,10 +350,7 @@ class LambdaExtensionBackend:
         except TimeoutError:
             log.error("lambda_extension.job_timed_out", job=deferred.label, error="invocation deadline reached")
         except TaskStuck as exc:
-            # Frozen with the environment, its thread would run on into later invocations.
-            metrics.flush()
-            log.critical("lambda_extension.exiting", reason=str(exc), exit_code=EXIT_TASK_STUCK)
-            os._exit(EXIT_TASK_STUCK)
+            _exit_stuck(str(exc))
         except Exception as exc:
             log.error("lambda_extension.job_failed", job=deferred.label, exc_info=exc)
 
@@ -407,7 +436,10 @@ class LambdaExtensionBackend:
         failures = 0
         while True:
             with self._state:
-                self._state.wait_for(lambda: self._unread > 0 or self._broken, timeout=self._watch_timeout())
+                timeout = self._watch_timeout()
+                self._wakes_at = time.monotonic() + timeout
+                self._state.wait_for(lambda: self._unread > 0 or self._broken or self._wake_early, timeout=timeout)
+                self._wake_early = False
                 unread, broken = self._unread, self._broken
             try:
                 if broken:
@@ -455,18 +487,24 @@ class LambdaExtensionBackend:
             self._broken, self._unread = False, 0
 
     def _watch_timeout(self) -> float:
+        timeout = WATCH_INTERVAL_S
         pending = self._pending_deadline()
-        if pending is None:
-            return WATCH_INTERVAL_S
-        return min(WATCH_INTERVAL_S, _seconds_until(pending + DRAIN_GRACE_S) or 0.0)
+        if pending is not None:
+            timeout = min(timeout, _seconds_until(pending + DRAIN_GRACE_S) or 0.0)
+        if self._watched is not None:
+            timeout = min(timeout, _seconds_until(self._watched.deadline) or 0.0)
+        return timeout
 
     def _pending_deadline(self) -> float | None:
         """The deadline of the returned invocation still held for its jobs, if any."""
         return self._returned_deadline if self._returned is not None else None
 
     def _watch(self, api: ExtensionsApiClient) -> None:
-        """No release for a while: jobs stuck past the deadline, or an INVOKE no handler took."""
+        """No release for a while: a sync task or jobs stuck past the deadline, or an INVOKE no handler took."""
         with self._state:
+            watched = self._watched
+            if watched is not None and _seconds_until(watched.deadline) == 0.0:
+                _exit_stuck(watched.context.run(watched.on_expiry))
             pending = self._pending_deadline()
             if pending is not None and _seconds_until(pending + DRAIN_GRACE_S) == 0.0:
                 log.error("lambda_extension.drain_incomplete", outstanding_jobs=self._outstanding)
@@ -500,8 +538,17 @@ class LambdaExtensionBackend:
 
             remaining = _seconds_until(_monotonic_from_epoch_ms(event.get("deadlineMs")))
             grace = HANDLER_START_GRACE_S if remaining is None else min(HANDLER_START_GRACE_S, remaining)
+            self._wakes_at = time.monotonic() + grace
             if self._state.wait_for(started, timeout=grace):
                 return
             self._given_up.append(request_id)
             log.warning("lambda_extension.handler_not_started", function_request_id=request_id, waited_s=grace)
             self._release(request_id)
+
+
+def _exit_stuck(reason: str) -> None:
+    """A sync task still runs at the deadline: frozen with the environment, it would run on into
+    later invocations, and a thread cannot be stopped. Only ending the process stops it."""
+    metrics.flush()
+    log.critical("lambda_extension.exiting", reason=reason, exit_code=EXIT_TASK_STUCK)
+    os._exit(EXIT_TASK_STUCK)

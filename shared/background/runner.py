@@ -11,8 +11,9 @@ import contextlib
 import contextvars
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio.to_thread
 
@@ -56,6 +57,16 @@ class TaskStuck(Exception):
 
 EXIT_TASK_STUCK = 3
 """Exit code of a process that ended itself to stop a sync task still running at its deadline."""
+
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class DeadlineWatch(Protocol):
+        """Runs a sync task on the calling thread: past ``deadline``, something else must end the process."""
+
+        def watch(self, deadline: float | None, on_expiry: Callable[[], str]) -> AbstractContextManager[None]:
+            """While the block runs, at ``deadline``: call ``on_expiry`` (it logs, and says why), then exit."""
 
 
 def task_fields(task: QueuedTask, backend: str) -> dict[str, Any]:
@@ -295,6 +306,38 @@ async def _run_sync_to_its_end(task: QueuedTask, fields: dict[str, Any], deadlin
     return "succeeded"
 
 
+def _run_sync_here(
+    task: QueuedTask, fields: dict[str, Any], deadline: float | None, watch: DeadlineWatch, handoff: Handoff | None
+) -> Outcome:
+    """A sync task called on this thread; ``watch`` ends the process if it still runs at ``deadline``."""
+    started = time.perf_counter()
+    timeout_s = _time_left(task, deadline)
+
+    def elapsed_ms() -> float:
+        return round((time.perf_counter() - started) * 1000, 3)
+
+    def expired() -> str:
+        note = {"handoff": handoff.note(task, started=True, reason=DEADLINE)} if handoff is not None else {}
+        log.error(
+            "task.timed_out",
+            **fields,
+            started=True,
+            still_running=True,
+            duration_ms=elapsed_ms(),
+            timeout_s=timeout_s,
+            **note,
+        )
+        return f"sync task {task.name!r} ({task.task_id}) still runs at the deadline"
+
+    try:
+        with watch.watch(deadline, expired):
+            task.func(*task.args, **task.kwargs)
+    except Exception as exc:
+        return _failed(fields, exc, duration_ms=elapsed_ms())
+    log.info("task.succeeded", **fields, duration_ms=elapsed_ms())
+    return "succeeded"
+
+
 async def run_task(
     task: QueuedTask,
     backend: str,
@@ -314,6 +357,7 @@ async def run_task_outcome(
     finish_sync: bool = False,
     handoff: Handoff | None = None,
     overruns: list[_Overrun] | None = None,
+    on_this_thread: DeadlineWatch | None = None,
 ) -> Outcome:
     """Run one task and say how it ended; never raises, except to pass on cancellation (and
     TaskStuck: a sync task still running at ``deadline``).
@@ -324,6 +368,9 @@ async def run_task_outcome(
     ``overruns`` (in-process runs): a sync task past its timeout is logged ``task.overrunning``
     and added there, for ``run_tasks`` to wait for while the next tasks run; without it, it is
     waited for here. Either way its real outcome is logged when its thread ends.
+    ``on_this_thread`` (a sync task without a timeout that nothing waits behind): it runs on
+    this thread, without the two thread hand-overs, and ``on_this_thread`` ends the process if
+    it still runs at ``deadline``, after the same ``task.timed_out`` line a thread would get.
     """
     fields = task_fields(task, backend)
     time_left = _time_left(task, deadline)
@@ -335,6 +382,8 @@ async def run_task_outcome(
     log.info("task.started", **fields)
     if finish_sync and not task.is_async:
         return await _run_sync_to_its_end(task, fields, deadline)
+    if on_this_thread is not None and not task.is_async and task.timeout is None:
+        return _run_sync_here(task, fields, deadline, on_this_thread, handoff)
     started = time.perf_counter()
 
     def elapsed_ms() -> float:
@@ -395,7 +444,9 @@ async def run_task_outcome(
     return "succeeded"
 
 
-async def run_tasks(tasks: Sequence[QueuedTask], backend: str, deadline: float | None = None) -> int:
+async def run_tasks(
+    tasks: Sequence[QueuedTask], backend: str, deadline: float | None = None, watch: DeadlineWatch | None = None
+) -> int:
     """Run ``tasks`` in order; returns how many succeeded.
 
     A registered task that would not finish in the time left (deadline, shutdown grace) is
@@ -407,6 +458,10 @@ async def run_tasks(tasks: Sequence[QueuedTask], backend: str, deadline: float |
     run ends when its thread does, its real outcome logged. One still running at ``deadline``
     (Lambda) raises TaskStuck once the other tasks are done or handed off: the caller must
     end the process, or its thread would run on into later invocations.
+
+    With ``watch`` (the Lambda runner, a thread of its own), the last task, if it is a sync task
+    without a timeout and no earlier one overruns, is called on this thread: nothing waits
+    behind it, so the thread pool's two hand-overs would only delay the environment's release.
     """
     handoff = handoffs.current()
     overruns: list[_Overrun] = []
@@ -418,7 +473,10 @@ async def run_tasks(tasks: Sequence[QueuedTask], backend: str, deadline: float |
             decision = handoff.wants(task, deadline) if handoff.enabled else None
             if decision is None:
                 running = task
-                outcome = await run_task_outcome(task, backend, deadline, handoff=handoff, overruns=overruns)
+                last = watch if index == len(tasks) - 1 and not overruns else None
+                outcome = await run_task_outcome(
+                    task, backend, deadline, handoff=handoff, overruns=overruns, on_this_thread=last
+                )
                 succeeded += outcome == "succeeded"
             elif not await handoff.move(task, backend, decision):
                 refused = decision  # the queue did not take it: run it here as far as it can

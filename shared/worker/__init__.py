@@ -11,12 +11,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import structlog
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 
 from shared import metrics
 from shared.background.runner import TaskStuck
-from shared.lambda_keys import lambda_log_keys
+from shared.lambda_keys import lambda_keys_bound
 from shared.logs import ensure_logging_configured, get_logger
 from shared.settings import get_settings
 from shared.worker.poller import Poller
@@ -43,7 +42,7 @@ def make_sqs_handler(worker: Callable[[], Worker] | None = None) -> SqsHandler:
 
     def handler(event: dict[str, Any], context: RemainingTime) -> PartialItemFailureResponse:
         # The Lambda keys HTTP functions log, on every line of the invocation.
-        with structlog.contextvars.bound_contextvars(**lambda_log_keys(context)), metrics.invocation():
+        with lambda_keys_bound(context), metrics.invocation():
             if not built:
                 built.append(worker() if worker else Worker())
             try:

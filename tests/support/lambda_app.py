@@ -7,6 +7,7 @@ appends a line to the notification log, the side effect the tests check.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def fail(label: str) -> None:
 @task("lambda_test.record")
 def record(label: str) -> None:
     notification_log.append(f"record {label}\n")
+    log.info("lambda_test.recorded", label=label, thread=threading.current_thread().name)
 
 
 @task("lambda_test.maybe_fail")
@@ -81,9 +83,20 @@ async def post_gated(label: str, gate: str, background_tasks: BackgroundTasks) -
 
 
 @app.post("/blocking/{label}")
-async def post_blocking(label: str, background_tasks: BackgroundTasks, seconds: float = 5.0) -> dict[str, str]:
+async def post_blocking(
+    label: str, background_tasks: BackgroundTasks, seconds: float = 5.0, then_record: bool = True
+) -> dict[str, str]:
     background_tasks.add_task(blocking, label, seconds)
-    background_tasks.add_task(record, label)
+    if then_record:
+        background_tasks.add_task(record, label)
+    return {"queued": label}
+
+
+@app.post("/records/{label}")
+async def post_records(label: str, background_tasks: BackgroundTasks) -> dict[str, str]:
+    """Two sync tasks: the first in the thread pool, the last on the runner thread."""
+    background_tasks.add_task(record, f"{label}-first")
+    background_tasks.add_task(record, f"{label}-last")
     return {"queued": label}
 
 
