@@ -331,11 +331,22 @@ def _run_sync_here(
 
     try:
         with watch.watch(deadline, expired):
-            task.func(*task.args, **task.kwargs)
+            _call_as_the_thread_pool_would(task)
     except Exception as exc:
         return _failed(fields, exc, duration_ms=elapsed_ms())
     log.info("task.succeeded", **fields, duration_ms=elapsed_ms())
     return "succeeded"
+
+
+def _call_as_the_thread_pool_would(task: QueuedTask) -> None:
+    """``task.func`` called here, seeing what a thread pool worker sees: a copy of this context (what
+    it binds stays its own) and no running event loop (it may start one, with ``asyncio.run``)."""
+    loop = asyncio._get_running_loop()
+    asyncio._set_running_loop(None)
+    try:
+        contextvars.copy_context().run(task.func, *task.args, **task.kwargs)
+    finally:
+        asyncio._set_running_loop(loop)
 
 
 async def run_task(

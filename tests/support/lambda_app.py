@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import structlog
 from fastapi import BackgroundTasks
 
 from shared.app import create_app
@@ -63,6 +64,18 @@ def record(label: str) -> None:
     log.info("lambda_test.recorded", label=label, thread=threading.current_thread().name)
 
 
+@task("lambda_test.record_in_own_loop")
+def record_in_own_loop(label: str) -> None:
+    """A sync task as some wrap async code: its own event loop (``asyncio.run``), a key bound for its lines."""
+    structlog.contextvars.bind_contextvars(bound_by_task=label)
+
+    async def append() -> None:
+        notification_log.append(f"own loop {label}\n")
+
+    asyncio.run(append())
+    log.info("lambda_test.recorded", label=label, thread=threading.current_thread().name)
+
+
 @task("lambda_test.maybe_fail")
 def maybe_fail(label: str, fail: bool) -> None:
     if fail:
@@ -96,7 +109,7 @@ async def post_blocking(
 async def post_records(label: str, background_tasks: BackgroundTasks) -> dict[str, str]:
     """Two sync tasks: the first in the thread pool, the last on the runner thread."""
     background_tasks.add_task(record, f"{label}-first")
-    background_tasks.add_task(record, f"{label}-last")
+    background_tasks.add_task(record_in_own_loop, f"{label}-last")
     return {"queued": label}
 
 
