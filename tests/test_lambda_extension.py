@@ -254,17 +254,21 @@ def test_the_last_sync_task_runs_on_the_runner_thread_the_others_in_the_thread_p
 def test_the_last_sync_task_past_the_deadline_ends_the_process(tmp_path: Path, warmed: bool) -> None:
     """Called on the runner thread, nothing there can stop it at the deadline: the extension thread
     logs it timed out and ends the process, as for a task in a thread of its own. First invocation:
-    the deadline comes before the extension thread's next look (it is woken); warm: after it."""
+    the deadline comes before the extension thread's next look (it is woken); warm: after it.
+
+    Margin 1.5 s: the process must end itself at the deadline less the margin, well before the
+    invocation's end, where Lambda would kill it; the test kills it halfway through the margin."""
     label = unique("blocking-last")
-    log_file, environment = fresh(tmp_path)
+    margin_s = 1.5
+    log_file, environment = fresh(tmp_path, env={"LAMBDA_DEADLINE_MARGIN_MS": str(int(margin_s * 1000))})
     with environment as env:
         function = Function(env, log_file)
         if warmed:
             env.invoke(http_api_event(f"/slow/{label}", query={"seconds": "0"})).wait_free()
-        query = {"seconds": "4", "then_record": "false"}
-        invocation = env.invoke(http_api_event(f"/blocking/{label}", query=query), timeout_s=2.5 if warmed else 2.0)
-        # What Lambda does at the timeout (the emulator does not): the process must have ended itself first.
-        lambda_timeout = threading.Timer(invocation.deadline_ms / 1000 - time.time(), env.process.process.kill)
+        query = {"seconds": "5", "then_record": "false"}
+        invocation = env.invoke(http_api_event(f"/blocking/{label}", query=query), timeout_s=3.0 if warmed else 2.0)
+        too_late = invocation.deadline_ms / 1000 - margin_s / 2 - time.time()
+        lambda_timeout = threading.Timer(too_late, env.process.process.kill)
         lambda_timeout.start()
         try:
             returncode = env.process.wait(20)
@@ -272,7 +276,7 @@ def test_the_last_sync_task_past_the_deadline_ends_the_process(tmp_path: Path, w
             lambda_timeout.cancel()
 
         assert invocation.result["statusCode"] == 200
-        assert returncode == 3, "ended by its own watch before the timeout, not killed at it"
+        assert returncode == 3, "ended by its own watch at the deadline less the margin, not killed later"
         assert invocation.freed_at is None
         [timed_out] = function.task_lines("task.timed_out", invocation)
         assert timed_out["task"] == "lambda_test.blocking"
