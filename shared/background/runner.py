@@ -307,11 +307,16 @@ async def _run_sync_to_its_end(task: QueuedTask, fields: dict[str, Any], deadlin
 
 
 def _run_sync_here(
-    task: QueuedTask, fields: dict[str, Any], deadline: float | None, watch: DeadlineWatch, handoff: Handoff | None
+    task: QueuedTask,
+    fields: dict[str, Any],
+    deadline: float | None,
+    timeout_s: float | None,
+    watch: DeadlineWatch,
+    handoff: Handoff | None,
 ) -> Outcome:
-    """A sync task called on this thread; ``watch`` ends the process if it still runs at ``deadline``."""
+    """A sync task called on this thread; ``watch`` ends the process if it still runs at ``deadline``
+    (``timeout_s`` from now, for its ``task.timed_out`` line)."""
     started = time.perf_counter()
-    timeout_s = _time_left(task, deadline)
 
     def elapsed_ms() -> float:
         return round((time.perf_counter() - started) * 1000, 3)
@@ -394,7 +399,7 @@ async def run_task_outcome(
     if finish_sync and not task.is_async:
         return await _run_sync_to_its_end(task, fields, deadline)
     if on_this_thread is not None and not task.is_async and task.timeout is None:
-        return _run_sync_here(task, fields, deadline, on_this_thread, handoff)
+        return _run_sync_here(task, fields, deadline, time_left, on_this_thread, handoff)
     started = time.perf_counter()
 
     def elapsed_ms() -> float:
