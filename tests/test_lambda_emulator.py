@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from shared.background.extensions_api import ExtensionsApiClient, ExtensionsApiError
@@ -33,9 +31,7 @@ def test_registration_closes_when_the_runtime_asks_for_work_and_shutdown_reaches
         with pytest.raises(ExtensionsApiError, match="RegistrationClosed"):
             ExtensionsApiClient(api.address).register("too-late", ["INVOKE"])
         api.shutdown(timeout=10)
-        deadline = time.monotonic() + 10
-        while not monitor.events and time.monotonic() < deadline:
-            time.sleep(0.01)
+        monitor.join()
         assert [event["eventType"] for event in monitor.events] == ["SHUTDOWN"]
         assert monitor.events[0]["shutdownReason"] == "spindown"
 

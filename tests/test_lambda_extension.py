@@ -374,6 +374,7 @@ def test_shutdown_right_after_a_response_loses_no_task(tmp_path: Path) -> None:
             with Moments(function, "shutdown.sent") as moments:
                 invocation = function.env.invoke(http_api_event("/slow/last", query={"seconds": "0.5"}))
                 returncode = function.env.shutdown()  # requested while the task runs
+                monitor.join()  # the SHUTDOWN it was sent is recorded by its own thread
 
             assert moments.taken[("shutdown.sent", "spindown")].log_lines == ["slow last"]
             assert [event["eventType"] for event in monitor.events] == ["SHUTDOWN"]

@@ -573,6 +573,10 @@ class ExternalExtension:
         self._thread = threading.Thread(target=self._poll, name=f"extension-{name}", daemon=True)
         self._thread.start()
 
+    def join(self, timeout: float = 10.0) -> None:
+        """Wait until it stopped (after SHUTDOWN, or the API going away): ``events`` is then complete."""
+        self._thread.join(timeout)
+
     def _call(
         self, method: str, path: str, headers: dict[str, str], body: bytes | None = None
     ) -> tuple[int, dict[str, str], Any]:
