@@ -7,12 +7,18 @@ loop, and what it sets (``app.state``, the state dict it yields) serves every in
 of the environment. Shutdown runs only if the process exits normally (``atexit``: a test,
 a local harness). On Lambda it does not: internal extensions get no SHUTDOWN event, and
 Lambda ends the process after its last invocation.
+
+Every invocation runs on the loop the lifespan runs on, so what startup bound to it (a
+client, a lock) serves every invocation, even if ``asyncio.run`` left the thread without a
+loop meanwhile (warm-up code at import, a test suite calling the handler between others).
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import time
+import warnings
 from typing import Any
 
 from mangum.protocols import LifespanCycle
@@ -31,18 +37,36 @@ class Lifespan:
         self.state: dict[str, Any] = {}
         self.started = False
         self._cycle: LifespanCycle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        """Run the app's lifespan startup (once); raises ``LifespanFailure`` if it fails."""
+        """Run the app's lifespan startup once (``LifespanFailure`` if it fails); on every later
+        call, make its loop this thread's current one again, where Mangum looks for it
+        (``asyncio.get_event_loop``): ``asyncio.run`` leaves none when it ends."""
         if self.started:
+            loop = _current_loop()
+            if loop is None or loop is not self.loop or loop.is_closed():
+                self._restore_loop()
             return
         started = time.perf_counter()
+        self.loop = _open_loop()
         cycle = LifespanCycle(self.app, "auto")
         cycle.__enter__()
         self.state = cycle.lifespan_state
         self.started, self._cycle = True, cycle
         atexit.register(self.shutdown)
         log.info("lifespan.started", duration_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    def _restore_loop(self) -> None:
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            log.warning(
+                "lifespan.loop_replaced",
+                reason="the event loop the lifespan started on was closed",
+                consequence="what startup bound to that loop no longer works",
+            )
+            loop = self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
 
     def shutdown(self) -> None:
         """Run the app's lifespan shutdown, if startup ran (and shutdown did not)."""
@@ -58,3 +82,21 @@ class Lifespan:
         if self.state:
             scope["state"] = self.state.copy()
         await self.app(scope, receive, send)
+
+
+def _current_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:  # "There is no current event loop": asyncio.run unset it
+        return None
+
+
+def _open_loop() -> asyncio.AbstractEventLoop:
+    """This thread's event loop if it has an open one, else a new one made current."""
+    with warnings.catch_warnings():  # 3.12+: "There is no current event loop", as it makes one
+        warnings.simplefilter("ignore", DeprecationWarning)
+        loop = _current_loop()
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+    return loop

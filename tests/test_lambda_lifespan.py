@@ -7,6 +7,7 @@ and never again: a client opened or a model loaded there serves every invocation
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
@@ -16,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.support.lambda_events import http_api_event
+from tests.support.logs import LogCapture
 from tests.support.runtime_api import InitFailed, lambda_environment
 
 
@@ -73,3 +75,57 @@ def test_outside_lambda_the_handler_starts_the_lifespan_at_its_first_call(notifi
     assert [json.loads(answer["body"])["opened_by"] for answer in answers] == ["lifespan"] * 3
     assert startups(notification_log) == [f"lifespan startup {os.getpid()}"]
     assert notification_log.read_text().splitlines()[-1] == f"lifespan shutdown {os.getpid()}"
+
+
+def test_init_code_that_ran_asyncio_run_leaves_the_function_serving_on_the_lifespans_loop() -> None:
+    # asyncio.run at import leaves the main thread without a current event loop.
+    with lambda_environment("tests.support.asyncio_init_app.handler") as env:
+        invocations = [env.invoke(http_api_event("/loop", method="GET")).wait_free() for _ in range(2)]
+
+    for invocation in invocations:
+        assert invocation.result["statusCode"] == 200, invocation.result
+        assert json.loads(invocation.result["body"]) == {"on_startup_loop": True, "warmed": "warm"}
+
+
+def test_asyncio_run_between_two_calls_leaves_the_next_call_on_the_lifespans_loop() -> None:
+    from tests.support.asyncio_init_app import handler
+
+    context = SimpleNamespace(aws_request_id="local", get_remaining_time_in_millis=lambda: 30_000)
+    event = http_api_event("/loop", method="GET")
+    try:
+        first = handler(event, context)
+        asyncio.run(asyncio.sleep(0))  # a test suite's other test, say
+        second = handler(event, context)
+    finally:
+        handler.lifespan.shutdown()
+
+    for answer in (first, second):
+        assert answer["statusCode"] == 200, answer
+        assert json.loads(answer["body"])["on_startup_loop"] is True
+
+
+def test_a_closed_lifespan_loop_is_replaced_loudly(logs: LogCapture) -> None:
+    from shared.app import create_app
+    from shared.lambda_handler import make_handler
+
+    app = create_app("closed-loop")
+
+    @app.get("/ping")
+    async def ping() -> dict[str, str]:
+        return {"pong": "yes"}
+
+    handler = make_handler(app)
+    context = SimpleNamespace(aws_request_id="local", get_remaining_time_in_millis=lambda: 30_000)
+    event = http_api_event("/ping", method="GET")
+    try:
+        assert handler(event, context)["statusCode"] == 200
+        assert handler.lifespan.loop is not None
+        handler.lifespan.loop.close()
+
+        answer = handler(event, context)
+    finally:
+        handler.lifespan.shutdown()
+
+    assert answer["statusCode"] == 200
+    [replaced] = logs.named("lifespan.loop_replaced")
+    assert replaced["level"] == "warning"
