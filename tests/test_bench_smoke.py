@@ -39,6 +39,7 @@ def test_quick_bench_writes_every_table_the_plot_and_the_readme_block(tmp_path: 
         "**Lambda time until the environment is free (ms)**",
         "## 2. Container",
         "**cheap task",
+        "**cheap `async def` task",
         "**50 ms task",
         "## 3. Cold start",
         "`functions.notifications.app`",
