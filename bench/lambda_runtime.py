@@ -340,8 +340,10 @@ def _free_why_no_task(variants: list[Variant], goal: float, cpu_us: dict[str, fl
     )
     if not met:
         why += (
-            f". What would close it: {fmt(gap - allowed)} ms less work before each response; what is left to cut "
-            "is the log schema (the request.completed line) and the extension's one `event/next` per invocation"
+            f". What would close it: {fmt(gap - allowed)} ms less work before each response, most of what the "
+            "template adds there; that work is the behaviour and the log schema this issue keeps (request id, trace "
+            "id, Lambda keys, request.completed) and the extension's `event/next`, without which tasks could not run "
+            "after the response"
         )
     return why
 
