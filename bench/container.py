@@ -162,44 +162,28 @@ def _scenarios(workdir: Path) -> list[Scenario]:
     bare = [PYTHON, "-m", "uvicorn", "bench.baselines.bare_app:app", "--host", "127.0.0.1"]
     bare += ["--timeout-graceful-shutdown", GRACE]
     slow = {"BENCH_TASK_MS": "50"}
-    cheap_async = {"BENCH_TASK_KIND": "async"}
+    cheap = Variant(
+        "template: python -m shared.serve notifications", "template", [*serve, "notifications"], child_env(workdir)
+    )
+    cheap_async = Variant(
+        "template: shared.serve --app bench.template_app:app",
+        "template",
+        [*serve, "--app", "bench.template_app:app"],
+        child_env(workdir, BENCH_TASK_KIND="async"),
+    )
     return [
         Scenario(
             "cheap task (the tutorial's write_notification, a `def` run in the thread pool)",
             0,
-            [
-                Variant(
-                    "template: python -m shared.serve notifications",
-                    "template",
-                    [*serve, "notifications"],
-                    child_env(workdir),
-                ),
-                Variant("bare FastAPI + uvicorn", "baseline", bare, child_env(workdir)),
-                Variant(
-                    "template, LOG_LEVEL=WARNING (diagnostic)",
-                    "diagnostic",
-                    [*serve, "notifications"],
-                    child_env(workdir, LOG_LEVEL="WARNING"),
-                ),
-            ],
+            [cheap, Variant("bare FastAPI + uvicorn", "baseline", bare, child_env(workdir)), _without_lines(cheap)],
         ),
         Scenario(
             "cheap `async def` task (diagnostic: the same write, no thread pool hand-over)",
             0,
             [
-                Variant(
-                    "template: shared.serve --app bench.template_app:app",
-                    "template",
-                    [*serve, "--app", "bench.template_app:app"],
-                    child_env(workdir, **cheap_async),
-                ),
-                Variant("bare FastAPI + uvicorn", "baseline", bare, child_env(workdir, **cheap_async)),
-                Variant(
-                    "template, LOG_LEVEL=WARNING (diagnostic)",
-                    "diagnostic",
-                    [*serve, "--app", "bench.template_app:app"],
-                    child_env(workdir, LOG_LEVEL="WARNING", **cheap_async),
-                ),
+                cheap_async,
+                Variant("bare FastAPI + uvicorn", "baseline", bare, child_env(workdir, BENCH_TASK_KIND="async")),
+                _without_lines(cheap_async),
             ],
             first_load_only=True,
         ),
@@ -217,6 +201,16 @@ def _scenarios(workdir: Path) -> list[Scenario]:
             ],
         ),
     ]
+
+
+def _without_lines(template: Variant) -> Variant:
+    """The same server with LOG_LEVEL=WARNING: no line per request, what the lines cost."""
+    return Variant(
+        "template, LOG_LEVEL=WARNING (diagnostic)",
+        "diagnostic",
+        template.command,
+        {**template.env, "LOG_LEVEL": "WARNING"},
+    )
 
 
 def measure(

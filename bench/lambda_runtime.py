@@ -342,7 +342,7 @@ def _free_why_no_task(variants: list[Variant], goal: float, cpu_us: dict[str, fl
         why += (
             f". What would close it: {fmt(gap - allowed)} ms less work before each response, most of what the "
             "template adds there; that work is the behaviour and the log schema this issue keeps (request id, trace "
-            "id, Lambda keys, request.completed) and the extension's `event/next`, without which tasks could not run "
+            "id, Lambda keys, request.completed) and the extension's `event/next`, without which no task would run "
             "after the response"
         )
     return why
