@@ -65,6 +65,8 @@ class Lifespan:
                 reason="the event loop the lifespan started on was closed",
                 consequence="what startup bound to that loop no longer works",
             )
+            if loop is not None:
+                _close_orphaned_tasks(loop)
             loop = self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
 
@@ -75,6 +77,7 @@ class Lifespan:
             atexit.unregister(self.shutdown)
             if cycle.loop.is_closed():  # the lifespan's task ended with its loop: nothing can run it
                 log.warning("lifespan.shutdown_skipped", reason="its event loop was closed before shutdown")
+                _close_orphaned_tasks(cycle.loop)
                 return
             cycle.__exit__(None, None, None)
 
@@ -89,6 +92,14 @@ def _current_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_event_loop_policy().get_event_loop()
     except RuntimeError:  # "There is no current event loop": asyncio.run unset it
         return None
+
+
+def _close_orphaned_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Close the coroutines of the tasks a closed loop left pending (the lifespan's own, waiting
+    for shutdown): nothing can run them again. Closed now, their cleanup runs here; left to
+    the garbage collector, it fails with "Event loop is closed" in whatever code runs then."""
+    for task in asyncio.all_tasks(loop):
+        task.get_coro().close()
 
 
 def _open_loop() -> asyncio.AbstractEventLoop:

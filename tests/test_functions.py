@@ -11,7 +11,6 @@ function's role: tests/support/iam.py).
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import importlib
 import json
@@ -59,13 +58,6 @@ def test_each_routed_function_answers_every_event_shape(name: str, shape: str) -
         memory_limit_in_mb=512,
         get_remaining_time_in_millis=lambda: 30_000,
     )
-    # As on Lambda, where the runtime's main thread has an event loop for Mangum to take.
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        result = handler(health_event(shape, "/health"), context)
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
+    result = handler(health_event(shape, "/health"), context)
     assert result["statusCode"] == 200, result
     assert json.loads(result["body"]) == {"status": "ok", "service": name}
