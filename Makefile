@@ -31,10 +31,10 @@ sync-sam: | $(UV)
 	@UV_PROJECT_ENVIRONMENT=$(CURDIR)/$(SAM_VENV) $(UV) sync --locked --quiet --project infra/sam-cli \
 		--python $(PYTHON) || { echo "$(SYNC_HINT)" >&2; exit 2; }
 
-# -X no_debug_ranges: when a finalizer's error is formatted while pytest parses a test's source
-# (the garbage collector runs both), CPython 3.11 nests two ast.parse calls and fails with "AST
-# constructor recursion depth mismatch" (seen on 3.11.7; cpython#106905): an INTERNALERROR that
-# hides the failing test. Without column ranges, formatting a traceback parses nothing.
+# -X no_debug_ranges: a garbage collection inside pytest's parse of a test's source can run a
+# finalizer that fails; formatting its error parses again, nested, which CPython 3.11 (seen on
+# 3.11.7; cpython#106905) reports as "AST constructor recursion depth mismatch": an INTERNALERROR
+# that hides the failing test. Without column ranges, formatting a traceback parses nothing.
 test: sync sync-sam $(LAMBDA_READY) ## run the whole suite (lint, types, tests)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
