@@ -29,7 +29,7 @@ async def work(path: str, label: str, seconds: float) -> None:
     await _work(path, label, seconds)
 
 
-@task("tests.handoff.resumable", timeout=60.0, rerun_safe=True)
+@task("tests.handoff.resumable", timeout=60.0)
 async def resumable(path: str, label: str, gate: str) -> None:
     """Runs until the file ``gate`` exists; safe to run again from the start."""
     append(path, f"started {label}")
@@ -38,9 +38,9 @@ async def resumable(path: str, label: str, gate: str) -> None:
     append(path, f"done {label}")
 
 
-@task("tests.handoff.fragile", timeout=60.0)
+@task("tests.handoff.fragile", timeout=60.0, at_most_once=True)
 async def fragile(path: str, label: str, gate: str) -> None:
-    """Like ``resumable``, but not declared safe to rerun."""
+    """Like ``resumable``, but declared at-most-once: never handed off once started."""
     append(path, f"started {label}")
     while not Path(gate).exists():
         await asyncio.sleep(0.01)
