@@ -333,16 +333,14 @@ class SqsBackend:
                 entry = unsent.pop(sent["Id"])
                 if message_ids is not None:
                     message_ids[sent["Id"]] = sent["MessageId"]
-                fields = {
-                    "task": entry.name,
-                    "task_id": entry.task.task_id,
-                    "backend": self.name,
-                    "attempt": entry.task.attempt,
-                }
-                if ends_tasks:
+                if ends_tasks:  # a handoff's send ends its tasks itself: task.handed_off, with the message id
+                    fields = {
+                        "task": entry.name,
+                        "task_id": entry.task.task_id,
+                        "backend": self.name,
+                        "attempt": entry.task.attempt,
+                    }
                     lifecycle.end("task.enqueued", fields, message_id=sent["MessageId"])
-                else:
-                    log.info("task.enqueued", **fields, message_id=sent["MessageId"])
             for failure in response.get("Failed", []):
                 error_type, error = failure["Code"], failure.get("Message", "")
                 if failure["SenderFault"]:

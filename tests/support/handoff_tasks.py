@@ -7,6 +7,7 @@ counts, across the API process and the worker, how many times each task complete
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from shared.background import task
@@ -27,6 +28,14 @@ async def _work(path: str, label: str, seconds: float) -> None:
 async def work(path: str, label: str, seconds: float) -> None:
     """Expected to take up to 1 s: handed off when less than that is left."""
     await _work(path, label, seconds)
+
+
+@task("tests.handoff.slow", timeout=5.0)
+def slow(path: str, label: str, seconds: float) -> None:
+    """A sync task of ``seconds`` declaring up to 5 s: its thread cannot be stopped, only handed off."""
+    append(path, f"started {label}")
+    time.sleep(seconds)
+    append(path, f"done {label}")
 
 
 @task("tests.handoff.resumable", timeout=60.0)
