@@ -73,9 +73,6 @@ def begin_shutdown(grace_s: float) -> None:
         _current.warm_up_in_background()
 
 
-def shutting_down() -> bool:
-    return _shutdown_deadline is not None
-
 
 def reset() -> None:
     """Back to no handoff and no shutdown: for tests, which configure several in one process."""
