@@ -298,6 +298,7 @@ class LocalStack:
             self.hurry.wait(0.25)
 
     def run(self) -> int:
+        self.handle_signals()  # first: a Ctrl-C while it starts stops it the same way, without a traceback
         from shared.worker.processing import EXIT_TASK_STUCK
 
         for port in (self.port, self.aws_port, self.metrics_port):
@@ -305,7 +306,6 @@ class LocalStack:
                 raise SystemExit(
                     f"port {port} is in use: choose another with PORT=..., AWS_PORT=... or METRICS_PORT=..."
                 )
-        self.handle_signals()
         with self.local_aws():
             os.environ.update(FAKE_CREDENTIALS, AWS_ENDPOINT_URL=self.aws_url)
             os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")

@@ -376,6 +376,8 @@ def test_a_worker_exiting_3_is_restarted_and_the_stack_keeps_serving(start_stack
     ran = [e for e in named(stack, "task.succeeded") if e["task_id"] == request["task_id"]]
     assert len(ran) == 1, "the request after the restart got its durable task run"
 
-    stack.ctrl_c()
+    os.killpg(stack.process.pid, signal.SIGTERM)  # as `kill`, or a process manager, would stop it
+    stack.process.wait(90)
     assert "local_stack: stopped (exit 0)" in stack.output()
+    assert "Traceback" not in stack.output()
     assert orphans([stack.output().splitlines()]) == []
