@@ -235,10 +235,6 @@ def test_a_sync_task_still_running_when_its_message_would_reappear_ends_the_work
     assert durable.depth()["visible"] >= 1, "the message that never started was released at once"
 
 
-@pytest.mark.tasks_may_be_lost(
-    "issue 28: shared/worker/poller.py logs task.cancelled at the end of its grace, which events.py does not count "
-    "as an attempt end (the message stays in SQS)"
-)
 def test_sigterm_waits_for_a_task_in_hand_only_for_the_shutdown_grace_period(
     durable: DurableAws, tmp_path: Path
 ) -> None:

@@ -49,10 +49,6 @@ def of(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [e for e in events if e.get("event") == name]
 
 
-@pytest.mark.tasks_may_be_lost(
-    "issue 28: shared/background/handoff.py logs task.enqueued (the SQS send) and task.handed_off for one handoff: "
-    "two ends in the accepting process"
-)
 def test_on_lambda_a_task_that_would_cross_the_deadline_is_handed_off_and_the_worker_runs_it_once(
     durable_server: DurableAws, tmp_path: Path
 ) -> None:
@@ -131,10 +127,6 @@ def wait_for_lines(path: Path, count: int, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-@pytest.mark.tasks_may_be_lost(
-    "issue 28: shared/background/handoff.py logs task.enqueued (the SQS send) and task.handed_off for one handoff: "
-    "two ends in the accepting process; a running rerun_safe task is also logged task.cancelled before it is handed off"
-)
 def test_sigterm_hands_off_what_cannot_finish_in_the_grace_and_the_worker_runs_each_once(
     durable_server: DurableAws, tmp_path: Path
 ) -> None:

@@ -73,7 +73,6 @@ def begin_shutdown(grace_s: float) -> None:
         _current.warm_up_in_background()
 
 
-
 def reset() -> None:
     """Back to no handoff and no shutdown: for tests, which configure several in one process."""
     global _current, _shutdown_deadline, _grace_s
