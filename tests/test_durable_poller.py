@@ -235,6 +235,10 @@ def test_a_sync_task_still_running_when_its_message_would_reappear_ends_the_work
     assert durable.depth()["visible"] >= 1, "the message that never started was released at once"
 
 
+@pytest.mark.tasks_may_be_lost(
+    "by design: the worker stops at the end of its grace with the task cut; its message stays in SQS, "
+    "delivered again after its visibility timeout, after this test ends"
+)
 def test_sigterm_waits_for_a_task_in_hand_only_for_the_shutdown_grace_period(
     durable: DurableAws, tmp_path: Path
 ) -> None:

@@ -199,9 +199,9 @@ def test_the_queue_refusing_a_handoff_runs_the_task_here_and_logs_its_loss(
         get_settings.cache_clear()
         build_executor()
         done = tmp_path / "done.txt"
-        task = QueuedTask(handoff_tasks.work, (str(done), "x", 0.01), {}, "tests.handoff.work", timeout=1.0)
-        # Half a second left: the task declares 1 s, so it is handed off; the queue does not exist.
-        assert asyncio.run(run_tasks([task], "inline", deadline=time.monotonic() + 0.5)) == 1
+        task = QueuedTask(handoff_tasks.work, (str(done), "x", 0.01), {}, "tests.handoff.work", timeout=10.0)
+        # Five seconds left: the task declares 10 s, so it is handed off; the queue does not exist.
+        assert asyncio.run(run_tasks([task], "inline", deadline=time.monotonic() + 5.0)) == 1
         assert not of(logs.events, "task.handed_off")
         [failed] = of(logs.events, "task.handoff_failed")
         assert failed["task_id"] == task.task_id
