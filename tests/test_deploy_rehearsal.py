@@ -1,0 +1,71 @@
+"""`make deploy-rehearsal`: the session's `sam build` packaged, translated, deployed to moto's
+CloudFormation on 127.0.0.1, read back, and deleted (infra/deploy_rehearsal.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from infra.deploy_checks import MOTO_CANNOT_CREATE
+from infra.deploy_rehearsal import Rehearsal, RehearsalFailed
+from tests.support.fixtures import Build
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_the_built_template_deploys_and_reads_back_then_leaves_only_what_it_retains(
+    sam_build: Build, tmp_path: Path
+) -> None:
+    rehearsal = Rehearsal(tmp_path)
+    rehearsal.rehearse(sam_build.directory / "template.yaml")
+    checks = [line.split(":", 1)[0] for line in rehearsal.log if line.endswith(": ok")]
+    assert checks == [
+        "references",
+        "stack",
+        "resources",
+        "outputs",
+        "function environments",
+        "event source mappings",
+        "queues",
+        "log groups",
+        "after sam delete",
+    ]
+    (created,) = [line for line in rehearsal.log if line.startswith("resources: ") and "created" in line]
+    assert set(MOTO_CANNOT_CREATE) == {kind for kind in MOTO_CANNOT_CREATE if f"({kind})" in created}
+    (retained,) = [line for line in rehearsal.log if "exactly the Retain resources" in line]
+    assert "UsersTable" in retained
+    assert "IdempotencyTable" not in retained
+
+
+def broken_copy(build: Build, destination: Path, edit: Any) -> Path:
+    """The built template with ``edit`` applied, its code paths made absolute, written to ``destination``."""
+    template = yaml.safe_load((build.directory / "template.yaml").read_text())
+    for resource in template["Resources"].values():
+        properties = resource.get("Properties", {})
+        for key in ("CodeUri", "ContentUri"):
+            if isinstance(properties.get(key), str):
+                properties[key] = str(build.directory / properties[key])
+    edit(template)
+    destination.mkdir()
+    path = destination / "template.yaml"
+    path.write_text(yaml.safe_dump(template, sort_keys=False))
+    return path
+
+
+def test_a_broken_reference_fails_the_rehearsal_naming_the_resource(sam_build: Build, tmp_path: Path) -> None:
+    """moto's CloudFormation answers a reference to nothing with a 500; CloudFormation rejects the change set."""
+
+    def misspell_the_queue(template: dict[str, Any]) -> None:
+        template["Resources"]["WorkerTaskSource"]["Properties"]["EventSourceArn"] = {
+            "Fn::GetAtt": ["TaskQueues", "Arn"]
+        }
+
+    rehearsal = Rehearsal(tmp_path)
+    with pytest.raises(RehearsalFailed) as failure:
+        rehearsal.rehearse(broken_copy(sam_build, tmp_path / "copy", misspell_the_queue))
+    assert str(failure.value) == (
+        "references: resource WorkerTaskSource refers to TaskQueues, which the template does not declare"
+    )
