@@ -125,6 +125,9 @@ def whole_suite(config: pytest.Config) -> bool:
         and not option.keyword
         and not option.markexpr
         and not option.deselect
+        and not option.collectonly
+        and not option.ignore
+        and not option.ignore_glob
         and not getattr(option, "lf", False)
         and not getattr(option, "failedfirst", False)
     )
