@@ -90,13 +90,14 @@ sam-build-ready:
 bench: sync sync-sam $(LAMBDA_READY) ## template vs plain FastAPI and Mangum: bench/results.md, README table
 	$(PY) -m bench
 
-deploy: sam-build ## sam build, then sam deploy --guided (asks for the stack name, region and parameters)
-	$(SAM) deploy --guided
+# ENV=dev or ENV=prod: that samconfig.toml environment (its stack and parameters), no questions.
+deploy: sam-build ## sam build, then sam deploy --guided; ENV=dev|prod: deploy that stage of samconfig.toml
+	$(SAM) deploy $(if $(ENV),--config-env $(ENV),--guided)
 
 # What `make deploy` does, against moto's CloudFormation on 127.0.0.1, then read back and deleted
 # (infra/deploy_rehearsal.py; README "Deploy"). Nothing reaches AWS.
 deploy-rehearsal: sync sync-sam $(LAMBDA_READY) ## sam build, package, deploy, delete against moto on 127.0.0.1, checked
-	$(PY) -m infra.deploy_rehearsal
+	$(PY) -m infra.deploy_rehearsal $(if $(ENV),--config-env $(ENV))
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) $(UV_VENV) .venv-lambda .aws-sam .pytest_cache .mypy_cache .ruff_cache

@@ -64,6 +64,16 @@ def references(node: Any) -> Iterator[str]:
             yield from references(value)
 
 
+def scalars_as_text(value: Any) -> Any:
+    """``{"MaximumConcurrency": "2"}`` and ``{"MaximumConcurrency": 2}`` alike: a parameter's value is
+    text in the template, and CloudFormation converts it to the property's type."""
+    if isinstance(value, dict):
+        return {key: scalars_as_text(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [scalars_as_text(item) for item in value]
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def designated(variable: str) -> tuple[str, str] | None:
     """``USERS_TABLE`` -> (``UsersTable``, its type): the resource a variable's name says it names."""
     for suffix, (kind, resource_type) in VARIABLE_KINDS.items():
@@ -235,7 +245,7 @@ class Stack:
             if found["EventSourceArn"] != self.queue_arn(queue):
                 problems.append(f"{mapping} reads {found['EventSourceArn']}, not {queue}")
             for key in ("BatchSize", "MaximumBatchingWindowInSeconds", "ScalingConfig"):
-                if key in properties and found.get(key) != properties[key]:
+                if key in properties and scalars_as_text(found.get(key)) != scalars_as_text(properties[key]):
                     problems.append(f"{mapping}: {key} is {found.get(key)}, the template says {properties[key]}")
         return problems
 
@@ -246,7 +256,7 @@ class Stack:
                 "Attributes"
             ]
             for key in ("VisibilityTimeout", "MessageRetentionPeriod", "SqsManagedSseEnabled"):
-                if key in properties and attributes.get(key) != str(properties[key]).lower():
+                if key in properties and attributes.get(key) != scalars_as_text(properties[key]):
                     problems.append(f"{queue}: {key} is {attributes.get(key)}, the template says {properties[key]}")
             if "RedrivePolicy" in properties:
                 declared = properties["RedrivePolicy"]
@@ -256,7 +266,7 @@ class Stack:
                     "deadLetterTargetArn": self.queue_arn(dead_letter),
                     "maxReceiveCount": declared["maxReceiveCount"],
                 }
-                if {key: found.get(key) for key in expected} != expected:
+                if scalars_as_text({key: found.get(key) for key in expected}) != scalars_as_text(expected):
                     problems.append(f"{queue}: redrive policy is {found}, the template says {expected}")
         return problems
 
@@ -271,7 +281,7 @@ class Stack:
             if not found:
                 problems.append(f"{group}: no log group {name}")
                 continue
-            if found[0].get("retentionInDays") != int(properties["RetentionInDays"]):
+            if scalars_as_text(found[0].get("retentionInDays")) != scalars_as_text(properties["RetentionInDays"]):
                 problems.append(
                     f"{group}: retention is {found[0].get('retentionInDays')} days, "
                     f"the template says {properties['RetentionInDays']}"

@@ -130,14 +130,26 @@ def moto_server(workdir: Path) -> Iterator[MotoServer]:
             process.wait()
 
 
-def project_config() -> dict[str, Any]:
-    """The project's samconfig.toml, ``default`` environment: its stack name and parameters."""
-    config: dict[str, Any] = tomllib.loads((ROOT / "samconfig.toml").read_text()).get("default", {})
+def project_config(environment: str = "default") -> dict[str, Any]:
+    """One environment of the project's samconfig.toml (``default``, ``dev``, ``prod``)."""
+    environments = {
+        name: config
+        for name, config in tomllib.loads((ROOT / "samconfig.toml").read_text()).items()
+        if name != "version"
+    }
+    if environment not in environments:
+        raise RehearsalFailed(f"samconfig.toml has no environment {environment!r} (it has {', '.join(environments)})")
+    config: dict[str, Any] = environments[environment]
     return config
 
 
-def project_parameters() -> dict[str, str]:
-    overrides = project_config().get("deploy", {}).get("parameters", {}).get("parameter_overrides", "")
+def project_stack_name(environment: str = "default") -> str:
+    return str(project_config(environment)["global"]["parameters"]["stack_name"])
+
+
+def project_parameters(environment: str = "default") -> dict[str, str]:
+    """The environment's ``parameter_overrides`` (``Key=Value`` pairs, as ``sam deploy`` reads them)."""
+    overrides = project_config(environment).get("deploy", {}).get("parameters", {}).get("parameter_overrides", "")
     if isinstance(overrides, list):
         overrides = " ".join(overrides)
     return dict(item.split("=", 1) for item in shlex.split(overrides))
@@ -169,10 +181,15 @@ def rehearsal_config(path: Path, stack_name: str, parameters: Mapping[str, str])
 
 @dataclass
 class Rehearsal:
+    """The rehearsal of one samconfig.toml environment's deployment: its stack name and parameters."""
+
     workdir: Path
-    stack_name: str = field(default_factory=lambda: str(project_config()["global"]["parameters"]["stack_name"]))
-    parameters: dict[str, str] = field(default_factory=lambda: {**project_parameters(), **REHEARSAL_PARAMETERS})
+    environment: str = "default"
     log: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.stack_name = project_stack_name(self.environment)
+        self.parameters = {**project_parameters(self.environment), **REHEARSAL_PARAMETERS}
 
     def say(self, line: str) -> None:
         self.log.append(line)
@@ -199,7 +216,9 @@ class Rehearsal:
         return result.stdout
 
     def build(self, build_dir: Path) -> Path:
-        self.run("sam build", [str(SAM), "build", "--build-dir", str(build_dir)], None)
+        self.run(
+            "sam build", [str(SAM), "build", "--config-env", self.environment, "--build-dir", str(build_dir)], None
+        )
         return build_dir / "template.yaml"
 
     def rehearse(self, built_template: Path) -> None:
@@ -261,9 +280,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Rehearse `sam deploy` against moto's CloudFormation on 127.0.0.1.")
     parser.add_argument("--built-template", type=Path, help="a `sam build` output's template.yaml (skips the build)")
     parser.add_argument("--build-dir", type=Path, default=ROOT / ".aws-sam" / "build")
+    parser.add_argument("--config-env", default="default", help="the samconfig.toml environment to rehearse")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="deploy-rehearsal-") as workdir:
-        rehearsal = Rehearsal(Path(workdir))
+        try:
+            rehearsal = Rehearsal(Path(workdir), args.config_env)
+        except RehearsalFailed as wrong:
+            print(f"deploy rehearsal: {wrong}; give --config-env one of those", file=sys.stderr)
+            return 2
         try:
             built = args.built_template or rehearsal.build(args.build_dir)
             rehearsal.rehearse(built)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from infra.deploy_checks import MOTO_CANNOT_CREATE
-from infra.deploy_rehearsal import Rehearsal, RehearsalFailed
+from infra.deploy_rehearsal import Rehearsal, RehearsalFailed, main
 from tests.support.fixtures import Build
 
 pytestmark = pytest.mark.timeout(600)
@@ -68,4 +68,21 @@ def test_a_broken_reference_fails_the_rehearsal_naming_the_resource(sam_build: B
         rehearsal.rehearse(broken_copy(sam_build, tmp_path / "copy", misspell_the_queue))
     assert str(failure.value) == (
         "references: resource WorkerTaskSource refers to TaskQueues, which the template does not declare"
+    )
+
+
+def test_a_stage_of_samconfig_is_rehearsed_with_its_own_stack_name_and_parameters(tmp_path: Path) -> None:
+    prod = Rehearsal(tmp_path, "prod")
+    assert prod.stack_name == "fastapi-background-tasks-prod"
+    assert prod.parameters["LogRetentionDays"] == "90"
+    assert prod.parameters["AlarmEmail"] == "alarms@example.com"  # the conditional subscription, too
+    assert Rehearsal(tmp_path).stack_name == "fastapi-background-tasks"
+
+
+def test_an_unknown_stage_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config-env", "staging"]) == 2
+    error = capsys.readouterr().err
+    assert error == (
+        "deploy rehearsal: samconfig.toml has no environment 'staging' (it has default, dev, prod); "
+        "give --config-env one of those\n"
     )
