@@ -3,13 +3,18 @@ CloudFormation on 127.0.0.1, read back, and deleted (infra/deploy_rehearsal.py).
 
 from __future__ import annotations
 
+import io
+import zipfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import yaml
+from moto import mock_aws
 
-from infra.deploy_checks import MOTO_CANNOT_CREATE
+from infra.deploy_checks import MOTO_CANNOT_CREATE, Stack
 from infra.deploy_rehearsal import Rehearsal, RehearsalFailed, main
 from tests.support.fixtures import Build
 
@@ -86,3 +91,62 @@ def test_an_unknown_stage_is_refused_in_one_line(capsys: pytest.CaptureFixture[s
         "deploy rehearsal: samconfig.toml has no environment 'staging' (it has default, dev, prod); "
         "give --config-env one of those\n"
     )
+
+
+def test_a_resource_moto_skipped_fails_unless_its_type_is_listed() -> None:
+    """A newly skipped type fails the rehearsal, naming the resource; a listed one does not."""
+    template = {
+        "Resources": {
+            "Queue": {"Type": "AWS::SQS::Queue"},
+            "Alarm": {"Type": "AWS::CloudWatch::Alarm"},
+            "Pipe": {"Type": "AWS::Pipes::Pipe"},
+            "Optional": {"Type": "AWS::Pipes::Pipe", "Condition": "Never"},
+        },
+        "Conditions": {"Never": {"Fn::Equals": ["", "x"]}},
+    }
+    stack = Stack("s", template, client=lambda service: None, physical={"Queue": "url"})
+    assert stack.skipped() == {"Alarm": "AWS::CloudWatch::Alarm", "Pipe": "AWS::Pipes::Pipe"}
+    assert stack.check_created() == [
+        "Pipe (AWS::Pipes::Pipe) was not created, and AWS::Pipes::Pipe is not one of the types moto cannot create"
+    ]
+
+
+def test_a_variable_naming_another_table_fails_naming_the_function_and_variable() -> None:
+    """``USERS_TABLE: !Ref AuditTable`` deploys (the reference exists) and is caught when read back."""
+    with mock_aws():
+        client = partial(boto3.client, region_name="us-east-1")
+        for table in ("users-1", "audit-1"):
+            client("dynamodb").create_table(
+                TableName=table,
+                KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+                BillingMode="PAY_PER_REQUEST",
+            )
+        role = client("iam").create_role(RoleName="r", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        code = io.BytesIO()
+        with zipfile.ZipFile(code, "w") as archive:
+            archive.writestr("app.py", "def handler(event, context): pass\n")
+        client("lambda").create_function(
+            FunctionName="users-fn",
+            Runtime="python3.12",
+            Role=role,
+            Handler="app.handler",
+            Code={"ZipFile": code.getvalue()},
+            Environment={"Variables": {"USERS_TABLE": "audit-1", "AUDIT_TABLE": "audit-1"}},
+        )
+        variables = {"USERS_TABLE": {"Ref": "AuditTable"}, "AUDIT_TABLE": {"Ref": "AuditTable"}}
+        template = {
+            "Resources": {
+                "UsersFunction": {
+                    "Type": "AWS::Lambda::Function",
+                    "Properties": {"Environment": {"Variables": variables}},
+                },
+                "UsersTable": {"Type": "AWS::DynamoDB::Table"},
+                "AuditTable": {"Type": "AWS::DynamoDB::Table"},
+            }
+        }
+        physical = {"UsersFunction": "users-fn", "UsersTable": "users-1", "AuditTable": "audit-1"}
+        stack = Stack("s", template, client=client, physical=physical)
+        assert stack.check_function_environments() == [
+            "UsersFunction: USERS_TABLE is 'audit-1', not UsersTable (users-1)"
+        ]
