@@ -15,7 +15,9 @@
    source mapping, the queue's redrive policy, log retention;
 7. ``sam delete``, then: exactly the ``Retain`` resources are left.
 
-Any failed check exits 1 with what failed, each naming its resource. The S3 endpoint is
+``--config-env dev`` (``make deploy-rehearsal ENV=dev``) rehearses that samconfig.toml
+environment: its stack name and parameters. Any failed check exits 1 with what failed, each
+naming its resource. The S3 endpoint is
 ``localhost``: moto reads a template's S3 URLs path-style only from that host name.
 """
 
@@ -25,6 +27,7 @@ import argparse
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
@@ -89,8 +92,6 @@ class MotoServer:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -201,7 +202,8 @@ class Rehearsal:
         # Telemetry off and the weekly version check done: SAM CLI reaches nothing off this machine.
         (app_dir / "metadata.json").write_text(json.dumps({"lastVersionCheck": time.time(), "telemetryEnabled": False}))
         env = server.environment() if server else dict(os.environ)
-        return {**env, "__SAM_CLI_APP_DIR": str(app_dir), "SAM_CLI_TELEMETRY": "0"}
+        # moto applies a change set at once: poll its status every half second, not every five.
+        return {**env, "__SAM_CLI_APP_DIR": str(app_dir), "SAM_CLI_TELEMETRY": "0", "SAM_CLI_POLL_DELAY": "0.5"}
 
     def run(self, step: str, command: list[str], server: MotoServer | None) -> str:
         started = time.monotonic()
