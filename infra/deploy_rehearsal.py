@@ -241,7 +241,7 @@ class Rehearsal:
                 "translate (AWS::LanguageExtensions, AWS::Serverless-2016-10-31)",
                 [str(SAM_VENV / "bin" / "python"), str(TRANSLATE), str(packaged), json.dumps(self.parameters),
                  "--region", REGION, "--output", str(translated_path)],
-                None,
+                server,
             )  # fmt: skip
             translated: dict[str, Any] = json.loads(translated_path.read_text())
             self.fail_on("references", unresolved_references(translated))
@@ -260,7 +260,7 @@ class Rehearsal:
                 + ", ".join(f"{name} ({kind})" for name, kind in sorted(skipped.items()))
             )
             self.fail_on("outputs", stack.check_outputs())
-            self.say(f"outputs: resolved; {', '.join(stack.unresolvable_outputs())} name the HTTP API moto skips")
+            self.say(f"outputs: resolved; {', '.join(stack.unresolvable_outputs())} name a resource moto skips")
             self.fail_on("function environments", stack.check_function_environments())
             self.fail_on("event source mappings", stack.check_event_source_mappings())
             self.fail_on("queues", stack.check_queues())
