@@ -17,7 +17,7 @@ export SAM_CLI_TELEMETRY ?= 0
 export UV_PYTHON_DOWNLOADS := never
 SYNC_HINT := make: could not install the lock (see above); after editing pyproject.toml, run `make lock`
 
-.PHONY: test lint run bench deploy clean sam-build sam-build-ready sam-local lock upgrade sync sync-sam function
+.PHONY: test lint run bench deploy deploy-rehearsal clean sam-build sam-build-ready sam-local lock upgrade sync sync-sam function
 
 $(UV):
 	$(PYTHON) -m venv $(UV_VENV)
@@ -92,8 +92,14 @@ sam-build-ready:
 bench: sync sync-sam $(LAMBDA_READY) ## template vs plain FastAPI and Mangum: bench/results.md, README table
 	$(PY) -m bench
 
-deploy: sam-build ## sam build, then sam deploy --guided (asks for the stack name, region and parameters)
-	$(SAM) deploy --guided
+# ENV=dev or ENV=prod: that samconfig.toml environment (its stack and parameters), no questions.
+deploy: sam-build ## sam build, then sam deploy --guided; ENV=dev|prod: deploy that stage of samconfig.toml
+	$(SAM) deploy $(if $(ENV),--config-env $(ENV),--guided)
+
+# What `make deploy` does, against moto's CloudFormation on 127.0.0.1, then read back and deleted
+# (infra/deploy_rehearsal.py; README "Deploy"). Nothing reaches AWS.
+deploy-rehearsal: sync sync-sam $(LAMBDA_READY) ## sam build, package, deploy, delete against moto on 127.0.0.1, checked
+	$(PY) -m infra.deploy_rehearsal $(if $(ENV),--config-env $(ENV))
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) $(UV_VENV) .venv-lambda .aws-sam .pytest_cache .mypy_cache .ruff_cache

@@ -114,13 +114,40 @@ def state(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> It
         pytest.fail(failure, pytrace=False)
 
 
+def whole_suite(config: pytest.Config) -> bool:
+    """Every test was selected (``pytest``, ``make test``): only then must every IAM statement be used."""
+    option = config.option
+    selected_all = config.args_source == pytest.Config.ArgsSource.TESTPATHS or [
+        str(Path(arg).resolve()) for arg in config.args
+    ] == [str(Path(config.rootpath, "tests"))]
+    return bool(
+        selected_all
+        and not option.keyword
+        and not option.markexpr
+        and not option.deselect
+        and not option.collectonly
+        and not option.ignore
+        and not option.ignore_glob
+        and not getattr(option, "lf", False)
+        and not getattr(option, "failedfirst", False)
+    )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The whole suite fails when a statement of a function's role was never needed (tests/support/iam.py)."""
+    if whole_suite(session.config) and exitstatus == pytest.ExitCode.OK:
+        COVERAGE.declare_every_role()
+        if COVERAGE.failure():
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The statements of the roles the tests ran as that no call ever needed: candidates to remove."""
-    unused = COVERAGE.unused()
-    if unused:
-        terminalreporter.section("IAM statements no test exercised")
-        for statement in unused:
-            terminalreporter.write_line(str(statement))
+    """The statements of the roles the tests ran as that no call ever needed."""
+    failure = COVERAGE.failure()
+    if failure:
+        fails = whole_suite(terminalreporter.config)
+        terminalreporter.section("IAM statements no test exercised" + (": the suite FAILS" if fails else ""))
+        terminalreporter.write_line(failure)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

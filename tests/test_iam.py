@@ -1,25 +1,40 @@
-"""The roles template.yaml gives the functions are enough, and moto proves a missing statement fails.
+"""The roles template.yaml gives the functions are enough, and each of their statements is needed.
 
 Every ``tests/test_<name>.py`` already runs as its function's role (the ``state`` fixture,
 tests/support/iam.py). Here: that a role short of one statement makes the behaviour fail
 with AccessDenied, in the request and in a background task alike, and the paths those
-tests do not take (the durable enqueue, a sender other than ``MailSender``).
+tests do not take (the durable enqueue, a sender other than ``MailSender``). Then, per
+function, one scenario of all its behaviours that call AWS (SCENARIOS): with the whole role it
+needs every statement, and without any one statement something is denied. A whole-suite run
+also fails when a statement was never needed (conftest's ``pytest_sessionfinish``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib
+import io
+import re
+import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from PIL import Image
 
+from functions.items.app import app as items_app
+from functions.notifications.app import app as notifications_app
+from functions.uploads.app import app as uploads_app
 from functions.users.app import app as users_app
 from infra.template import template
+from shared import aws
 from shared.settings import get_settings
 from shared.worker.poller import lambda_record
 from tests.support.aws_resources import AwsState, mocked_aws
-from tests.support.iam import COVERAGE, RoleGuard, RolePolicies
+from tests.support.event_source import EventSourceMapping, enqueue
+from tests.support.iam import COVERAGE, Coverage, RoleGuard, RolePolicies, Statement, function_roles
 from tests.support.logs import LogCapture
 from tests.support.sqs_queues import FakeLambdaContext, executor_from_settings
 
@@ -172,3 +187,171 @@ def test_the_statements_a_behaviour_needed_are_told_from_those_it_did_not(
     }
     unused = {statement.policy for statement in role.statements()} - used
     assert unused == {"EnqueueDurableTasksPolicy"}
+
+
+# --- every statement is needed: each function's behaviours, run with one statement removed ---
+
+Scenario = Callable[[str, pytest.MonkeyPatch], None]
+"""Runs every behaviour of a function that calls AWS, given the task queue's URL."""
+
+
+def http_behaviours(app: FastAPI, queue: str, monkeypatch: pytest.MonkeyPatch, durable: str, run: Scenario) -> None:
+    """``run`` with its tasks in the process (after the response), then once more with ``durable`` sent to SQS."""
+    monkeypatch.setenv("TASK_QUEUE_URL", queue)
+    monkeypatch.setenv("TASK_ENQUEUE_BACKOFF_SECONDS", "0")
+    for tasks in ("", durable):
+        monkeypatch.setenv("DURABLE_TASKS", tasks)
+        get_settings.cache_clear()
+        with executor_from_settings(app):
+            run(queue, monkeypatch)
+
+
+def notifications(queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def run(queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        with TestClient(notifications_app, raise_server_exceptions=False) as client:
+            client.post("/send-notification/foo@example.com")
+
+    http_behaviours(notifications_app, queue, monkeypatch, "notifications.write_notification", run)
+
+
+def users(queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def run(queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        with TestClient(users_app, raise_server_exceptions=False) as client:
+            created = client.post("/users", json={**JANE, "email": f"{uuid.uuid4().hex}@example.com"}).json()
+            client.get(f"/users/{created.get('id', '0' * 32)}")
+
+    http_behaviours(users_app, queue, monkeypatch, "email.send_welcome", run)
+
+
+def items(queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def run(queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        with TestClient(items_app, raise_server_exceptions=False) as client:
+            created = client.post("/items", json={"name": "Blue kettle", "tags": ["kitchen"]}).json()
+            item_id = created.get("id", "0" * 32)
+            client.get("/items/search", params={"q": "blue"})
+            client.get(f"/items/{item_id}")
+            client.delete(f"/items/{item_id}")
+
+    http_behaviours(items_app, queue, monkeypatch, "search.index_item", run)
+
+
+def uploads(queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def run(queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        with TestClient(uploads_app, raise_server_exceptions=False) as client:
+            created = client.post("/uploads", files={"file": ("pic.png", png(), "image/png")}).json()
+            client.get(f"/uploads/{created.get('id', '0' * 32)}")
+
+    http_behaviours(uploads_app, queue, monkeypatch, "files.process_upload", run)
+
+
+def worker(queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each durable task, and one that fails, through the event source mapping (tests/test_worker.py)."""
+    monkeypatch.setenv("TASK_QUEUE_URL", queue)
+    get_settings.cache_clear()
+    settings = get_settings()
+    aws.s3().put_object(Bucket=settings.uploads_bucket, Key="uploads/u1/pic.png", Body=png())
+    aws.dynamodb().Table(settings.uploads_table).put_item(
+        Item={"id": "u1", "bucket": settings.uploads_bucket, "key": "uploads/u1/pic.png", "status": "uploaded"}
+    )
+    aws.dynamodb().Table(settings.items_table).put_item(Item={"id": "i1", "name": "Blue kettle", "tags": []})
+    enqueue(queue, "email.send_welcome", JANE["email"], JANE["name"])
+    enqueue(queue, "files.process_upload", "u1")
+    enqueue(queue, "search.index_item", "i1")
+    enqueue(queue, "audit.record", "user.registered", "user#u1", {"name": "Jane"}, event_id="e1")
+    enqueue(queue, "files.process_upload", "no-such-upload")
+    mapping = EventSourceMapping(queue)
+    with ThreadPoolExecutor(1) as lambda_thread:
+        lambda_thread.submit(mapping.poll_once).result()
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "NotificationsFunction": notifications,
+    "UsersFunction": users,
+    "ItemsFunction": items,
+    "UploadsFunction": uploads,
+    "WorkerFunction": worker,
+}
+
+
+def scaffolded(function: str) -> Scenario:
+    """A function ``make function`` wrote (infra/scaffold): its POST, GET and durable e-mail."""
+    name = re.sub(r"(?<!^)(?=[A-Z])", "_", function.removesuffix("Function")).lower()
+    app: FastAPI = importlib.import_module(f"functions.{name}.app").app
+
+    def scenario(queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        def run(queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
+            with TestClient(app, raise_server_exceptions=False) as client:
+                created = client.post(f"/{name}", json={"email": "ada@example.com", "note": "two mugs"}).json()
+                client.get(f"/{name}/{created.get('id', '0' * 32)}")
+
+        http_behaviours(app, queue, monkeypatch, "email.send", run)
+
+    return scenario
+
+
+def scenario_for(function: str) -> Scenario:
+    """Its own in SCENARIOS; else, for a scaffolded function, the scaffold's behaviours."""
+    return SCENARIOS.get(function) or scaffolded(function)
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (400, 300), "red").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def task_queue() -> str:
+    from shared import aws
+
+    return aws.sqs().get_queue_url(QueueName=template().local_names()["TaskQueue"])["QueueUrl"]
+
+
+@pytest.mark.parametrize("function", sorted(function_roles()))
+def test_each_scenario_needs_every_statement_of_its_role_and_no_other(
+    aws_state: AwsState, monkeypatch: pytest.MonkeyPatch, guards: list[RoleGuard], function: str
+) -> None:
+    role = RolePolicies.of(function)
+    queue = task_queue()
+    guards.append(guard := run_as(role, monkeypatch))
+    scenario_for(function)(queue, monkeypatch)
+    assert guard.failure() is None
+    unused = sorted(map(str, set(role.statements()) - guard.used))
+    assert unused == [], f"no behaviour of {function} needed these: remove them, or add the behaviour to SCENARIOS"
+
+
+def every_statement() -> list[Any]:
+    return [
+        pytest.param(statement, id=f"{statement.role}-{statement.policy}-{statement.index}")
+        for function in sorted(function_roles())
+        for statement in RolePolicies.of(function).statements()
+    ]
+
+
+@pytest.mark.parametrize("statement", every_statement())
+def test_without_any_one_statement_its_function_is_denied_something(
+    aws_state: AwsState, monkeypatch: pytest.MonkeyPatch, guards: list[RoleGuard], statement: Statement
+) -> None:
+    role = RolePolicies.of(statement.role)
+    queue = task_queue()
+    guard = run_as(role.without_statement(statement), monkeypatch)
+    try:
+        scenario_for(statement.role)(queue, monkeypatch)
+    except Exception as error:  # a denied call may end the scenario early: what matters is that it was denied
+        print(f"the scenario stopped: {error!r}")
+    finally:
+        guard.uninstall()
+    assert guard.denied, f"{statement}: nothing of {statement.role} failed without it; remove it from template.yaml"
+
+
+def test_a_statement_no_test_needed_fails_the_whole_suite() -> None:
+    """conftest's pytest_sessionfinish fails a whole-suite run with this message, naming the statement."""
+    coverage = Coverage()
+    coverage.declare_every_role()
+    *needed, unneeded = sorted(coverage.declared, key=str)
+    coverage.used = set(needed)
+    failure = coverage.failure()
+    assert failure is not None
+    assert failure.startswith("1 IAM statement(s) of template.yaml no test exercised")
+    assert failure.endswith(f"\n  {unneeded}")
+    coverage.used.add(unneeded)
+    assert coverage.failure() is None

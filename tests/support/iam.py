@@ -161,6 +161,22 @@ class RolePolicies:
             {name: doc for name, doc in self.managed.items() if name != policy},
         )
 
+    def without_statement(self, statement: Statement) -> RolePolicies:
+        """The same role less one statement (less its policy, when that was the policy's only one)."""
+
+        def drop(policies: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+            kept = {}
+            for name, document in policies.items():
+                statements = [
+                    s for i, s in enumerate(document["Statement"]) if (name, i) != (statement.policy, statement.index)
+                ]
+                if statements:
+                    kept[name] = {**document, "Statement": statements}
+            return kept
+
+        assert statement in self.statements(), statement
+        return RolePolicies(self.function, drop(self.inline), drop(self.managed))
+
     def naming(self, text: str) -> str:
         """The one policy whose statements mention ``text`` (e.g. a table's local name)."""
         (name,) = [name for name, doc in {**self.inline, **self.managed}.items() if text in json.dumps(doc)]
@@ -314,6 +330,16 @@ def use_credentials(key: str, secret: str, token: str) -> None:
     aws.resource.cache_clear()
 
 
+def function_roles(translated: dict[str, Any] | None = None) -> list[str]:
+    """The functions of the template that have a role of their own (``UsersFunction``, ...)."""
+    resources = (translated or translated_template())["Resources"]
+    return [
+        name
+        for name, resource in resources.items()
+        if resource["Type"] == "AWS::Lambda::Function" and f"{name}Role" in resources
+    ]
+
+
 class Coverage:
     """Across the session: which statements of the roles the tests ran as were ever used."""
 
@@ -326,8 +352,24 @@ class Coverage:
             self.declared.update(guard.policies.statements())
             self.used.update(guard.used)
 
+    def declare_every_role(self, translated: dict[str, Any] | None = None) -> None:
+        """Count every function's role, also one no test ran as: the whole suite must use each statement."""
+        for function in function_roles(translated):
+            self.declared.update(RolePolicies.of(function, translated).statements())
+
     def unused(self) -> list[Statement]:
         return sorted(self.declared - self.used, key=str)
+
+    def failure(self) -> str | None:
+        """Why the suite fails: a statement no behaviour needed is too broad, or its behaviour is untested."""
+        unused = self.unused()
+        if not unused:
+            return None
+        lines = "\n".join(f"  {statement}" for statement in unused)
+        return (
+            f"{len(unused)} IAM statement(s) of template.yaml no test exercised: remove each, or test the "
+            f"behaviour that needs it under the function's role (tests/support/iam.py):\n{lines}"
+        )
 
 
 COVERAGE = Coverage()

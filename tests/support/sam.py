@@ -22,7 +22,7 @@ TEMPLATE = ROOT / "template.yaml"
 SAM_VENV = ROOT / ".venv-sam"
 SAM = SAM_VENV / "bin" / "sam"
 LAMBDA_RUNTIME = ROOT / ".venv-lambda" / "runtime"
-TRANSLATE = ROOT / "tests" / "support" / "sam_translate.py"
+TRANSLATE = ROOT / "infra" / "sam-cli" / "translate.py"
 
 
 def sam_environment(config_dir: Path) -> dict[str, str]:

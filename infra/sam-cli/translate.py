@@ -1,20 +1,26 @@
-"""Print template.yaml as CloudFormation deploys it, after its two transforms, as JSON.
+"""Print a SAM template as CloudFormation deploys it, after its two transforms, as JSON.
 
 Run by SAM CLI's own interpreter (``.venv-sam/bin/python``), which has the SAM translator::
 
-    .venv-sam/bin/python tests/support/sam_translate.py template.yaml '{"EnableJwtAuth": "true"}'
+    .venv-sam/bin/python infra/sam-cli/translate.py template.yaml '{"EnableJwtAuth": "true"}'
 
 First what CloudFormation's AWS::LanguageExtensions does with this template: ``Fn::If``
-on conditions of parameters, and ``Ref`` to parameters, are replaced by their values
-(SAM CLI's own local emulation of it also rewrites ``Fn::Sub`` of resource attributes
-into plain strings, which would hide the policies' real resources). Then the SAM
-transform, offline: AWS managed policies come from the translator's bundled table.
+on conditions of parameters, and ``Ref`` to parameters, are replaced by their values.
+SAM CLI's own local emulation of it is not used: it also rewrites ``Fn::Sub`` of resource
+attributes and pseudo parameters into plain strings with local stand-ins (``AWS::StackName``
+becomes ``local``), which would hide the policies' real resources and misname the log groups.
+Pseudo parameters stay references, for CloudFormation to resolve. Then the SAM transform,
+offline: AWS managed policies come from the translator's bundled table.
+
+Used by the tests (tests/support/sam.py) and by ``make deploy-rehearsal``
+(infra/deploy_rehearsal.py), which deploys the result to moto's CloudFormation: moto runs
+neither transform.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -85,17 +91,31 @@ def resolve_language_extensions(template: dict[str, Any], overrides: dict[str, s
     return resolved
 
 
-def translate(template_path: Path, overrides: dict[str, str]) -> dict[str, Any]:
+def translate(template_path: Path, overrides: dict[str, str], region: str = "us-east-1") -> dict[str, Any]:
     template = resolve_language_extensions(yaml_parse(template_path.read_text()), overrides)
     validator = SamTemplateValidator(
         template,
         BundledManagedPolicies(),
-        region="us-east-1",
-        parameter_overrides=overrides,  # type: ignore[arg-type]
+        region=region,
+        parameter_overrides=overrides,
     )
     translated: dict[str, Any] = yaml_parse(validator.get_translated_template_if_valid())
     return translated
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("template", type=Path)
+    parser.add_argument("parameters", nargs="?", default="{}", help="parameter overrides as a JSON object")
+    parser.add_argument("--region", default="us-east-1")
+    parser.add_argument("--output", type=Path, help="write the JSON here instead of printing it")
+    args = parser.parse_args()
+    text = json.dumps(translate(args.template, json.loads(args.parameters), args.region))
+    if args.output:
+        args.output.write_text(text)
+    else:
+        print(text)
+
+
 if __name__ == "__main__":
-    print(json.dumps(translate(Path(sys.argv[1]), json.loads(sys.argv[2]) if len(sys.argv) > 2 else {})))
+    main()

@@ -1,0 +1,152 @@
+"""`make deploy-rehearsal`: the session's `sam build` packaged, translated, deployed to moto's
+CloudFormation on 127.0.0.1, read back, and deleted (infra/deploy_rehearsal.py)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from moto import mock_aws
+
+from infra.deploy_checks import MOTO_CANNOT_CREATE, Stack
+from infra.deploy_rehearsal import Rehearsal, RehearsalFailed, main
+from tests.support.fixtures import Build
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_the_built_template_deploys_and_reads_back_then_leaves_only_what_it_retains(
+    sam_build: Build, tmp_path: Path
+) -> None:
+    rehearsal = Rehearsal(tmp_path)
+    rehearsal.rehearse(sam_build.directory / "template.yaml")
+    checks = [line.split(":", 1)[0] for line in rehearsal.log if line.endswith(": ok")]
+    assert checks == [
+        "references",
+        "stack",
+        "resources",
+        "outputs",
+        "function environments",
+        "event source mappings",
+        "queues",
+        "log groups",
+        "after sam delete",
+    ]
+    (created,) = [line for line in rehearsal.log if line.startswith("resources: ") and "created" in line]
+    assert set(MOTO_CANNOT_CREATE) == {kind for kind in MOTO_CANNOT_CREATE if f"({kind})" in created}
+    (retained,) = [line for line in rehearsal.log if "exactly the Retain resources" in line]
+    assert "UsersTable" in retained
+    assert "IdempotencyTable" not in retained
+
+
+def broken_copy(build: Build, destination: Path, edit: Any) -> Path:
+    """The built template with ``edit`` applied, its code paths made absolute, written to ``destination``."""
+    template = yaml.safe_load((build.directory / "template.yaml").read_text())
+    for resource in template["Resources"].values():
+        properties = resource.get("Properties", {})
+        for key in ("CodeUri", "ContentUri"):
+            if isinstance(properties.get(key), str):
+                properties[key] = str(build.directory / properties[key])
+    edit(template)
+    destination.mkdir()
+    path = destination / "template.yaml"
+    path.write_text(yaml.safe_dump(template, sort_keys=False))
+    return path
+
+
+def test_a_broken_reference_fails_the_rehearsal_naming_the_resource(sam_build: Build, tmp_path: Path) -> None:
+    """moto's CloudFormation answers a reference to nothing with a 500; CloudFormation rejects the change set."""
+
+    def misspell_the_queue(template: dict[str, Any]) -> None:
+        template["Resources"]["WorkerTaskSource"]["Properties"]["EventSourceArn"] = {
+            "Fn::GetAtt": ["TaskQueues", "Arn"]
+        }
+
+    rehearsal = Rehearsal(tmp_path)
+    with pytest.raises(RehearsalFailed) as failure:
+        rehearsal.rehearse(broken_copy(sam_build, tmp_path / "copy", misspell_the_queue))
+    assert str(failure.value) == (
+        "references: resource WorkerTaskSource refers to TaskQueues, which the template does not declare"
+    )
+
+
+def test_a_stage_of_samconfig_is_rehearsed_with_its_own_stack_name_and_parameters(tmp_path: Path) -> None:
+    prod = Rehearsal(tmp_path, "prod")
+    assert prod.stack_name == "fastapi-background-tasks-prod"
+    assert prod.parameters["LogRetentionDays"] == "90"
+    assert prod.parameters["AlarmEmail"] == "alarms@example.com"  # the conditional subscription, too
+    assert Rehearsal(tmp_path).stack_name == "fastapi-background-tasks"
+
+
+def test_an_unknown_stage_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config-env", "staging"]) == 2
+    error = capsys.readouterr().err
+    assert error == (
+        "deploy rehearsal: samconfig.toml has no environment 'staging' (it has default, dev, prod); "
+        "give --config-env one of those\n"
+    )
+
+
+def test_a_resource_moto_skipped_fails_unless_its_type_is_listed() -> None:
+    """A newly skipped type fails the rehearsal, naming the resource; a listed one does not."""
+    template = {
+        "Resources": {
+            "Queue": {"Type": "AWS::SQS::Queue"},
+            "Alarm": {"Type": "AWS::CloudWatch::Alarm"},
+            "Pipe": {"Type": "AWS::Pipes::Pipe"},
+            "Optional": {"Type": "AWS::Pipes::Pipe", "Condition": "Never"},
+        },
+        "Conditions": {"Never": {"Fn::Equals": ["", "x"]}},
+    }
+    stack = Stack("s", template, client=lambda service: None, physical={"Queue": "url"})
+    assert stack.skipped() == {"Alarm": "AWS::CloudWatch::Alarm", "Pipe": "AWS::Pipes::Pipe"}
+    assert stack.check_created() == [
+        "Pipe (AWS::Pipes::Pipe) was not created, and AWS::Pipes::Pipe is not one of the types moto cannot create"
+    ]
+
+
+def test_a_variable_naming_another_table_fails_naming_the_function_and_variable() -> None:
+    """``USERS_TABLE: !Ref AuditTable`` deploys (the reference exists) and is caught when read back."""
+    with mock_aws():
+        client = partial(boto3.client, region_name="us-east-1")
+        for table in ("users-1", "audit-1"):
+            client("dynamodb").create_table(
+                TableName=table,
+                KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+                BillingMode="PAY_PER_REQUEST",
+            )
+        role = client("iam").create_role(RoleName="r", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        code = io.BytesIO()
+        with zipfile.ZipFile(code, "w") as archive:
+            archive.writestr("app.py", "def handler(event, context): pass\n")
+        client("lambda").create_function(
+            FunctionName="users-fn",
+            Runtime="python3.12",
+            Role=role,
+            Handler="app.handler",
+            Code={"ZipFile": code.getvalue()},
+            Environment={"Variables": {"USERS_TABLE": "audit-1", "AUDIT_TABLE": "audit-1"}},
+        )
+        variables = {"USERS_TABLE": {"Ref": "AuditTable"}, "AUDIT_TABLE": {"Ref": "AuditTable"}}
+        template = {
+            "Resources": {
+                "UsersFunction": {
+                    "Type": "AWS::Lambda::Function",
+                    "Properties": {"Environment": {"Variables": variables}},
+                },
+                "UsersTable": {"Type": "AWS::DynamoDB::Table"},
+                "AuditTable": {"Type": "AWS::DynamoDB::Table"},
+            }
+        }
+        physical = {"UsersFunction": "users-fn", "UsersTable": "users-1", "AuditTable": "audit-1"}
+        stack = Stack("s", template, client=client, physical=physical)
+        assert stack.check_function_environments() == [
+            "UsersFunction: USERS_TABLE is 'audit-1', not UsersTable (users-1)"
+        ]
