@@ -33,6 +33,12 @@ _GIB = 1024**3
 _LAMBDA_TIMEOUT_MS = 900_000
 _LAMBDA_MEMORY_MB = 10_240
 
+AWS_REGION = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
+"""What botocore accepts as a region name (a host label); anything else fails at the first client."""
+_ADDRESS = r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+"
+EMAIL_ADDRESS = re.compile(rf"{_ADDRESS}|[^<>@]*<{_ADDRESS}>")
+"""An address SES could send from or to, ``a@example.com`` or ``Name <a@example.com>``."""
+
 SQS_QUEUE_URL = re.compile(r"https?://[^/\s]+/\d{12}/[A-Za-z0-9_-]{1,80}(\.fifo)?")
 """``https://sqs.<region>.amazonaws.com/<account>/<name>``, or a local endpoint with the same path."""
 
@@ -114,6 +120,20 @@ class Settings(BaseModel):
     def _sqs_queue_url(cls, value: str | None) -> str | None:
         if value and not SQS_QUEUE_URL.fullmatch(value):
             raise ValueError("expected an SQS queue URL, https://sqs.<region>.amazonaws.com/<12-digit account>/<name>")
+        return value
+
+    @field_validator("aws_region")
+    @classmethod
+    def _region_name(cls, value: str) -> str:
+        if not AWS_REGION.fullmatch(value):
+            raise ValueError("expected a region name, e.g. us-east-1")
+        return value
+
+    @field_validator("mail_sender", "items_notify_to")
+    @classmethod
+    def _email_address(cls, value: str) -> str:
+        if not EMAIL_ADDRESS.fullmatch(value):
+            raise ValueError("expected an e-mail address, e.g. no-reply@example.com")
         return value
 
     @field_validator("aws_endpoint_url")

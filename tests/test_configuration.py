@@ -46,6 +46,9 @@ QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/fastapi-tasks"
         ("THUMBNAIL_SIZES", "[128, 0]", "greater than 0"),
         ("TASK_MAX_RECEIVES", "5000", "less than or equal to 1000"),
         ("UPLOAD_PART_BYTES", str(10 * 1024**3), "less than or equal to"),
+        ("AWS_DEFAULT_REGION", "us east", "expected a region name"),
+        ("MAIL_SENDER", "no-reply", "expected an e-mail address"),
+        ("ITEMS_NOTIFY_TO", "catalog at example.com", "expected an e-mail address"),
     ],
 )
 def test_a_wrong_setting_is_one_line_naming_variable_value_and_expectation(
@@ -60,6 +63,11 @@ def test_a_wrong_setting_is_one_line_naming_variable_value_and_expectation(
     assert "\n" not in message
     assert message.startswith(f"{variable}={value!r}: ")
     assert expected in message
+
+
+def test_a_sender_with_a_display_name_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAIL_SENDER", "Shop <no-reply@example.com>")
+    assert load_settings().mail_sender == "Shop <no-reply@example.com>"
 
 
 def test_a_valid_queue_url_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,6 +147,11 @@ def run(command: list[str], **env: str) -> subprocess.CompletedProcess[str]:
             ["-m", "shared.entrypoint", "worker"],
             {"TASK_QUEUE_URL": QUEUE, "SHUTDOWN_GRACE_SECONDS": "1e308"},
             "SHUTDOWN_GRACE_SECONDS='1e308'",
+        ),
+        (
+            ["-m", "shared.worker"],
+            {"TASK_QUEUE_URL": QUEUE, "AWS_DEFAULT_REGION": "us east"},
+            "AWS_DEFAULT_REGION='us east': expected a region name",
         ),
     ],
 )
