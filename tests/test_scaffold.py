@@ -28,6 +28,8 @@ FUNCTION_CHECKS = [
     "tests/test_resources.py",
     "tests/test_iam.py",
     "tests/test_openapi_fuzz.py",
+    "tests/test_sam_build.py",
+    "tests/test_local_stack.py",
 ]
 """Every test module that checks each function or the whole template: all of it runs on the scaffolded copy."""
 
@@ -49,6 +51,7 @@ def project_copy(tmp_path: Path, *, with_sam: bool = True) -> Path:
     (copy / ".venv").symlink_to(ROOT / ".venv")  # tests run tools from it (cfn-lint)
     if with_sam:
         (copy / ".venv-sam").symlink_to(ROOT / ".venv-sam")
+        (copy / ".venv-lambda").symlink_to(ROOT / ".venv-lambda")  # sam build's layers (make test makes it)
     return copy
 
 
@@ -66,7 +69,7 @@ def pytest_in(project: Path, *args: str, timeout: float = 900) -> subprocess.Com
     )
 
 
-@pytest.mark.timeout(900)  # the suite's template and function checks, whole: minutes on 2 cores
+@pytest.mark.timeout(1800)  # the suite's template and function checks, whole: minutes on 2 cores
 def test_a_function_with_a_table_passes_every_template_and_function_check(tmp_path: Path) -> None:
     project = project_copy(tmp_path)
     written = scaffold("probe_orders", table=True, root=project)  # a name no project has yet
@@ -82,7 +85,7 @@ def test_a_function_with_a_table_passes_every_template_and_function_check(tmp_pa
     assert stack.wiring()["PROBE_ORDERS_TABLE"] == "ProbeOrdersTable"
     assert {"Ref": "SendMailPolicy"} in stack.resources["ProbeOrdersFunction"]["Properties"]["Policies"]
 
-    result = pytest_in(project, "-v", "tests/test_probe_orders.py", *FUNCTION_CHECKS)
+    result = pytest_in(project, "-v", "tests/test_probe_orders.py", *FUNCTION_CHECKS, timeout=1700)
 
     assert result.returncode == 0, result.stdout[-5000:]
     assert " skipped" not in result.stdout.splitlines()[-1], "every check ran"
@@ -93,6 +96,8 @@ def test_a_function_with_a_table_passes_every_template_and_function_check(tmp_pa
         "tests/test_functions.py::test_each_function_serves_its_health_as_itself[probe_orders] PASSED",
         "tests/test_resources.py::test_docker_compose_names_every_resource_that_settings_has_no_default_for PASSED",
         "tests/test_openapi_fuzz.py::test_probe_orders_schema PASSED",
+        "tests/test_sam_build.py::test_each_function_with_its_layers_stays_under_30_mb PASSED",
+        "tests/test_local_stack.py::test_make_run_serves_every_function_and_runs_their_background_work PASSED",
     ):
         assert test in result.stdout
 
