@@ -153,6 +153,11 @@ def run(command: list[str], **env: str) -> subprocess.CompletedProcess[str]:
             {"TASK_QUEUE_URL": QUEUE, "AWS_DEFAULT_REGION": "us east"},
             "AWS_DEFAULT_REGION='us east': expected a region name",
         ),
+        (
+            ["-m", "shared.entrypoint"],
+            {"AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9", "FUNCTION": "all"},
+            "FUNCTION='all': on Lambda, set FUNCTION=<name>",
+        ),
     ],
 )
 def test_a_container_with_a_wrong_setting_exits_2_with_one_line(
@@ -165,6 +170,13 @@ def test_a_container_with_a_wrong_setting_exits_2_with_one_line(
     assert line.startswith("configuration error: ")
     assert names in line
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_an_unknown_entry_point_command_is_one_line_and_exit_2() -> None:
+    result = run(["-m", "shared.entrypoint", "serv"])
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["unknown command 'serv': expected one of serve, worker, healthcheck"]
 
 
 def test_a_misspelt_durable_task_names_the_registered_ones(monkeypatch: pytest.MonkeyPatch) -> None:
