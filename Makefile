@@ -53,7 +53,7 @@ run: sync ## the local stack: moto as local AWS, every function on one port, the
 
 function: sync ## a new function: make function NAME=orders [TABLE=1] (its folder, template.yaml block, test)
 	@test -n "$(NAME)" || { echo "make function: give it a name, e.g. make function NAME=orders TABLE=1" >&2; exit 2; }
-	$(PY) -m infra.scaffold $(NAME) $(if $(TABLE),--table)
+	$(PY) -m infra.scaffold "$(NAME)" $(if $(TABLE),--table)
 
 $(LAMBDA_READY): requirements.txt | sync
 	$(PY) -m infra.sam_build prepare

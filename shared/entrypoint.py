@@ -16,8 +16,18 @@ from __future__ import annotations
 import os
 import sys
 import urllib.request
+from typing import NoReturn
 
 USAGE = __doc__ or ""
+COMMANDS = ("serve", "worker", "healthcheck")
+EXIT_USAGE = 2
+"""A wrong command or setting: one line on stderr, as ``shared.settings`` does (not imported here:
+on Lambda this module only execs the runtime client, and pydantic's import would lengthen every cold start)."""
+
+
+def refuse(line: str) -> NoReturn:
+    print(line, file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_USAGE)
 
 
 def lambda_handler_name(command: list[str]) -> str:
@@ -25,7 +35,10 @@ def lambda_handler_name(command: list[str]) -> str:
         return command[0]
     function = os.environ.get("FUNCTION", "")
     if not function or function == "all":
-        raise SystemExit("on Lambda, set FUNCTION=<name> or pass the handler as the command")
+        refuse(
+            f"configuration error: FUNCTION={function!r}: "
+            "on Lambda, set FUNCTION=<name> or pass the handler as the command"
+        )
     return f"functions.{function}.app.handler"
 
 
@@ -56,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     elif action == "healthcheck":
         raise SystemExit(healthcheck())
     else:
-        raise SystemExit(f"unknown command {action!r}\n{USAGE}")
+        refuse(f"unknown command {action!r}: expected one of {', '.join(COMMANDS)}")
 
 
 if __name__ == "__main__":

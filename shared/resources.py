@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 
+from shared.settings import ConfigurationError
 
-class MissingResource(RuntimeError):
-    pass
+
+class MissingResource(ConfigurationError):
+    """A wrong setting like any other: a container stops in one line with exit code 2."""
 
 
 def resource_name(variable: str) -> str:
@@ -20,6 +22,6 @@ def resource_name(variable: str) -> str:
     if not value:
         raise MissingResource(
             f"{variable} is not set: give the function `{variable}: !Ref <Resource>` under Environment in "
-            "template.yaml (make run and the tests take it from there)"
+            f"template.yaml (make run and the tests take it from there), or set it (docker run -e {variable}=<name>)"
         )
     return value

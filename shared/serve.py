@@ -1,10 +1,11 @@
 """Serve one function with uvicorn: ``python -m shared.serve notifications`` (``all``: every one).
 
 The container's entry command. Logs go through the project's pipeline, and SIGTERM
-lets in-flight background tasks finish (up to SHUTDOWN_GRACE_SECONDS, fractions
-included) before the process exits 0; registered tasks that would not finish in that
-grace are handed to the durable queue (``shared.background.handoff``). A wrong setting
-exits 2 with one line.
+(``docker stop``) or SIGINT (Ctrl-C) lets in-flight background tasks finish (up to
+SHUTDOWN_GRACE_SECONDS, fractions included) before the process exits 0, with no
+traceback; registered tasks that would not finish in that grace are handed to the
+durable queue (``shared.background.handoff``). A wrong setting (PORT, --port, any
+variable of ``shared.settings``) exits 2 with one line.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from uvicorn.config import STARTUP_FAILURE
 
 from shared.background import handoff, lifecycle
 from shared.background.runner import threads_still_running
-from shared.settings import ConfigurationError, exit_on_configuration_error, get_settings
+from shared.settings import ConfigurationError, exit_on_configuration_error, get_settings, port_number
 
 
 class Server(uvicorn.Server):
@@ -43,28 +44,34 @@ class Server(uvicorn.Server):
         await handoff.current().drain()
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+"""``docker stop`` and Ctrl-C: both stop the server gracefully, and the process exits 0."""
+
+
 def _stopped_on_request(signum: int, frame: FrameType | None) -> None:
-    """Where uvicorn re-raises SIGTERM after its graceful shutdown: a requested stop is a success (exit 0)."""
+    """Where uvicorn re-raises SIGTERM or SIGINT after its graceful shutdown: a requested stop is a success."""
 
 
 def main(argv: list[str] | None = None) -> None:
-    port = os.environ.get("PORT", "8000")
-    if not port.isdigit():
-        with exit_on_configuration_error():
-            raise ConfigurationError(f"PORT={port!r}: expected a port number")
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("function", nargs="?", default=os.environ.get("FUNCTION", "notifications"))
     parser.add_argument("--app", help="serve another ASGI app instead, as module:attribute")
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(port))
+    parser.add_argument("--port", help="default: PORT, else 8000")
     parser.add_argument("--access-log", action="store_true", help="also print uvicorn's access lines")
     args = parser.parse_args(argv)
+    with exit_on_configuration_error():
+        settings = get_settings()
+        try:
+            port = settings.port if args.port is None else port_number(args.port)
+        except ValueError as exc:
+            raise ConfigurationError(f"--port {args.port!r}: {exc}") from None
     target, factory = args.app or f"functions.{args.function}.app:app", False
     if args.function == "all" and not args.app:
         # Every function on one port, each under /<name> as the HTTP API routes them.
         target, factory = "shared.gateway:create_gateway", True
     with exit_on_configuration_error():
-        grace = get_settings().shutdown_grace_seconds
+        grace = settings.shutdown_grace_seconds
         # Build the app here, not inside uvicorn: a wrong setting is one line, not a traceback.
         module, _, attribute = target.partition(":")
         try:
@@ -81,11 +88,14 @@ def main(argv: list[str] | None = None) -> None:
                 f"FUNCTION={args.function!r}: expected all or one of {', '.join(functions)}"
             ) from None
         app = loaded() if factory else loaded
-    signal.signal(signal.SIGTERM, _stopped_on_request)
+    for stop_signal in STOP_SIGNALS:
+        # uvicorn re-raises the signal it stopped on once it has stopped: SIGINT's default
+        # handler would turn that into a KeyboardInterrupt traceback and exit 1.
+        signal.signal(stop_signal, _stopped_on_request)
     config = uvicorn.Config(
         app,
         host=args.host,
-        port=args.port,
+        port=port,
         log_config=None,
         access_log=args.access_log,
         timeout_graceful_shutdown=grace,  # type: ignore[arg-type]

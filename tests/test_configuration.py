@@ -27,6 +27,28 @@ QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/fastapi-tasks"
         ("WORKER_WAIT_SECONDS", "25", "less than or equal to 20"),
         ("LOG_FORMAT", "xml", "'auto', 'json' or 'console'"),
         ("UPLOAD_ALLOWED_TYPES", "image/png", "expected a JSON value"),
+        # Out of range, not finite, or not what it names: each refused, with the value as written.
+        ("LOG_LEVEL", "verbose", "'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL'"),
+        ("SHUTDOWN_GRACE_SECONDS", "inf", "finite number"),
+        ("SHUTDOWN_GRACE_SECONDS", "-inf", "finite number"),
+        ("SHUTDOWN_GRACE_SECONDS", "nan", "finite number"),
+        ("SHUTDOWN_GRACE_SECONDS", "1e308", "less than or equal to 3600"),
+        ("TASK_TIMEOUT_SECONDS", "1e308", "less than or equal to 86400"),
+        ("TASK_ENQUEUE_BACKOFF_SECONDS", "inf", "finite number"),
+        ("PORT", "99999", "expected a port number, 1 to 65535"),
+        ("PORT", "0", "expected a port number, 1 to 65535"),
+        ("WORKER_METRICS_PORT", "70000", "less than or equal to 65535"),
+        ("AWS_ENDPOINT_URL", "garbage", "expected an http:// or https:// URL"),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:99999", "expected an http:// or https:// URL"),
+        ("AWS_ENDPOINT_URL", "ftp://127.0.0.1:5000", "expected an http:// or https:// URL"),
+        ("TASK_MODULES", "no.such.module", "no module named 'no.such.module'"),
+        ("TASK_MODULES", "shared.tasks,shared.no_such_tasks", "no module named 'shared.no_such_tasks'"),
+        ("THUMBNAIL_SIZES", "[128, 0]", "greater than 0"),
+        ("TASK_MAX_RECEIVES", "5000", "less than or equal to 1000"),
+        ("UPLOAD_PART_BYTES", str(10 * 1024**3), "less than or equal to"),
+        ("AWS_DEFAULT_REGION", "us east", "expected a region name"),
+        ("MAIL_SENDER", "no-reply", "expected an e-mail address"),
+        ("ITEMS_NOTIFY_TO", "catalog at example.com", "expected an e-mail address"),
     ],
 )
 def test_a_wrong_setting_is_one_line_naming_variable_value_and_expectation(
@@ -41,6 +63,11 @@ def test_a_wrong_setting_is_one_line_naming_variable_value_and_expectation(
     assert "\n" not in message
     assert message.startswith(f"{variable}={value!r}: ")
     assert expected in message
+
+
+def test_a_sender_with_a_display_name_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAIL_SENDER", "Shop <no-reply@example.com>")
+    assert load_settings().mail_sender == "Shop <no-reply@example.com>"
 
 
 def test_a_valid_queue_url_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,6 +129,35 @@ def run(command: list[str], **env: str) -> subprocess.CompletedProcess[str]:
         (["-m", "shared.worker"], {}, "TASK_QUEUE_URL is not set"),
         (["-m", "shared.entrypoint"], {"FUNCTION": "user"}, "FUNCTION='user': expected all or one of items,"),
         (["-m", "shared.entrypoint"], {"PORT": "http"}, "PORT='http': expected a port number"),
+        (["-m", "shared.serve", "notifications"], {"PORT": "99999"}, "PORT='99999': expected a port number"),
+        (["-m", "shared.serve", "notifications", "--port", "99999"], {}, "--port '99999': expected a port number"),
+        (["-m", "shared.serve", "notifications"], {"SHUTDOWN_GRACE_SECONDS": "inf"}, "SHUTDOWN_GRACE_SECONDS='inf'"),
+        (["-m", "shared.serve", "notifications"], {"LOG_LEVEL": "verbose"}, "LOG_LEVEL='verbose'"),
+        (
+            ["-m", "shared.worker"],
+            {"TASK_QUEUE_URL": QUEUE, "TASK_MODULES": "no.such.module"},
+            "TASK_MODULES='no.such.module': no module named 'no.such.module'",
+        ),
+        (
+            ["-m", "functions.worker"],
+            {"TASK_QUEUE_URL": QUEUE, "AWS_ENDPOINT_URL": "garbage"},
+            "AWS_ENDPOINT_URL='garbage': expected an http:// or https:// URL",
+        ),
+        (
+            ["-m", "shared.entrypoint", "worker"],
+            {"TASK_QUEUE_URL": QUEUE, "SHUTDOWN_GRACE_SECONDS": "1e308"},
+            "SHUTDOWN_GRACE_SECONDS='1e308'",
+        ),
+        (
+            ["-m", "shared.worker"],
+            {"TASK_QUEUE_URL": QUEUE, "AWS_DEFAULT_REGION": "us east"},
+            "AWS_DEFAULT_REGION='us east': expected a region name",
+        ),
+        (
+            ["-m", "shared.entrypoint"],
+            {"AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9", "FUNCTION": "all"},
+            "FUNCTION='all': on Lambda, set FUNCTION=<name>",
+        ),
     ],
 )
 def test_a_container_with_a_wrong_setting_exits_2_with_one_line(
@@ -114,6 +170,13 @@ def test_a_container_with_a_wrong_setting_exits_2_with_one_line(
     assert line.startswith("configuration error: ")
     assert names in line
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_an_unknown_entry_point_command_is_one_line_and_exit_2() -> None:
+    result = run(["-m", "shared.entrypoint", "serv"])
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["unknown command 'serv': expected one of serve, worker, healthcheck"]
 
 
 def test_a_misspelt_durable_task_names_the_registered_ones(monkeypatch: pytest.MonkeyPatch) -> None:

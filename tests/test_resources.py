@@ -105,3 +105,21 @@ def test_docker_compose_sends_the_template_durable_tasks_and_mounts_the_template
     default = template().data["Parameters"]["DurableTasks"]["Default"]
     assert compose["x-app"]["environment"]["DURABLE_TASKS"] == default
     assert "../template.yaml:/app/template.yaml:ro" in compose["services"]["setup"]["volumes"]
+
+
+def test_docker_compose_names_every_resource_that_settings_has_no_default_for() -> None:
+    """A function's own table (``make function TABLE=1``): the containers get its variable, with its local name."""
+    import yaml
+
+    compose = yaml.safe_load((TEMPLATE.parent / "infra" / "docker-compose.yml").read_text())
+    settings_variables = {
+        (field.validation_alias if isinstance(field.validation_alias, str) else name).upper()
+        for name, field in Settings.model_fields.items()
+    }
+    own = {
+        variable: name
+        for variable, name in template().name_environment({}).items()
+        if variable not in settings_variables
+    }
+    environment = compose["x-app"]["environment"]
+    assert {variable: environment.get(variable) for variable in own} == own

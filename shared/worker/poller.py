@@ -5,10 +5,11 @@ through the same ``Worker`` as the Lambda handler: succeeded messages are delete
 ones left to come back after their visibility timeout (and, after ``maxReceiveCount``
 receives, to the dead-letter queue). Scale out by running more processes.
 
-SIGTERM (or SIGINT): a long poll in progress is abandoned at once; the message in hand
+SIGTERM (or SIGINT, Ctrl-C): a long poll in progress is abandoned at once; the message in hand
 gets ``SHUTDOWN_GRACE_SECONDS`` to finish (then ``task.cancelled`` and the process ends
 anyway, its message coming back after its visibility timeout); the messages received but
-not started are made visible again at once, and the process exits 0.
+not started are made visible again at once, and the process exits 0. SQS unreachable
+at start-up is retried with the same backoff as a failed poll (``worker.start_failed``).
 """
 
 from __future__ import annotations
@@ -149,7 +150,11 @@ class Poller:
     # --- the loop --------------------------------------------------------------------
 
     def run(self) -> PollStats:
-        queue_arn, visibility_timeout = self._inspect_queue()
+        inspected = self._reach_queue()
+        if inspected is None:  # stopped before the queue could be reached
+            self._finish()
+            return self.stats
+        queue_arn, visibility_timeout = inspected
         log.info(
             "worker.started",
             queue_url=self.queue_url,
@@ -165,13 +170,9 @@ class Poller:
             except PollInterrupted:
                 break
             except (BotoCoreError, ClientError) as exc:
-                delay = RECEIVE_ERROR_BACKOFF_S[min(errors, len(RECEIVE_ERROR_BACKOFF_S) - 1)]
-                errors += 1
-                log.error("worker.receive_failed", error_type=type(exc).__qualname__, error=str(exc), retry_in_s=delay)
-                try:
-                    self._pause(delay)
-                except PollInterrupted:
+                if not self._back_off("worker.receive_failed", exc, errors):
                     break
+                errors += 1
                 continue
             errors = 0
             received_at = time.monotonic()
@@ -179,11 +180,36 @@ class Poller:
                 self._process(messages, queue_arn, VisibilityDeadline(received_at + visibility_timeout))
             except TaskStuck as exc:
                 self._exit(EXIT_TASK_STUCK, str(exc))
+        self._finish()
+        return self.stats
+
+    def _reach_queue(self) -> tuple[str, int] | None:
+        """``_inspect_queue``, retried with the poll loop's backoff while SQS cannot be reached; None once stopped."""
+        errors = 0
+        while not self._stopping:
+            try:
+                return self._inspect_queue()
+            except (BotoCoreError, ClientError) as exc:
+                if not self._back_off("worker.start_failed", exc, errors):
+                    return None
+                errors += 1
+        return None
+
+    def _back_off(self, event: str, exc: Exception, errors: int) -> bool:
+        """Log a failed SQS call and pause before the next try; False if a signal ended the pause."""
+        delay = RECEIVE_ERROR_BACKOFF_S[min(errors, len(RECEIVE_ERROR_BACKOFF_S) - 1)]
+        log.error(event, error_type=type(exc).__qualname__, error=str(exc), retry_in_s=delay)
+        try:
+            self._pause(delay)
+        except PollInterrupted:
+            return False
+        return True
+
+    def _finish(self) -> None:
         if self._grace_timer is not None:
             self._grace_timer.cancel()
         self.worker.close()
         self._log_stopped()
-        return self.stats
 
     def _log_stopped(self) -> None:
         log.info(
@@ -337,10 +363,14 @@ class Poller:
 
 
 def main() -> None:
-    with exit_on_configuration_error():
-        get_settings()
-        ensure_logging_configured("worker")
-        poller = Poller.from_settings()
+    try:
+        with exit_on_configuration_error():
+            get_settings()
+            ensure_logging_configured("worker")
+            poller = Poller.from_settings()
+    except KeyboardInterrupt:  # Ctrl-C while the task modules load: nothing started, nothing to stop
+        raise SystemExit(0) from None
+    poller.install_signal_handlers()
     settings = get_settings()
     if settings.worker_metrics_port:
         from shared.metrics.prometheus import start_http_server
@@ -348,5 +378,4 @@ def main() -> None:
         host = os.environ.get("HOST", "127.0.0.1")
         start_http_server(settings.worker_metrics_port, host)
         log.info("worker.metrics", url=f"http://{host}:{settings.worker_metrics_port}/metrics")
-    poller.install_signal_handlers()
     poller.run()

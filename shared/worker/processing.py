@@ -49,7 +49,7 @@ from shared.background.runner import run_task
 from shared.background.sqs import BACKEND_NAME, TaskMessage
 from shared.background.task import QueuedTask
 from shared.logs import get_logger
-from shared.settings import Settings, get_settings
+from shared.settings import Settings, get_settings, module_names
 
 log = get_logger("shared.worker")
 
@@ -85,9 +85,7 @@ def import_task_modules(spec: str) -> list[str]:
     the API side's tasks live in before a message names one of them.
     """
     imported: list[str] = []
-    for name in (part.strip() for part in spec.split(",")):
-        if not name:
-            continue
+    for name in module_names(spec):  # each one found on the path: Settings checked it
         module = importlib.import_module(name)
         imported.append(name)
         for info in pkgutil.walk_packages(getattr(module, "__path__", []), prefix=f"{name}."):

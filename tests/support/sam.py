@@ -15,6 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cfnlint.decode import cfn_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +32,17 @@ def sam_environment(config_dir: Path) -> dict[str, str]:
     return {**os.environ, "__SAM_CLI_APP_DIR": str(config_dir), "SAM_CLI_TELEMETRY": "0"}
 
 
+SAM_HINT = "SAM CLI's venv (.venv-sam) is not installed: run `make sync-sam` (or `make test`, which installs it)"
+
+
+def require_sam() -> None:
+    """Fail the test in one line saying what to run, not with a FileNotFoundError."""
+    if not (SAM_VENV / "bin" / "python").exists():
+        pytest.fail(SAM_HINT, pytrace=False)
+
+
 def run_sam(args: list[str], config_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    require_sam()
     return subprocess.run(
         [str(SAM), *args], cwd=ROOT, env=sam_environment(config_dir), capture_output=True, text=True, timeout=timeout
     )
@@ -93,6 +104,7 @@ def functions(template: dict[str, Any]) -> dict[str, FunctionSpec]:
 
 def translate(parameters: dict[str, str] | None = None) -> dict[str, Any]:
     """The template after AWS::LanguageExtensions and the SAM transform, as CloudFormation deploys it."""
+    require_sam()
     result = subprocess.run(
         [str(SAM_VENV / "bin" / "python"), str(TRANSLATE), str(TEMPLATE), json.dumps(parameters or {})],
         cwd=ROOT,
