@@ -8,13 +8,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from shared import error_bodies, pydantic_v1_check
 from shared.allow import method_not_allowed
 from shared.background.install import install as install_task_layer
-from shared.background.routing import manage_routes
 from shared.body_limit import BodyLimitMiddleware
 from shared.json_body import InvalidJsonBody, StrictJsonMiddleware
 from shared.logs import ensure_logging_configured
@@ -66,8 +64,9 @@ def create_app(
     if root_path:
         app.add_middleware(RootPathMiddleware, prefix=root_path)
     install_task_layer(app)
-    app.router.routes.extend(routes)  # as FastAPI(routes=...) holds them, now with the task layer
-    manage_routes(app.router.routes)
+    # Where FastAPI(routes=...) puts them, first; the task layer takes them over at start-up,
+    # as it does routes of included routers.
+    app.router.routes[:0] = routes
     app.add_middleware(StrictJsonMiddleware)
     if max_body_bytes is not None:
         app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
@@ -92,6 +91,5 @@ def create_app(
         return {"status": "ok", "service": service}
 
     # Not app.get(): that would add the app-wide dependencies (auth) to the health check.
-    app.router.routes.append(APIRoute("/health", health, methods=["GET"], tags=["ops"]))
-    manage_routes(app.router.routes)
+    app.router.routes.append(app.router.route_class("/health", health, methods=["GET"], tags=["ops"]))
     return app
