@@ -90,6 +90,15 @@ def create_app(
     async def health() -> dict[str, str]:
         return {"status": "ok", "service": service}
 
-    # Not app.get(): that would add the app-wide dependencies (auth) to the health check.
-    app.router.routes.append(app.router.route_class("/health", health, methods=["GET"], tags=["ops"]))
+    # As app.get() would declare it, without the app-wide dependencies (auth) app.get() adds.
+    router = app.router
+    route = router.route_class(
+        "/health",
+        health,
+        methods=["GET"],
+        tags=["ops"],
+        response_class=router.default_response_class,
+        generate_unique_id_function=router.generate_unique_id_function,
+    )
+    router.routes.append(route)
     return app
