@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from shared.allow import method_not_allowed
 from shared.background.routing import manage_routes
 from shared.logs import ensure_logging_configured
 from shared.metrics.prometheus import metrics_endpoint, require_shared_values
@@ -102,11 +103,11 @@ def create_gateway(apps: Mapping[str, FastAPI] | None = None) -> Starlette:
         detail = f"No function serves {request.url.path}; functions: {', '.join(f'/{name}' for name in mounted)}"
         return JSONResponse({"detail": detail}, status_code=404)
 
-    # The gateway's own paths, its 404s included, get request ids and request.completed lines
+    # The gateway's own paths, its 404s and 405s included (JSON), get request ids and request.completed lines
     # as a function's do; a function's paths get them from the function alone.
     own = Starlette(
         routes=[Route("/", index), Route("/health", health), Route("/metrics", metrics_endpoint)],
-        exception_handlers={404: not_found},
+        exception_handlers={404: not_found, 405: method_not_allowed},
     )
     routes: list[BaseRoute] = [_mount(f"/{name}", _OwnRouter(app), name) for name, app in mounted.items()]
     routes.append(_mount("", RequestIdMiddleware(own, service="gateway")))

@@ -54,11 +54,12 @@ def test_a_function_that_cannot_start_alone_stops_the_gateway_from_starting() ->
         pass
 
 
-def test_a_newline_in_a_path_reaches_its_function_and_gateway_404s_are_logged(tmp_path: Path) -> None:
+def test_a_newline_in_a_path_reaches_its_function_and_gateway_errors_are_logged_json(tmp_path: Path) -> None:
     server = start_function("all", {"NOTIFICATION_LOG_PATH": str(tmp_path / "n.log"), "LOG_FORMAT": "json"})
     try:
         newline = httpx.post(f"{server.base_url}/notifications/send-notification/a%0Ab@example.com", timeout=10)
         nowhere = httpx.get(f"{server.base_url}/nowhere/jane@example.com", timeout=10)
+        not_allowed = httpx.post(f"{server.base_url}/health", timeout=10)
         request_id = nowhere.headers.get("x-request-id")
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -78,3 +79,6 @@ def test_a_newline_in_a_path_reaches_its_function_and_gateway_404s_are_logged(tm
     assert completed["service"] == "gateway"
     assert completed["status"] == 404
     assert completed["path"] == "/nowhere/j***@example.com"
+    assert not_allowed.status_code == 405
+    assert not_allowed.json() == {"detail": "Method Not Allowed"}
+    assert not_allowed.headers["allow"] == "GET, HEAD"
