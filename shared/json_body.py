@@ -45,7 +45,7 @@ def _finite(text: str) -> float:
 
 def is_json_content_type(content_type: str | None) -> bool:
     """What FastAPI parses as JSON: ``application/json`` and ``application/*+json``."""
-    if not content_type:
+    if not content_type or "json" not in content_type.lower():
         return False
     header = MimeHeader()
     header["content-type"] = content_type
