@@ -35,16 +35,18 @@ sync-sam: | $(UV)
 # finalizer that fails; formatting its error parses again, nested, which CPython 3.11 (seen on
 # 3.11.7; cpython#106905) reports as "AST constructor recursion depth mismatch": an INTERNALERROR
 # that hides the failing test. Without column ranges, formatting a traceback parses nothing.
-test: sync sync-sam $(LAMBDA_READY) ## run the whole suite (lint, types, tests)
+test: sync sync-sam $(LAMBDA_READY) ## run the whole suite (lint, types, import layers, tests)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -X no_debug_ranges -m pytest
 
-lint: sync
+lint: sync ## ruff, mypy, and the import layers (pyproject.toml's importlinter contracts)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 run: sync ## the local stack: moto as local AWS, every function on one port, the durable worker
 	$(PY) -m infra.local_stack

@@ -15,6 +15,9 @@ completed where and how many times:
 - (d) ``kill -9`` of the worker in the middle of a batch (queue visibility timeout 3 s); a
   second worker drains.
 
+Every row's logs (the API process's and the workers') also go through ``infra.lifecycle_check``:
+its "orphans in the logs" column counts the tasks accepted without exactly one terminal event.
+
 Run in a child process (``run``), which starts the moto server and points its own clients at it.
 """
 
@@ -55,6 +58,8 @@ class Row:
     notes: list[str] = field(default_factory=list)
     handoff_ms: list[float] = field(default_factory=list)
     first_handoff_ms: list[float] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    """``infra.lifecycle_check`` on the row's logs: each task accepted without exactly one terminal event."""
 
 
 # --- the child process -----------------------------------------------------------------------
@@ -149,8 +154,10 @@ def _drain(env: dict[str, str], queue_url: str, timeout: float = 60.0) -> list[d
 def _count(
     row: Row, done: Path, labels: list[str], api_events: list[dict[str, Any]], worker_events: list[dict[str, Any]]
 ) -> None:
+    from infra.lifecycle_check import orphans
     from tests.support.handoff_tasks import completions
 
+    row.orphans = orphans([[json.dumps(e) for e in api_events], [json.dumps(e) for e in worker_events]])
     completed = completions(done)
     row.queued = len(labels)
     row.by_worker = len(_named(worker_events, "task.succeeded"))
@@ -339,6 +346,7 @@ def section(rows: list[Row]) -> Section:
             "completed by the worker",
             "completed twice",
             "lost",
+            "orphans in the logs",
             "notes",
         ],
     )
@@ -354,7 +362,8 @@ def section(rows: list[Row]) -> Section:
                 str(row.by_worker),
                 str(row.more_than_once),
                 str(row.lost),
-                "; ".join(row.notes),
+                str(len(row.orphans)),
+                "; ".join(row.notes + [f"orphan: {orphan}" for orphan in row.orphans[:3]]),
             ]
         )
     samples = [value for row in rows for value in row.handoff_ms]
@@ -380,13 +389,15 @@ def section(rows: list[Row]) -> Section:
         )
     lost = sum(row.lost for row in rows)
     twice = sum(row.more_than_once for row in rows)
+    orphaned = sum(len(row.orphans) for row in rows)
     p95 = percentile(samples, 95)
     targets = [
         Target(
             "(7) registered tasks lost, fault injection",
-            "0 in every row, each completed exactly once",
-            f"{lost} lost, {twice} completed twice ({sum(row.queued for row in rows)} tasks, {len(rows)} rows)",
-            lost == 0 and twice == 0 and len(rows) == 4,
+            "0 in every row, each completed exactly once, each accepted task ending once in the logs",
+            f"{lost} lost, {twice} completed twice, {orphaned} orphans in the logs (python -m infra.lifecycle_check) "
+            f"({sum(row.queued for row in rows)} tasks, {len(rows)} rows)",
+            lost == 0 and twice == 0 and orphaned == 0 and len(rows) == 4,
             "a task that cannot finish here is handed to SQS before it starts (a) or at the end of the grace (b); "
             "the worker releases what it has not started on SIGTERM (c) and SQS redelivers what a killed worker "
             "held (d); Powertools idempotency by task_id runs each once",

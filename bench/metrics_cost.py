@@ -72,26 +72,21 @@ def trace_us(iterations: int = 20_000) -> float:
     return (time.process_time() - started) / iterations * 1e6
 
 
-class _Silent:
-    def info(self, event: str, **fields: Any) -> None:
-        return None
-
-
 def hook_us(recorder: Recorder, flush: bool, iterations: int = 20_000) -> float:
     """The metrics hook of one request with one task, alone: its three task events, then the flush."""
     import structlog
 
     from shared import metrics
 
-    log = metrics.ObservedLogger(_Silent())
+    count = metrics.count_task_events  # the log pipeline's first processor
     fields = {"task": "notifications.write_notification", "task_id": "0" * 32, "backend": "inline", "attempt": 1}
     saved, metrics._recorder = metrics._recorder, recorder
     with structlog.contextvars.bound_contextvars(service="notifications", request_id="1" * 32, trace_id="2" * 32):
         started = time.process_time()
         for _ in range(iterations):
-            log.info("task.queued", **fields)
-            log.info("task.started", **fields)
-            log.info("task.succeeded", **fields, duration_ms=1.25)
+            count(None, "info", {"event": "task.queued", **fields})
+            count(None, "info", {"event": "task.started", **fields})
+            count(None, "info", {"event": "task.succeeded", **fields, "duration_ms": 1.25})
             if flush:
                 recorder.flush()
         elapsed = time.process_time() - started

@@ -8,10 +8,27 @@
 4. the durable worker long-polls the local queue (``python -m shared.entrypoint worker``),
    its Prometheus metrics on METRICS_PORT (9102); the functions' are on PORT's ``/metrics``.
 
-It prints every URL; Ctrl-C (or SIGTERM, or closing the terminal) stops the worker and
-the server, letting in-flight tasks finish, then moto. ``python -m infra.local_stack provision`` only creates
-the resources in whatever ``AWS_ENDPOINT_URL`` points at (docker-compose uses it, with the image's
-runtime dependencies only: moto and httpx are imported by ``run`` alone).
+It prints every URL. Ctrl-C (or SIGTERM, or closing the terminal) stops it in the order that
+loses nothing silently, and exits 0:
+
+1. the functions' server first, with its grace (``SHUTDOWN_GRACE_SECONDS``): the tasks it hands
+   off to the queue during that grace reach the queue while the worker still runs;
+2. the worker drains the queue, for at most ``LOCAL_STACK_DRAIN_SECONDS`` (default 30; a second
+   Ctrl-C stops waiting), then it is stopped (with its own grace);
+3. every message still in the queue (visible or in flight) is reported, one ``task.lost`` JSON
+   line per task (``task_id``, ``request_id``, ``task``, ``reason``, read from its body), because
+   moto keeps its queues in memory only; then moto stops.
+
+A worker that exits 3 (a sync task outlived its message's deadline: "let the orchestrator restart
+it") is restarted, as an orchestrator would, after a short backoff (1 s, doubling up to 30 s, back
+to 1 s once a worker ran for a minute); the stack keeps serving. Any other exit of a child stops
+the stack (exit 1). ``LOCAL_STACK_VISIBILITY_SECONDS`` sets the local queue's visibility timeout
+(default: the template's, at most 60 s): how soon a failed task comes back, and how long a sync
+task may run on the worker before it exits 3.
+
+``python -m infra.local_stack provision`` only creates the resources in whatever ``AWS_ENDPOINT_URL``
+points at (docker-compose uses it, with the image's runtime dependencies only: moto and httpx are
+imported by ``run`` alone).
 """
 
 from __future__ import annotations
@@ -29,11 +46,19 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+DRAIN_SECONDS = 30.0
+"""On Ctrl-C: how long the worker may take to empty the queue once the functions stopped
+(``LOCAL_STACK_DRAIN_SECONDS``)."""
+STOP_MARGIN_S = 5.0
+"""A child gets its own ``SHUTDOWN_GRACE_SECONDS`` (default 30) plus this after SIGTERM; then SIGKILL."""
+RESTART_BACKOFF_S, RESTART_BACKOFF_MAX_S, RESTART_RESET_S = 1.0, 30.0, 60.0
+DEPTH = ("ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed")
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "local",
     "AWS_SECRET_ACCESS_KEY": "local",
@@ -68,7 +93,21 @@ def port_is_free(host: str, port: int) -> bool:
 @dataclass
 class Child:
     name: str
+    command: list[str]
+    env: dict[str, str]
     process: subprocess.Popen[bytes]
+    started_at: float = field(default_factory=time.monotonic)
+    restarts: int = 0
+    streak: int = 0
+    """Restarts in a row, each after less than RESTART_RESET_S of running: the backoff's exponent."""
+
+    @property
+    def grace_s(self) -> float:
+        """How long it may take to stop: its own grace period, plus a margin."""
+        try:
+            return float(self.env.get("SHUTDOWN_GRACE_SECONDS", "30")) + STOP_MARGIN_S
+        except ValueError:
+            return 30.0 + STOP_MARGIN_S
 
     def stop(self, grace_s: float) -> int:
         if self.process.poll() is None:
@@ -88,8 +127,14 @@ class LocalStack:
     port: int
     aws_port: int
     metrics_port: int = 9102
+    drain_s: float = DRAIN_SECONDS
+    """How long the worker may take to empty the queue once the functions stopped."""
+    visibility_s: float | None = None
+    """The local task queue's visibility timeout, when not the template's (capped at 60 s)."""
     children: list[Child] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
+    hurry: threading.Event = field(default_factory=threading.Event)
+    """A second signal while stopping: stop waiting for the queue to drain."""
 
     @property
     def url(self) -> str:
@@ -132,11 +177,32 @@ class LocalStack:
         # Own session: the terminal's Ctrl-C reaches only this process, which then stops the
         # children with one SIGTERM each (a second signal would make uvicorn cut in-flight
         # tasks), and moto only after them, so that those tasks finish their AWS calls.
-        process = subprocess.Popen(command, cwd=ROOT, env=dict(env), start_new_session=True)  # noqa: S603
-        print(f"local_stack: started {name} (pid {process.pid})", flush=True)
-        child = Child(name, process)
+        child = Child(name, command, dict(env), self._spawn(name, command, env))
         self.children.append(child)
         return child
+
+    def _spawn(self, name: str, command: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(command, cwd=ROOT, env=dict(env), start_new_session=True)  # noqa: S603
+        print(f"local_stack: started {name} (pid {process.pid})", flush=True)
+        return process
+
+    def restart(self, child: Child) -> bool:
+        """Start ``child`` again after a backoff; False when a stop was asked for meanwhile."""
+        if time.monotonic() - child.started_at >= RESTART_RESET_S:
+            child.streak = 0
+        child.restarts += 1
+        child.streak += 1
+        delay = min(RESTART_BACKOFF_S * 2 ** (child.streak - 1), RESTART_BACKOFF_MAX_S)
+        print(
+            f"local_stack: {child.name} exited with {child.process.returncode} (a task outlived its deadline): "
+            f"restarting it in {delay:.0f}s (restart {child.restarts}), as an orchestrator would",
+            flush=True,
+        )
+        if self.stopping.wait(delay):
+            return False
+        child.process = self._spawn(child.name, child.command, child.env)
+        child.started_at = time.monotonic()
+        return True
 
     def wait_healthy(self, child: Child, timeout_s: float = 60.0) -> None:
         import httpx
@@ -176,35 +242,76 @@ class LocalStack:
         ]
         return "\n".join(lines)
 
-    def supervise(self) -> int:
-        """Until a signal or a child's death; returns the exit status."""
+    def supervise(self, restart_exit: int) -> int:
+        """Until a signal or a child's death; returns the exit status.
+
+        A worker exiting ``restart_exit`` (a stuck task) is restarted; any other exit ends the stack.
+        """
         while not self.stopping.wait(0.5):
             for child in self.children:
-                if child.process.poll() is not None:
-                    print(f"local_stack: {child.name} exited with {child.process.returncode}", flush=True)
-                    return 1
+                returncode = child.process.poll()
+                if returncode is None:
+                    continue
+                if child.name == "worker" and returncode == restart_exit:
+                    if self.restart(child):
+                        continue
+                    return 0
+                print(f"local_stack: {child.name} exited with {returncode}", flush=True)
+                return 1
         return 0
 
-    def stop_children(self) -> None:
-        for child in reversed(self.children):
-            child.stop(grace_s=35.0)
+    def stop_children(self, queue_url: str | None) -> None:
+        """The functions first (their grace hands tasks to the queue), the worker once it drained it."""
+        workers = [child for child in self.children if child.name == "worker"]
+        for child in self.children:
+            if child not in workers:
+                child.stop(grace_s=child.grace_s)
+        for child in workers:
+            if queue_url is not None and child.process.poll() is None:
+                self.drain(queue_url, child)
+            child.stop(grace_s=child.grace_s)
+        if queue_url is not None:
+            report_lost(queue_url)
+
+    def drain(self, queue_url: str, worker: Child) -> None:
+        """Wait until the queue is empty (nothing visible, in flight or delayed), for ``drain_s`` at most."""
+        from shared import aws
+
+        sqs = aws.client("sqs")
+        deadline = time.monotonic() + self.drain_s
+        announced = False
+        while worker.process.poll() is None and not self.hurry.is_set():
+            attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=list(DEPTH))["Attributes"]
+            left = sum(int(attributes.get(name, 0)) for name in DEPTH)
+            if left == 0:
+                return
+            if time.monotonic() >= deadline:
+                print(f"local_stack: {left} message(s) still in the queue after {self.drain_s:.0f}s", flush=True)
+                return
+            if not announced:
+                print(
+                    f"local_stack: the worker is draining the queue ({left} message(s); at most "
+                    f"{self.drain_s:.0f}s, LOCAL_STACK_DRAIN_SECONDS; Ctrl-C again to stop waiting)",
+                    flush=True,
+                )
+                announced = True
+            self.hurry.wait(0.25)
 
     def run(self) -> int:
+        self.handle_signals()  # first: a Ctrl-C while it starts stops it the same way, without a traceback
+        from shared.worker.processing import EXIT_TASK_STUCK
+
         for port in (self.port, self.aws_port, self.metrics_port):
             if not port_is_free(self.host if port != self.aws_port else "127.0.0.1", port):
                 raise SystemExit(
                     f"port {port} is in use: choose another with PORT=..., AWS_PORT=... or METRICS_PORT=..."
                 )
-
-        def request_stop(signum: int, frame: FrameType | None) -> None:
-            self.stopping.set()
-
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
-            signal.signal(signum, request_stop)
         with self.local_aws():
             os.environ.update(FAKE_CREDENTIALS, AWS_ENDPOINT_URL=self.aws_url)
             os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
             resources = provision()
+            if self.visibility_s is not None:
+                set_visibility_timeout(str(resources["task_queue_url"]), self.visibility_s)
             env = self.environment(resources)
             entry = [sys.executable, "-m", "shared.entrypoint"]
             status = 1
@@ -214,13 +321,72 @@ class LocalStack:
                 self.wait_healthy(api)
                 if not self.stopping.is_set():
                     print(self.banner(resources, env), flush=True)
-                status = self.supervise()
+                status = self.supervise(EXIT_TASK_STUCK)
             except (RuntimeError, TimeoutError) as exc:
                 print(f"local_stack: {exc}", flush=True)
             finally:
-                self.stop_children()
-        print("local_stack: stopped", flush=True)
+                self.stop_children(str(resources["task_queue_url"]))
+        # Its own status: ``make run`` itself reports "Interrupt" and exits 2 after any Ctrl-C (GNU make re-raises it).
+        print(f"local_stack: stopped (exit {status})", flush=True)
         return status
+
+    def handle_signals(self) -> None:
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            if self.stopping.is_set():
+                self.hurry.set()
+            self.stopping.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
+            signal.signal(signum, request_stop)
+
+
+def set_visibility_timeout(queue_url: str, seconds: float) -> None:
+    from shared import aws
+
+    aws.client("sqs").set_queue_attributes(QueueUrl=queue_url, Attributes={"VisibilityTimeout": str(round(seconds))})
+
+
+def report_lost(queue_url: str) -> int:
+    """One ``task.lost`` line per message moto still holds in the queue (visible or in flight).
+
+    Read from moto's in-memory store, in this process: a message in flight cannot be received
+    through the API until its visibility timeout ends, and moto is about to stop with it.
+    """
+    from moto.sqs.models import sqs_backends
+
+    name = queue_url.rstrip("/").rsplit("/", 1)[-1]
+    lost = 0
+    for regions in list(sqs_backends.values()):
+        for backend in list(regions.values()):
+            queue = backend.queues.get(name)
+            for message in list(queue._messages) if queue is not None else []:
+                print(lost_line(message.id, message.body, in_flight=not message.visible), flush=True)
+                lost += 1
+    return lost
+
+
+def lost_line(message_id: str, body: str, *, in_flight: bool) -> str:
+    try:
+        fields = json.loads(body)
+    except ValueError:
+        fields = {}
+    if not isinstance(fields, dict):
+        fields = {}
+    return json.dumps(
+        {
+            "event": "task.lost",
+            "task_id": fields.get("task_id"),
+            "request_id": fields.get("request_id"),
+            "task": fields.get("task"),
+            "reason": "make run stopped with this message still in the local queue (moto keeps it in memory only)",
+            "in_flight": in_flight,
+            "message_id": message_id,
+            "backend": "sqs",
+            "service": "local_stack",
+            "level": "error",
+            "timestamp": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        }
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -230,11 +396,46 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument("--aws-port", type=int, default=int(os.environ.get("AWS_PORT", "4566")))
     parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", "9102")))
+    parser.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=_seconds("LOCAL_STACK_DRAIN_SECONDS", DRAIN_SECONDS),
+        help="on Ctrl-C, how long the worker may take to empty the queue (LOCAL_STACK_DRAIN_SECONDS)",
+    )
+    parser.add_argument(
+        "--visibility-seconds",
+        type=float,
+        default=_seconds("LOCAL_STACK_VISIBILITY_SECONDS", None),
+        help="the task queue's visibility timeout (LOCAL_STACK_VISIBILITY_SECONDS; default: the template's, "
+        "at most 60): how soon a failed task comes back, how long a worker's task may run before it exits 3",
+    )
     args = parser.parse_args(argv)
     if args.command == "provision":
         print(json.dumps(provision(), indent=2, default=str))
         return
-    raise SystemExit(LocalStack(args.host, args.port, args.aws_port, args.metrics_port).run())
+    stack = LocalStack(
+        args.host,
+        args.port,
+        args.aws_port,
+        args.metrics_port,
+        drain_s=args.drain_seconds,
+        visibility_s=args.visibility_seconds,
+    )
+    raise SystemExit(stack.run())
+
+
+def _seconds(name: str, default: float | None) -> float | None:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 43200:  # SQS's longest visibility timeout: 12 hours
+        print(f"local_stack: {name}={text!r} is not a number of seconds between 0 and 43200", file=sys.stderr)
+        raise SystemExit(2)
+    return value
 
 
 if __name__ == "__main__":

@@ -20,7 +20,11 @@ from structlog.processors import NAME_TO_LEVEL
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from shared.log_context import PREFIX_LENGTH, STRUCTLOG_VARS, bound
+from shared.metrics import count_task_events
 from shared.settings import get_settings
+
+__all__ = ["bound", "configure_logging", "ensure_logging_configured", "get_logger", "mask_emails"]
 
 
 # The local part of an address: RFC 5322's atext and dots, any non-ASCII letter (RFC 6531), and
@@ -76,26 +80,6 @@ class _ModuleLogger:
         if structlog.get_config()["cache_logger_on_first_use"]:
             setattr(self, method_name, method)
         return method
-
-
-_STRUCTLOG_VARS: dict[str, Any] | None = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
-_PREFIX_LENGTH = len(structlog.contextvars.STRUCTLOG_KEY_PREFIX)
-
-
-def bound(key: str) -> Any:
-    """The value ``structlog.contextvars.bind_contextvars`` bound to ``key`` here, else None.
-
-    One context variable read: ``get_contextvars()`` copies the whole context to find one key,
-    which the task metrics would pay three times per request. structlog keeps its variables in
-    a private dict; if a release drops it, this falls back to the public call.
-    """
-    if _STRUCTLOG_VARS is None:
-        return structlog.contextvars.get_contextvars().get(key)
-    var = _STRUCTLOG_VARS.get(structlog.contextvars.STRUCTLOG_KEY_PREFIX + key)
-    if var is None:
-        return None
-    value = var.get()
-    return None if value is Ellipsis else value
 
 
 def get_logger(name: str) -> Any:
@@ -189,12 +173,12 @@ class _Prepare:
         self._keys: tuple[tuple[str, Any], ...] = ()  # (log key, structlog's variable), kept until one is added
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        if _STRUCTLOG_VARS is None:
+        if STRUCTLOG_VARS is None:
             structlog.contextvars.merge_contextvars(logger, method_name, event_dict)
         else:
             keys = self._keys
-            if len(keys) != len(_STRUCTLOG_VARS):  # structlog only ever adds variables
-                keys = self._keys = tuple((name[_PREFIX_LENGTH:], var) for name, var in tuple(_STRUCTLOG_VARS.items()))
+            if len(keys) != len(STRUCTLOG_VARS):  # structlog only ever adds variables
+                keys = self._keys = tuple((name[PREFIX_LENGTH:], var) for name, var in tuple(STRUCTLOG_VARS.items()))
             for key, var in keys:
                 value = var.get()
                 if value is not Ellipsis:
@@ -281,8 +265,9 @@ def configure_logging(service: str | None = None, stream: TextIO | None = None, 
         shared, renderer = [_Prepare(service, None), _mask_emails_everywhere], structlog.dev.ConsoleRenderer()
 
     structlog.configure(
-        processors=[_drop_below_root_level, *shared, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
+        # Task events are counted before the level filters them out: metrics do not depend on LOG_LEVEL.
+        processors=[count_task_events, _drop_below_root_level, *shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(min(level, logging.INFO)),
         logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=cache_loggers,
     )

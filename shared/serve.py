@@ -21,7 +21,7 @@ from types import FrameType
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
-from shared.background import handoff
+from shared.background import handoff, lifecycle
 from shared.background.runner import threads_still_running
 from shared.settings import ConfigurationError, exit_on_configuration_error, get_settings
 
@@ -95,10 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     if not server.started:
         sys.exit(STARTUP_FAILURE)
     if threads_still_running():
-        # Logged task.cancelled (still_running); the interpreter would wait for the thread at exit.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        # Their tasks ended (cancelled or handed off); the interpreter would wait for the threads at exit.
+        lifecycle.exit_process(0, "stopped with sync task threads still running")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from tests.support.iam import COVERAGE, RoleGuard, RolePolicies
 from tests.support.logs import LogCapture
 from tests.support.sam import function_folders, logical_id
 
-pytest_plugins = ["tests.support.fixtures"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.lifecycle"]
 
 # Before any app is imported: tests reconfigure logging, so loggers must not keep the first configuration.
 configure_logging("tests", cache_loggers=False)

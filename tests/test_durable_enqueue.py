@@ -16,8 +16,7 @@ from fastapi.testclient import TestClient
 from functions.notifications.app import app as notifications_app
 from shared import aws
 from shared.app import create_app
-from shared.background import build_executor
-from shared.background.backends import InlineBackend, TaskRejected
+from shared.background import InlineBackend, TaskRejected, build_executor
 from shared.background.lambda_extension import LambdaExtensionBackend
 from shared.background.sqs import SqsBackend, TaskMessage, encode_body, message_attributes, message_size
 from shared.background.task import QueuedTask
@@ -153,19 +152,37 @@ def test_without_a_queue_url_durable_tasks_run_in_process_with_a_warning(
 
 
 @pytest.mark.parametrize(
-    ("add", "reason"),
+    ("add", "reason", "status", "level"),
     [
-        (lambda tasks: tasks.add_task(unregistered_task, "x"), "is not registered"),
-        (lambda tasks: tasks.add_task(sqs_tasks.record, "x", datetime(2024, 1, 1)), "not JSON-serializable"),
-        (lambda tasks: tasks.add_task(sqs_tasks.record, "x", label=float("nan")), "not JSON-serializable"),
-        (lambda tasks: tasks.add_task(sqs_tasks.record, ("a", "b"), "x"), "would not arrive unchanged"),
-        (lambda tasks: tasks.add_task(sqs_tasks.record, {1: "a"}, "x"), "would not arrive unchanged"),
-        (lambda tasks: tasks.add_task(sqs_tasks.record, "x" * 262_144, "x"), "over the SQS limit of 262144"),
+        (lambda tasks: tasks.add_task(unregistered_task, "x"), "is not registered", 500, "error"),
+        (
+            lambda tasks: tasks.add_task(sqs_tasks.record, "x", datetime(2024, 1, 1)),
+            "not JSON-serializable",
+            500,
+            "error",
+        ),
+        (lambda tasks: tasks.add_task(sqs_tasks.record, ("a", "b"), "x"), "would not arrive unchanged", 500, "error"),
+        (lambda tasks: tasks.add_task(sqs_tasks.record, {1: "a"}, "x"), "would not arrive unchanged", 500, "error"),
+        # What depends on the client's values is the client's error: a 4xx, and a warning.
+        (lambda tasks: tasks.add_task(sqs_tasks.record, "x", label=float("nan")), "NaN or an infinity", 422, "warning"),
+        (lambda tasks: tasks.add_task(sqs_tasks.record, "x", float("-inf")), "NaN or an infinity", 422, "warning"),
+        (lambda tasks: tasks.add_task(sqs_tasks.record, {"k": "\udfff"}, "x"), "lone surrogate", 422, "warning"),
+        (
+            lambda tasks: tasks.add_task(sqs_tasks.record, "x" * 262_144, "x"),
+            "over the SQS limit of 262144",
+            413,
+            "warning",
+        ),
     ],
-    ids=["unregistered", "datetime", "nan", "tuple", "int-keys", "oversize"],
+    ids=["unregistered", "datetime", "tuple", "int-keys", "nan", "infinity", "lone-surrogate", "oversize"],
 )
 def test_a_task_that_cannot_be_queued_fails_the_request_and_sends_nothing(
-    monkeypatch: pytest.MonkeyPatch, logs: LogCapture, add: Callable[[BackgroundTasks], None], reason: str
+    monkeypatch: pytest.MonkeyPatch,
+    logs: LogCapture,
+    add: Callable[[BackgroundTasks], None],
+    reason: str,
+    status: int,
+    level: str,
 ) -> None:
     with durable_aws(monkeypatch, DURABLE_TASKS="*") as resources:
 
@@ -177,12 +194,14 @@ def test_a_task_that_cannot_be_queued_fails_the_request_and_sends_nothing(
             response = client.post("/work")
         remaining = resources.receive_all()
 
-    assert response.status_code == 500
+    assert response.status_code == status
     assert response.headers["content-type"] == "application/json"
     assert response.json()["detail"].startswith("background task rejected: ")
     assert reason in response.json()["detail"]
     assert remaining == [], "nothing half-queued: the valid task of the request is not sent either"
     assert logs.named("task.queued") == []
+    [rejected] = logs.named("task.rejected")
+    assert rejected["level"] == level and reason in rejected["error"] and rejected["task_id"]
 
 
 def test_a_message_of_exactly_the_limit_is_accepted_and_one_byte_more_is_not(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,6 +22,10 @@ def durable(monkeypatch: pytest.MonkeyPatch) -> Iterator[DurableAws]:
         yield resources
 
 
+@pytest.mark.tasks_may_be_lost(
+    "by design: the poison message is reported as a batch item failure and stays in SQS for its redelivery, "
+    "which the test does not wait for"
+)
 def test_api_function_sends_before_the_freeze_and_worker_function_reports_only_its_failure(
     durable: DurableAws, notification_log: Path, tmp_path: Path
 ) -> None:
@@ -85,6 +89,9 @@ def test_api_function_sends_before_the_freeze_and_worker_function_reports_only_i
     assert {line["request_id"] for line in task_lines if line["task_id"] == enqueued["task_id"]} == {"apigw-durable-1"}
 
 
+@pytest.mark.tasks_may_be_lost(
+    "by design: the environment ends (exit 3) with the message in SQS, which delivers it again"
+)
 def test_a_sync_task_still_running_at_the_invocation_deadline_ends_the_environment(
     durable: DurableAws, tmp_path: Path
 ) -> None:

@@ -123,6 +123,9 @@ def test_sigterm_finishes_the_message_in_hand_and_leaves_the_rest_in_the_queue(
     assert remaining == {task.task_id for task in tasks} - {succeeded["task_id"]}
 
 
+@pytest.mark.tasks_may_be_lost(
+    "by design: the worker is stopped while the failed message waits in SQS for its redelivery (in the queue, not lost)"
+)
 def test_a_failing_message_is_left_for_redelivery_and_the_worker_keeps_going(
     durable: DurableAws, tmp_path: Path
 ) -> None:
@@ -203,6 +206,9 @@ def test_a_sync_task_past_its_timeout_does_its_side_effect_once_and_is_not_retri
     assert durable.depth(durable.queues.dlq_url) == {"visible": 0, "in_flight": 0}
 
 
+@pytest.mark.tasks_may_be_lost(
+    "by design: the worker exits 3 with the message in SQS, which delivers it again after its visibility timeout"
+)
 def test_a_sync_task_still_running_when_its_message_would_reappear_ends_the_worker(
     durable: DurableAws, tmp_path: Path
 ) -> None:

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from functions.notifications.app import app as notifications_app
 from functions.worker.app import app as worker_app
 from functions.worker.app import handler
-from shared.background.runner import TaskStuck
+from shared.background.errors import TaskStuck
 from shared.background.sqs import SqsBackend
 from shared.background.task import QueuedTask
 from shared.worker import Worker, make_sqs_handler

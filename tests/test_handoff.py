@@ -55,7 +55,7 @@ def test_on_lambda_a_task_that_would_cross_the_deadline_is_handed_off_and_the_wo
     done = tmp_path / "done.txt"
     env = subprocess_env(durable_server, LAMBDA_DEADLINE_MARGIN_MS="1000")
     with lambda_environment("tests.support.handoff_app.handler", env=env) as api:
-        configured = api.logs("task.handoff_configured")
+        configured = api.logs("handoff.configured")
         event = http_api_event(
             "/tasks/work",
             query={"path": str(done), "label": "w", "count": "4", "seconds": "0.5"},
@@ -73,8 +73,8 @@ def test_on_lambda_a_task_that_would_cross_the_deadline_is_handed_off_and_the_wo
     [line] = configured
     assert line["enabled"] is True
     assert {"tests.handoff.work", "tests.handoff.resumable"} <= set(line["tasks"])
-    assert line["rerun_safe"] == ["tests.handoff.resumable"]
-    [always] = of(logs, "task.handoff_always")  # the first invocation tells which tasks can never run here
+    assert line["at_most_once"] == ["tests.handoff.fragile"]
+    [always] = of(logs, "handoff.always")  # the first invocation tells which tasks can never run here
     assert {"tests.handoff.resumable", "tests.handoff.fragile"} <= set(always["tasks"])
     assert "tests.handoff.work" not in always["tasks"]
 
@@ -149,7 +149,7 @@ def test_sigterm_hands_off_what_cannot_finish_in_the_grace_and_the_worker_runs_e
 
     assert exit_code == 0  # a requested stop, done gracefully
     events = parse_json_lines(output)
-    [configured] = of(events, "task.handoff_configured")
+    [configured] = of(events, "handoff.configured")
     assert configured["enabled"] is True
     handed_off = {e["task_id"]: e for e in of(events, "task.handed_off")}
     succeeded = {e["task_id"] for e in of(events, "task.succeeded")}
@@ -167,9 +167,10 @@ def test_sigterm_hands_off_what_cannot_finish_in_the_grace_and_the_worker_runs_e
     # The decision compares unrounded seconds; the line shows them to the millisecond.
     assert all(e["expected_s"] > e["grace_left_s"] - e["shutdown_margin_s"] - 0.001 for e in before_end)
 
-    # At the end of the grace: the rerun-safe task is handed off, the others are cut, saying why.
-    assert cancelled["tests.handoff.resumable"]["handoff"] == "handing off"
-    assert cancelled["tests.handoff.fragile"]["handoff"] == "not possible: already running and not rerun_safe"
+    # At the end of the grace: the running registered task is handed off (at-least-once), one line and
+    # no task.cancelled; the at-most-once one and the unregistered one are cut, saying why.
+    assert "tests.handoff.resumable" not in cancelled
+    assert cancelled["tests.handoff.fragile"]["handoff"] == "not possible: already running and at_most_once"
     assert cancelled["tests.support.handoff_tasks.plain"]["handoff"] == "not possible: unregistered"
     assert "tests.handoff.resumable" in {e["task"] for e in handed_off.values()}
 

@@ -12,8 +12,9 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +24,9 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from infra.lifecycle_check import orphans
 from shared.settings import Settings
+from tests.support import lifecycle
 from tests.support.logs import parse_json_lines
 from tests.support.sam import ROOT, function_folders
 from tests.support.servers import eventually, free_port
@@ -39,6 +42,7 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.port}"
         self.aws_url = f"http://127.0.0.1:{self.aws_port}"
         self._output = tempfile.NamedTemporaryFile(prefix="make-run-", suffix=".log", delete=False)  # noqa: SIM115
+        self.output_at_close = ""
         # -o: the suite's .venv is installed already; a user's `make run` would install it first.
         self.process = subprocess.Popen(
             ["make", "--no-print-directory", "-o", ".venv/.installed", "run"],
@@ -75,6 +79,7 @@ class Stack:
         for pid in self.child_pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        self.output_at_close = self.output()
         self._output.close()
         os.unlink(self._output.name)
 
@@ -88,24 +93,41 @@ class Stack:
         )
 
 
+StackFactory = Callable[..., Stack]
+
+
 @pytest.fixture
-def stack(isolated_settings: Path) -> Iterator[Stack]:
-    env = {
-        **os.environ,
-        "PORT": str(free_port()),
-        "AWS_PORT": str(free_port()),
-        "METRICS_PORT": str(free_port()),
-        "NOTIFICATION_LOG_PATH": str(isolated_settings),
-    }
-    for key in ("FUNCTION", "DURABLE_TASKS", "TASK_QUEUE_URL", "AWS_ENDPOINT_URL", "API_ROOT_PATH"):
-        env.pop(key, None)
-    running = Stack(env)
-    try:
+def start_stack(isolated_settings: Path) -> Iterator[StackFactory]:
+    """``make run`` with the shell's environment plus ``env``; stopped (and its log checked) after the test."""
+    stacks: list[Stack] = []
+
+    def start(**extra: str) -> Stack:
+        env = {
+            **os.environ,
+            "PORT": str(free_port()),
+            "AWS_PORT": str(free_port()),
+            "METRICS_PORT": str(free_port()),
+            "NOTIFICATION_LOG_PATH": str(isolated_settings),
+        }
+        for key in ("FUNCTION", "DURABLE_TASKS", "TASK_QUEUE_URL", "AWS_ENDPOINT_URL", "API_ROOT_PATH"):
+            env.pop(key, None)
+        running = Stack({**env, **extra})
+        stacks.append(running)
         running.wait_ready()
-        yield running
+        return running
+
+    try:
+        yield start
     finally:
-        print(running.output())  # pytest shows it when the test failed
-        running.close()
+        for running in stacks:
+            print(running.output())  # pytest shows it when the test failed
+            running.close()
+            lifecycle.record("make run", running.output_at_close)
+
+
+@pytest.fixture
+def stack(start_stack: StackFactory) -> Stack:
+    return start_stack()
 
 
 def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -207,3 +229,144 @@ def test_make_run_serves_every_function_and_runs_their_background_work(stack: St
     for pid in stack.child_pids():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+class FifoReader:
+    """Reads a FIFO in a thread: a task writing to it blocks (in ``open``) until this starts."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.text = ""
+        self._stopping = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+
+    def start(self) -> FifoReader:
+        self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        while not self._stopping:
+            with open(self.path) as reader:  # returns once a writer opened it
+                self.text += reader.read()
+
+    def stop(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(OSError):  # no reader waiting: nothing to wake
+            os.close(os.open(self.path, os.O_WRONLY | os.O_NONBLOCK))
+        self._thread.join(10)
+
+
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "notifications.fifo"
+    os.mkfifo(path)
+    return path
+
+
+def named(stack: Stack, event: str) -> list[dict[str, Any]]:
+    return [e for e in parse_json_lines(stack.output()) if e.get("event") == event]
+
+
+def undrained(output: str) -> list[str]:
+    """The lifecycle check's findings: tasks neither ended once, run by the worker nor reported lost."""
+    return orphans([output.splitlines()])
+
+
+def test_ctrl_c_stops_the_functions_first_and_the_worker_drains_what_they_handed_off(
+    start_stack: StackFactory, tmp_path: Path
+) -> None:
+    """Tasks handed off during the functions' grace reach a worker that still runs: none left in moto."""
+    log = fifo(tmp_path)
+    stack = start_stack(NOTIFICATION_LOG_PATH=str(log), SHUTDOWN_GRACE_SECONDS="1")
+    http = httpx.Client(base_url=stack.url, timeout=30)
+    emails = [f"user{index}@example.com" for index in range(3)]
+    for email in emails:
+        assert http.post(f"/notifications/send-welcome/{email}").status_code == 200
+    # Each request's first task blocks on the unread FIFO; its second (a registered task) waits behind it.
+    eventually(lambda: len(named(stack, "task.started")) == 3)
+
+    os.killpg(stack.process.pid, signal.SIGINT)
+    # The functions' grace ends: the blocked tasks are cut, the waiting ones handed off to the queue.
+    eventually(lambda: len(named(stack, "task.handed_off")) == len(emails), what="the handoffs")
+    reader = FifoReader(log).start()  # from now on the writes go through: the worker's too
+    try:
+        stack.process.wait(90)
+    finally:
+        reader.stop()
+
+    output = stack.output()
+    handed_off = {e["task_id"] for e in named(stack, "task.handed_off")}
+    assert len(handed_off) == len(emails)
+    ran = {e["task_id"] for e in named(stack, "task.succeeded") if e["backend"] == "sqs"}
+    assert handed_off <= ran, "the worker drained the queue before it was stopped"
+    # (The functions' cut tasks write theirs too, once the FIFO is read: their threads could not be stopped.)
+    written = [line for line in reader.text.splitlines() if line.startswith("Email sent to")]
+    assert sorted(written) == sorted(f"Email sent to {email}" for email in emails)
+    assert named(stack, "task.lost") == []
+    assert undrained(output) == []
+    assert "local_stack: stopped (exit 0)" in output
+    assert "Traceback" not in output
+
+
+def test_ctrl_c_reports_each_task_still_in_the_queue_as_lost(start_stack: StackFactory, tmp_path: Path) -> None:
+    """The worker cannot finish them (the FIFO stays unread): each message moto holds is one task.lost line."""
+    log = fifo(tmp_path)
+    stack = start_stack(NOTIFICATION_LOG_PATH=str(log), SHUTDOWN_GRACE_SECONDS="1", LOCAL_STACK_DRAIN_SECONDS="1")
+    http = httpx.Client(base_url=stack.url, timeout=30)
+    emails = [f"user{index}@example.com" for index in range(2)]
+    for email in emails:
+        assert http.post(f"/notifications/send-welcome/{email}").status_code == 200
+    eventually(lambda: len(named(stack, "task.started")) == 2)
+
+    stack.ctrl_c()
+
+    handed_off = {e["task_id"]: e for e in named(stack, "task.handed_off")}
+    assert len(handed_off) == len(emails)
+    lost = {e["task_id"]: e for e in named(stack, "task.lost")}
+    assert set(lost) == set(handed_off), "every message left in the queue, in flight or not, is reported"
+    for task_id, line in lost.items():
+        assert (line["task"], line["request_id"]) == (handed_off[task_id]["task"], handed_off[task_id]["request_id"])
+        assert "still in the local queue" in line["reason"]
+    assert undrained(stack.output()) == []
+    assert "local_stack: stopped (exit 0)" in stack.output()
+
+
+@pytest.mark.timeout(240)
+def test_a_worker_exiting_3_is_restarted_and_the_stack_keeps_serving(start_stack: StackFactory, tmp_path: Path) -> None:
+    """A sync durable task outlives its message's visibility: the worker exits 3, as documented, and comes back."""
+    log = fifo(tmp_path)
+    stack = start_stack(
+        NOTIFICATION_LOG_PATH=str(log),
+        DURABLE_TASKS="notifications.write_notification",
+        TASK_TIMEOUT_SECONDS="1",
+        LOCAL_STACK_VISIBILITY_SECONDS="3",
+    )
+    http = httpx.Client(base_url=stack.url, timeout=30)
+    assert http.post("/notifications/send-notification/stuck@example.com").status_code == 200
+    # The worker's task blocks on the unread FIFO past its message's visibility timeout: exit 3.
+    # (Without LOCAL_STACK_VISIBILITY_SECONDS it would take the local default, 60 s.)
+    eventually(lambda: "local_stack: worker exited with 3" in stack.output(), timeout=90, what="the worker's exit 3")
+    [exiting] = named(stack, "worker.exiting")
+    assert exiting["exit_code"] == 3
+
+    reader = FifoReader(log).start()
+    try:
+        response = http.post("/notifications/send-notification/after@example.com")
+        assert response.status_code == 200
+        eventually(lambda: "notification for after@example.com" in reader.text, timeout=60)
+    finally:
+        reader.stop()
+    assert stack.process.poll() is None, "the stack kept running"
+    assert [name for name in re.findall(r"local_stack: started (\w+)", stack.output())][:3] == [
+        "functions",
+        "worker",
+        "worker",
+    ]
+    [request] = [e for e in named(stack, "task.enqueued") if e.get("request_id") == response.headers["x-request-id"]]
+    ran = [e for e in named(stack, "task.succeeded") if e["task_id"] == request["task_id"]]
+    assert len(ran) == 1, "the request after the restart got its durable task run"
+
+    os.killpg(stack.process.pid, signal.SIGTERM)  # as `kill`, or a process manager, would stop it
+    stack.process.wait(90)
+    assert "local_stack: stopped (exit 0)" in stack.output()
+    assert "Traceback" not in stack.output()
+    assert orphans([stack.output().splitlines()]) == []

@@ -117,7 +117,7 @@ def test_unverified_sender_fails_loudly_without_logging_addresses(
         func=email.send_welcome_email, args=("ann@example.org", "Ann"), kwargs={}, name="email.send_welcome"
     )
 
-    assert asyncio.run(run_task(task, "inline")) is False
+    assert asyncio.run(run_task(task, "inline")) == "failed"
 
     [failed] = logs.named("task.failed", task="email.send_welcome")
     assert failed["error_type"] == "EmailNotSent"
@@ -411,9 +411,9 @@ def test_a_failing_upload_task_is_logged_by_the_task_layer(state: AwsState, logs
     pending_upload(state, "u4", "uploads/u4/bad.png", png()[:100])
     task = QueuedTask(func=files.process_upload, args=("u4",), kwargs={}, name="files.process_upload")
 
-    succeeded = asyncio.run(run_task(task, "inline"))
+    outcome = asyncio.run(run_task(task, "inline"))
 
-    assert succeeded is False
+    assert outcome == "failed_permanently"
     [failed] = logs.named("task.failed", task="files.process_upload")
     assert failed["error_type"] == "ProcessingError" and failed["exception"]
     assert upload_record(state, "u4")["status"] == "failed"

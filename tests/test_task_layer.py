@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 import shared.logs
 from shared.app import create_app
 from shared.background import TaskRejected, task
-from shared.background.backends import InlineBackend
+from shared.background.inline import InlineBackend
 from shared.background.install import TaskRoute, install
 from shared.background.task import QueuedTask
 from shared.ids import new_id
@@ -185,7 +185,8 @@ def test_every_line_gets_the_bound_keys_level_and_error_summary(
     logs: LogCapture, monkeypatch: pytest.MonkeyPatch, structlog_variables: str
 ) -> None:
     if structlog_variables == "public fallback":  # a structlog release without its private variable dict
-        monkeypatch.setattr("shared.logs._STRUCTLOG_VARS", None)
+        monkeypatch.setattr("shared.log_context.STRUCTLOG_VARS", None)
+        monkeypatch.setattr("shared.logs.STRUCTLOG_VARS", None)
     log = get_logger("tests.pipeline")
     bound = structlog.contextvars.bind_contextvars(request_id="req-7", service="svc")
     try:

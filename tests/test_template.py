@@ -331,6 +331,7 @@ def test_every_alarm_notifies_the_topic(translated: dict[str, Any]) -> None:
         "DeadLetterAlarm",
         "OldestTaskAlarm",
         "TaskFailureRateAlarm",
+        "LostTasksAlarm",
         "FunctionErrorsAlarm",
         "FunctionThrottlesAlarm",
     }
@@ -385,6 +386,25 @@ def test_failure_rate_alarm_divides_failures_by_runs_of_the_emitted_metrics(tran
     assert alarm["Threshold"] == 5
     overridden = translate({"TaskFailureRateAlarmPercent": "20"})["Resources"]["TaskFailureRateAlarm"]["Properties"]
     assert str(overridden["Threshold"]) == "20"
+
+
+def test_lost_tasks_alarm_fires_on_any_lost_or_refused_handoff_of_the_emitted_metrics(
+    translated: dict[str, Any],
+) -> None:
+    from shared.metrics import names
+
+    alarm = _alarms(translated)["LostTasksAlarm"]
+    stats = _metric_stats(alarm)
+    assert {stat["Metric"]["MetricName"] for stat in stats.values()} == set(names.LOSSES)
+    for stat in stats.values():
+        assert stat["Metric"]["Namespace"] == STACK_NAMESPACE and stat["Stat"] == "Sum"
+        assert "Dimensions" not in stat["Metric"], "every task of every function"
+        assert stat["Metric"]["MetricName"] in names.cloudwatch_metrics()
+    [expression] = [query for query in alarm["Metrics"] if "Expression" in query]
+    assert expression["Expression"] == " + ".join(f"FILL({query_id}, 0)" for query_id in stats)
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (0, "GreaterThanThreshold"), "one lost task fires it"
+    dashboard = translated["Resources"]["TasksDashboard"]["Properties"]["DashboardBody"]
+    assert all(metric in str(dashboard) for metric in names.LOSSES), "and the dashboard shows them"
 
 
 def test_function_error_and_throttle_alarms_cover_every_function(translated: dict[str, Any]) -> None:

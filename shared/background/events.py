@@ -45,10 +45,12 @@ WORKER_ATTEMPT_ENDS: Final = frozenset(
     {
         "task.failed",
         "task.timed_out",
+        "task.cancelled",
         "task.in_progress_elsewhere",
         "task.worker_error",
     }
 )
-"""On the worker: this receive ended without finishing the task; SQS delivers it again."""
+"""On the worker: this receive ended without finishing the task (``task.cancelled``: the worker stopped
+at the end of its grace); SQS delivers it again."""
 
 TERMINAL: Final = ENDS_HERE | MOVES_TO_QUEUE | WORKER_FINAL | WORKER_ATTEMPT_ENDS

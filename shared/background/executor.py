@@ -6,13 +6,14 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from starlette.background import BackgroundTask
 
-from shared.background.backends import Backend
-from shared.background.runner import task_fields
+from shared.background import lifecycle
+from shared.background.errors import TaskRejected
+from shared.background.lifecycle import task_fields
+from shared.background.protocols import Backend
 from shared.background.task import QueuedTask, flatten
 from shared.logs import get_logger
-from shared.metrics import observed
 
-log = observed(get_logger("shared.background"))
+log = get_logger("shared.background")
 
 Plan = Sequence[tuple[Backend, Sequence[QueuedTask]]]
 
@@ -51,15 +52,21 @@ class TaskExecutor:
     def take(self, background: BackgroundTask) -> BackgroundTask:
         """Check and log every task now; return what Starlette runs after the response.
 
-        Every task is accepted before any is logged as queued, so a rejected task
-        leaves nothing half-queued behind it.
+        Every task is checked before any is accepted (``task.queued``), so a refused task
+        (``task.rejected``, then TaskRejected for the route's error response) leaves nothing
+        half-queued behind it.
         """
         groups: dict[int, tuple[Backend, list[QueuedTask]]] = {}
         routes, default_timeout = self._routes, self.default_timeout
-        for starlette_task in flatten(background):
-            task = QueuedTask.from_starlette(starlette_task, default_timeout)
+        for starlette_task, fastapi_span in flatten(background):
+            task = QueuedTask.from_starlette(starlette_task, default_timeout, fastapi_span=fastapi_span)
             backend = self.backend_for(task) if routes else self.default
-            backend.accept(task)
+            try:
+                backend.accept(task)
+            except TaskRejected as exc:
+                level = "warning" if exc.client_input else "error"
+                lifecycle.end("task.rejected", task_fields(task, backend.name), level=level, error=str(exc))
+                raise
             group = groups.get(id(backend))
             if group is None:
                 groups[id(backend)] = (backend, [task])
@@ -68,17 +75,21 @@ class TaskExecutor:
         plan = list(groups.values())
         for backend, tasks in plan:
             for task in tasks:
-                log.info("task.queued", **task_fields(task, backend.name))
+                lifecycle.accept(task, backend.name)
         return _AfterResponse(self.dispatch, plan)
 
     async def dispatch(self, plan: Plan) -> None:
         for backend, tasks in plan:
             try:
                 await backend.dispatch(tasks)
-            except Exception:
-                # Backends log each task themselves; this only catches a broken backend.
-                log.exception(
-                    "task.dispatch_failed",
-                    backend=backend.name,
-                    task_ids=[task.task_id for task in tasks],
-                )
+            except Exception as exc:
+                # Backends end each task themselves; a broken backend's tasks end here, not nowhere.
+                for task in tasks:
+                    if lifecycle.is_open(task.task_id):
+                        lifecycle.end(
+                            "task.lost",
+                            task_fields(task, backend.name),
+                            level="error",
+                            reason="dispatch_failed",
+                            exc_info=exc,
+                        )

@@ -11,9 +11,11 @@ its declared ``@task(timeout=)`` (else ``TASK_TIMEOUT_SECONDS``), with the time 
 
 A task that does not fit goes to ``TASK_QUEUE_URL`` with its own ``task_id`` and the request's
 ``request_id`` (the worker's idempotency runs it once), and ``task.handed_off`` says why, with the
-numbers. When the grace period ends (the request's run is cancelled), the tasks that never started
-are handed off, and the running one too if it is ``rerun_safe``. If the queue does not take a
-task, it runs here as far as it can and, should that not complete, ``task.lost`` says so.
+numbers. When the grace period ends (the request's run is cancelled), every registered task still
+open is handed off, the running one included: a registered task is at-least-once everywhere (the
+worker's idempotency by ``task_id`` keeps a completed run from running again), unless it is declared
+``@task(..., at_most_once=True)``. If the queue does not take a task, it runs here as far as it can;
+one that the queue refused when nothing can run it here any more ends ``task.lost``.
 Unregistered tasks cannot be named outside this process: their ``task.timed_out`` and
 ``task.cancelled`` lines say ``handoff: "not possible: unregistered"``.
 
@@ -26,20 +28,21 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio.to_thread
 
+from shared.background import lifecycle
+from shared.background.errors import TaskRejected
+from shared.background.lifecycle import task_fields
+from shared.background.protocols import Sender
 from shared.background.registry import lookup as registered_function
 from shared.background.registry import registered_names, task_options
 from shared.background.task import QueuedTask
 from shared.logs import get_logger
 from shared.settings import Settings, running_on_lambda
-
-if TYPE_CHECKING:
-    from shared.background.sqs import SqsBackend
 
 log = get_logger("shared.background.handoff")
 
@@ -70,10 +73,6 @@ def begin_shutdown(grace_s: float) -> None:
         _current.warm_up_in_background()
 
 
-def shutting_down() -> bool:
-    return _shutdown_deadline is not None
-
-
 def reset() -> None:
     """Back to no handoff and no shutdown: for tests, which configure several in one process."""
     global _current, _shutdown_deadline, _grace_s
@@ -98,23 +97,31 @@ def _seconds(value: float | None) -> float | None:
 class Handoff:
     """The process's handoff policy and sender; ``enabled`` only with a queue and ``TASK_HANDOFF=auto``."""
 
-    def __init__(self, settings: Settings | None, off_reason: str | None = None, sender: SqsBackend | None = None):
+    def __init__(
+        self,
+        settings: Settings | None,
+        off_reason: str | None = None,
+        sender: Callable[[], Sender] | None = None,
+    ) -> None:
         self.settings = settings
-        self.enabled = off_reason is None
-        self.off_reason = off_reason or ""
+        self.enabled = off_reason is None and sender is not None
+        self.off_reason = off_reason or ("" if sender is not None else NO_QUEUE)
         self.margin_s = settings.lambda_deadline_margin_ms / 1000 if settings is not None else 0.0
-        self._sender = sender
+        self._make_sender = sender
+        self._sender: Sender | None = None
         self._sending: set[asyncio.Task[Any]] = set()
+        self._moving: set[str] = set()
         self._warming: threading.Thread | None = None
         self._warm_at_deadline = running_on_lambda()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Handoff:
+    def from_settings(cls, settings: Settings, sender: Callable[[], Sender]) -> Handoff:
+        """``sender`` makes the queue's sender at the first handoff (or warm-up), not at cold start."""
         if settings.task_handoff == "off":
             return cls(settings, "off (TASK_HANDOFF=off)")
         if not settings.task_queue_url:
             return cls(settings, NO_QUEUE)
-        return cls(settings)
+        return cls(settings, sender=sender)
 
     def warm_up_in_background(self) -> None:
         """Create the SQS client in a thread, once: it takes a few hundred ms, too long for a first handoff.
@@ -129,16 +136,15 @@ class Handoff:
 
     def warm_up(self) -> None:
         try:
-            self.sender._client()
+            self.sender.warm_up()
         except Exception as exc:  # the handoff itself will report it, task by task
-            log.warning("task.handoff_warm_up_failed", error_type=type(exc).__qualname__, error=str(exc))
+            log.warning("handoff.warm_up_failed", error_type=type(exc).__qualname__, error=str(exc))
 
     @property
-    def sender(self) -> SqsBackend:
+    def sender(self) -> Sender:
         if self._sender is None:
-            from shared.background.sqs import SqsBackend
-
-            self._sender = SqsBackend.from_settings(self.settings)
+            assert self._make_sender is not None, "a disabled handoff has no sender"
+            self._sender = self._make_sender()
         return self._sender
 
     # --- before a task starts ----------------------------------------------------------
@@ -174,11 +180,34 @@ class Handoff:
     async def move(self, task: QueuedTask, backend: str, decision: Decision) -> bool:
         """Send ``task`` to the queue; False if the queue did not take it (``task.handoff_failed``).
 
-        The send outlives a cancellation of the caller (the grace period ending meanwhile).
+        The send outlives a cancellation of the caller (the grace period ending meanwhile): the
+        task then ends with the send, ``task.handed_off``, or ``task.lost`` if it was refused.
         """
-        job = self._spawn(self._send([task], backend, decision, lost_if_refused=False))
-        refused = await asyncio.shield(job)
+        self._moving.add(task.task_id)
+        job = self._spawn(self._send([task], backend, decision))
+        try:
+            refused = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            job.add_done_callback(lambda done: self._lose_refused(done, [task], backend, decision))
+            raise
+        self._moving.discard(task.task_id)
         return not refused
+
+    def _lose_refused(
+        self, job: asyncio.Task[list[QueuedTask]], tasks: Sequence[QueuedTask], backend: str, decision: Decision
+    ) -> None:
+        """A send nobody waits for any more is over: what it did not move is lost (nothing runs it here)."""
+        refused = tasks if job.cancelled() or job.exception() is not None else job.result()
+        for task in tasks:
+            self._moving.discard(task.task_id)
+        for task in refused:
+            if lifecycle.is_open(task.task_id):
+                self.lose(task, backend, decision, "the queue did not take it and nothing runs it here any more")
+
+    def lose(self, task: QueuedTask, backend: str, decision: Decision, error: str) -> None:
+        """``task.lost``: the queue did not take ``task`` and it cannot run here either."""
+        fields = task_fields(task, backend)
+        lifecycle.end("task.lost", fields, level="error", reason=decision.reason, error=error, **decision.numbers)
 
     # --- when work is cut ----------------------------------------------------------------
 
@@ -186,7 +215,7 @@ class Handoff:
         if not self.enabled:
             return False
         options = task_options(task.func)
-        return options.name is not None and (not started or options.rerun_safe)
+        return options.name is not None and (not started or not options.at_most_once)
 
     def note(self, task: QueuedTask, *, started: bool, reason: str = SHUTDOWN) -> str:
         """What becomes of a task cut here: the ``handoff`` key of ``task.timed_out``/``task.cancelled``."""
@@ -197,39 +226,33 @@ class Handoff:
             return UNREGISTERED
         if started and reason == DEADLINE:
             return "not possible: already running (with a declared timeout it is handed off before it starts)"
-        if started and not options.rerun_safe:
-            return "not possible: already running and not rerun_safe"
+        if started and options.at_most_once:
+            return "not possible: already running and at_most_once"
         return "handing off"
 
-    def cut(self, never_started: Sequence[QueuedTask], running: QueuedTask | None, backend: str) -> None:
-        """A request's run was cancelled (the grace period ended): hand off what may be, log the rest.
+    def cut(self, tasks: Sequence[QueuedTask], backend: str) -> None:
+        """A request's run was cancelled (the grace period ended): every task of it still open, and
+        not being moved already, is handed off if it may be, else logged ``task.cancelled``.
 
         Synchronous, from the cancelled run: the send is a task of its own, which ``drain`` awaits.
+        A task still open here either never started or started and may run again (not at_most_once).
         """
-        from shared.background.runner import task_fields
-
-        movable = [running] if running is not None and self.movable(running, started=True) else []
-        for task in never_started:
+        movable: list[QueuedTask] = []
+        for task in tasks:
+            if not lifecycle.is_open(task.task_id) or task.task_id in self._moving:
+                continue
             if self.movable(task, started=False):
                 movable.append(task)
             else:
                 note = self.note(task, started=False)
-                log.error("task.cancelled", **task_fields(task, backend), started=False, handoff=note)
+                lifecycle.end("task.cancelled", task_fields(task, backend), level="error", started=False, handoff=note)
         if movable:
             numbers = {"grace_s": _grace_s, "grace_left_s": 0.0}
-            self._spawn(self._send(movable, backend, Decision(SHUTDOWN, numbers), lost_if_refused=True))
-
-    def lost(self, task: QueuedTask, backend: str, decision: Decision) -> None:
-        """A task the queue did not take did not complete here either."""
-        from shared.background.runner import task_fields
-
-        log.error(
-            "task.lost",
-            **task_fields(task, backend),
-            reason=decision.reason,
-            error="the queue did not take it and it did not complete in-process (see the events before)",
-            **decision.numbers,
-        )
+            decision = Decision(SHUTDOWN, numbers)
+            for task in movable:
+                self._moving.add(task.task_id)
+            job = self._spawn(self._send(movable, backend, decision))
+            job.add_done_callback(lambda done: self._lose_refused(done, movable, backend, decision))
 
     async def drain(self) -> None:
         """Wait (up to ``DRAIN_TIMEOUT_S``) for handoffs still being sent: a stopping server calls this."""
@@ -244,13 +267,9 @@ class Handoff:
         job.add_done_callback(self._sending.discard)
         return job
 
-    async def _send(
-        self, tasks: Sequence[QueuedTask], backend: str, decision: Decision, *, lost_if_refused: bool
-    ) -> list[QueuedTask]:
-        """Send ``tasks``; log each as handed off, or refused. Returns the refused ones."""
-        from shared.background.backends import TaskRejected
-        from shared.background.runner import task_fields
-
+    async def _send(self, tasks: Sequence[QueuedTask], backend: str, decision: Decision) -> list[QueuedTask]:
+        """Send ``tasks``; each taken one ends ``task.handed_off``, each refused one is logged
+        ``task.handoff_failed`` and returned, still open: the caller runs it here or loses it."""
         decided = time.perf_counter()
         refused: list[tuple[QueuedTask, str]] = []
         sendable: list[QueuedTask] = []
@@ -285,27 +304,22 @@ class Handoff:
             if message_id is None:
                 refused.append((task, error))
                 continue
-            log.info(
+            lifecycle.end(
                 "task.handed_off",
-                **task_fields(task, backend),
+                task_fields(task, backend),
                 reason=decision.reason,
                 message_id=message_id,
                 handoff_ms=handoff_ms,
                 **decision.numbers,
             )
         for task, why in refused:
-            if lost_if_refused:
-                fields = task_fields(task, backend)
-                log.error("task.lost", **fields, reason=decision.reason, error=why, **decision.numbers)
-            else:
-                log.error(
-                    "task.handoff_failed",
-                    **task_fields(task, backend),
-                    reason=decision.reason,
-                    error=why,
-                    consequence="it runs here as far as it can",
-                    **decision.numbers,
-                )
+            log.error(
+                "task.handoff_failed",
+                **task_fields(task, backend),
+                reason=decision.reason,
+                error=why,
+                **decision.numbers,
+            )
         if cancelled:
             raise asyncio.CancelledError
         return [task for task, _ in refused]
@@ -317,7 +331,7 @@ class Handoff:
         never = sorted(name for name, timeout in timeouts.items() if (timeout or default or 0) > left)
         if never:
             log.warning(
-                "task.handoff_always",
+                "handoff.always",
                 tasks=never,
                 time_left_s=_seconds(left),
                 consequence="their declared timeout exceeds what an invocation of this function leaves: run "
@@ -329,14 +343,14 @@ class Handoff:
     def log_ready(self) -> None:
         """The start-up (Lambda: INIT) line: which tasks of this process can be handed off."""
         if not self.enabled:
-            log.info("task.handoff_configured", enabled=False, reason=self.off_reason)
+            log.info("handoff.configured", enabled=False, reason=self.off_reason)
             return
         options = {name: task_options(registered_function(name)) for name in registered_names()}
         log.info(
-            "task.handoff_configured",
+            "handoff.configured",
             enabled=True,
             tasks=sorted(options),
-            rerun_safe=sorted(name for name, option in options.items() if option.rerun_safe),
+            at_most_once=sorted(name for name, option in options.items() if option.at_most_once),
             without_timeout=sorted(
                 name
                 for name, option in options.items()
@@ -353,8 +367,8 @@ def current() -> Handoff:
     return _current
 
 
-def configure(settings: Settings) -> Handoff:
+def configure(settings: Settings, sender: Callable[[], Sender]) -> Handoff:
     """Set the process's handoff from settings (``build_executor`` calls it)."""
     global _current
-    _current = Handoff.from_settings(settings)
+    _current = Handoff.from_settings(settings, sender)
     return _current

@@ -23,10 +23,10 @@ __all__ = ["TaskRoute", "UnmanagedRouteError", "install"]
 
 
 async def _task_rejected(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(
-        status_code=500,
-        content={"detail": f"background task rejected: {exc}"},
-    )
+    """A task refused before the response (``task.rejected`` logged): a 4xx when the client's values
+    caused it (a non-finite number, unencodable text, too large), else a 500: the code must change."""
+    status = exc.status_code if isinstance(exc, TaskRejected) else 500
+    return JSONResponse(status_code=status, content={"detail": f"background task rejected: {exc}"})
 
 
 def _with_task_layer(handler: Callable[..., Any]) -> Callable[..., Any]:

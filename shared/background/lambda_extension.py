@@ -51,8 +51,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from shared import metrics
+from shared.background import lifecycle
+from shared.background.errors import EXIT_TASK_STUCK, TaskStuck
 from shared.background.extensions_api import ExtensionsApiClient, ExtensionsApiError
-from shared.background.runner import EXIT_TASK_STUCK, TaskStuck, run_tasks
+from shared.background.runner import run_tasks
 from shared.background.task import Job, QueuedTask
 from shared.logs import get_logger
 from shared.settings import get_settings
@@ -549,6 +551,6 @@ class LambdaExtensionBackend:
 def _exit_stuck(reason: str) -> None:
     """A sync task still runs at the deadline: frozen with the environment, it would run on into
     later invocations, and a thread cannot be stopped. Only ending the process stops it."""
-    metrics.flush()
     log.critical("lambda_extension.exiting", reason=reason, exit_code=EXIT_TASK_STUCK)
-    os._exit(EXIT_TASK_STUCK)
+    lifecycle.after_lost_at_exit(metrics.flush)
+    lifecycle.exit_process(EXIT_TASK_STUCK, reason)

@@ -20,19 +20,21 @@ _ATTRIBUTE = "__task_options__"
 class TaskOptions:
     name: str | None = None
     timeout: float | None = None
-    rerun_safe: bool = False
+    at_most_once: bool = False
 
 
 _registry: dict[str, Callable[..., Any]] = {}
 
 
-def task(name: str, *, timeout: float | None = None, rerun_safe: bool = False) -> Callable[[F], F]:
+def task(name: str, *, timeout: float | None = None, at_most_once: bool = False) -> Callable[[F], F]:
     """Register ``func`` under ``name``; the function itself is returned unchanged.
 
     ``timeout`` is also its expected run time: a task that would not fit in the time this
     environment has left is handed to the durable queue instead of started
-    (``shared.background.handoff``). ``rerun_safe``: running it again from the start is
-    harmless, so it may be handed off even once started (at the end of a shutdown grace).
+    (``shared.background.handoff``). A registered task is at-least-once: cut while it runs
+    (the end of a shutdown grace), it is handed off and may run again from the start, as the
+    worker may run a message twice. ``at_most_once``: never hand it off once started; cut, it
+    ends ``task.cancelled`` instead.
     """
 
     def register(func: F) -> F:
@@ -40,7 +42,7 @@ def task(name: str, *, timeout: float | None = None, rerun_safe: bool = False) -
         if existing is not None and existing is not func:
             raise ValueError(f"task name {name!r} is already registered to {existing!r}")
         _registry[name] = func
-        setattr(func, _ATTRIBUTE, TaskOptions(name=name, timeout=timeout, rerun_safe=rerun_safe))
+        setattr(func, _ATTRIBUTE, TaskOptions(name=name, timeout=timeout, at_most_once=at_most_once))
         return func
 
     return register

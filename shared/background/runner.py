@@ -11,75 +11,47 @@ import contextlib
 import contextvars
 import threading
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Literal
 
 import anyio.to_thread
 
 from shared.background import handoff as handoffs
-from shared.background.handoff import DEADLINE, Decision, Handoff
+from shared.background import lifecycle
+from shared.background.errors import PermanentTaskError, TaskStuck
+from shared.background.handoff import DEADLINE, Handoff
+from shared.background.lifecycle import task_fields
+from shared.background.protocols import DeadlineWatch
 from shared.background.task import QueuedTask
-from shared.logs import get_logger, mask_emails
-from shared.metrics import observed
-from shared.settings import get_settings
+from shared.logs import get_logger
 
-log = observed(get_logger("shared.background"))
+log = get_logger("shared.background")
 
-
-class TaskTimeout(Exception):
-    """A task ran past its own timeout or the invocation deadline."""
-
-
-class PermanentTaskError(Exception):
-    """Raise it (or an exception class derived from it) when running the task again cannot help.
-
-    A bad file a user uploaded, arguments the task itself finds invalid: the worker logs
-    ``task.failed`` with ``permanent: true`` and deletes the message, which is neither
-    retried nor dead-lettered (the dead-letter queue is for failures someone must fix).
-    """
-
-
-Outcome = Literal["succeeded", "failed", "failed_permanently", "overrunning"]
+Outcome = Literal["succeeded", "failed", "failed_permanently", "overrunning", "ended_elsewhere"]
 
 
 def _failed(fields: dict[str, Any], exc: BaseException, **extra: Any) -> Outcome:
     if isinstance(exc, PermanentTaskError):
-        log.error("task.failed", **fields, **extra, permanent=True, exc_info=exc)
+        lifecycle.end("task.failed", fields, level="error", **extra, permanent=True, exc_info=exc)
         return "failed_permanently"
-    log.error("task.failed", **fields, **extra, exc_info=exc)
+    lifecycle.end("task.failed", fields, level="error", **extra, exc_info=exc)
     return "failed"
 
 
-class TaskStuck(Exception):
-    """A sync task still runs at its hard deadline: only ending the process stops its thread."""
+def _succeeded(fields: dict[str, Any], **extra: Any) -> Outcome:
+    lifecycle.end("task.succeeded", fields, **extra)
+    return "succeeded"
 
 
-EXIT_TASK_STUCK = 3
-"""Exit code of a process that ended itself to stop a sync task still running at its deadline."""
+def _span(task: QueuedTask) -> AbstractContextManager[None]:
+    """FastAPI's ``fastapi.background_task`` span (``FastAPI(telemetry=...)``), as its ``BackgroundTasks`` opens it."""
+    if not task.fastapi_span:
+        return nullcontext()
+    from fastapi.background import _operation  # type: ignore[attr-defined]  # loaded with fastapi already
 
-
-if TYPE_CHECKING:
-    from typing import Protocol
-
-    class DeadlineWatch(Protocol):
-        """Runs a sync task on the calling thread: past ``deadline``, something else must end the process."""
-
-        def watch(self, deadline: float | None, on_expiry: Callable[[], str]) -> AbstractContextManager[None]:
-            """While the block runs, at ``deadline``: call ``on_expiry`` (it logs, and says why), then exit."""
-
-
-def task_fields(task: QueuedTask, backend: str) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "task": task.name,
-        "task_id": task.task_id,
-        "backend": backend,
-        "attempt": task.attempt,
-    }
-    if get_settings().log_task_args:
-        fields["task_args"] = mask_emails(list(task.args))
-        fields["task_kwargs"] = mask_emails(task.kwargs)
-    return fields
+    operation: AbstractContextManager[None] = _operation(name="background_task", function=task.func)
+    return operation
 
 
 _still_running: set[_SyncCall] = set()
@@ -175,14 +147,12 @@ class _Overrun:
         if self.call.error is not None:
             self.outcome = _failed(self.fields, self.call.error, **overran, duration_ms=self.elapsed_ms())
         else:
-            log.info("task.succeeded", **self.fields, **overran, duration_ms=self.elapsed_ms())
-            self.outcome = "succeeded"
+            self.outcome = _succeeded(self.fields, **overran, duration_ms=self.elapsed_ms())
 
     def cancelled(self, handoff: Handoff) -> None:
         """The run was cancelled (shutdown grace over) with this thread still running."""
-        self.ended.remove_done_callback(self.report_end)
         fields = {**self.fields, "started": True, "still_running": True, "duration_ms": self.elapsed_ms()}
-        log.error("task.cancelled", **fields, handoff=_thread_note(handoff))
+        lifecycle.end("task.cancelled", fields, level="error", handoff=_thread_note(handoff))
 
 
 THREAD_RUNS_ON = "not possible: its thread still runs (a sync task cannot be stopped)"
@@ -191,10 +161,6 @@ THREAD_RUNS_ON = "not possible: its thread still runs (a sync task cannot be sto
 def _thread_note(handoff: Handoff) -> str:
     """Why a sync task whose thread runs on is not handed off: it would run beside its retry."""
     return THREAD_RUNS_ON if handoff.enabled else handoff.off_reason
-
-
-def _runs_on(task: QueuedTask) -> bool:
-    return any(call.task is task for call in list(_still_running))
 
 
 async def _finish(overruns: list[_Overrun], deadline: float | None) -> int:
@@ -211,9 +177,10 @@ async def _finish(overruns: list[_Overrun], deadline: float | None) -> int:
     stuck = [overrun for overrun in overruns if not overrun.ended.done()]
     for overrun in stuck:
         overrun.ended.remove_done_callback(overrun.report_end)
-        log.error(
+        lifecycle.end(
             "task.timed_out",
-            **overrun.fields,
+            overrun.fields,
+            level="error",
             started=True,
             still_running=True,
             duration_ms=overrun.elapsed_ms(),
@@ -291,19 +258,24 @@ async def _run_sync_to_its_end(task: QueuedTask, fields: dict[str, Any], deadlin
             left = None if deadline is None else deadline - time.monotonic()
             done, _ = await asyncio.wait({future}, timeout=left)
     except asyncio.CancelledError:
-        log.error("task.cancelled", **fields, started=True, duration_ms=elapsed_ms())
+        lifecycle.end("task.cancelled", fields, level="error", started=True, duration_ms=elapsed_ms())
         raise
     duration_ms = elapsed_ms()
     if not done:
-        log.error(
-            "task.timed_out", **fields, started=True, still_running=True, duration_ms=duration_ms, timeout_s=hard_left
+        lifecycle.end(
+            "task.timed_out",
+            fields,
+            level="error",
+            started=True,
+            still_running=True,
+            duration_ms=duration_ms,
+            timeout_s=hard_left,
         )
         raise TaskStuck(f"task {task.name!r} ({task.task_id}) still runs at its deadline")
     error = future.exception()
     if error is not None:
         return _failed(fields, error, **overran, duration_ms=duration_ms)
-    log.info("task.succeeded", **fields, **overran, duration_ms=duration_ms)
-    return "succeeded"
+    return _succeeded(fields, **overran, duration_ms=duration_ms)
 
 
 def _run_sync_here(
@@ -323,9 +295,10 @@ def _run_sync_here(
 
     def expired() -> str:
         note = {"handoff": handoff.note(task, started=True, reason=DEADLINE)} if handoff is not None else {}
-        log.error(
+        lifecycle.end(
             "task.timed_out",
-            **fields,
+            fields,
+            level="error",
             started=True,
             still_running=True,
             duration_ms=elapsed_ms(),
@@ -335,12 +308,11 @@ def _run_sync_here(
         return f"sync task {task.name!r} ({task.task_id}) still runs at the deadline"
 
     try:
-        with watch.watch(deadline, expired):
+        with watch.watch(deadline, expired), _span(task):
             _call_as_the_thread_pool_would(task)
     except Exception as exc:
         return _failed(fields, exc, duration_ms=elapsed_ms())
-    log.info("task.succeeded", **fields, duration_ms=elapsed_ms())
-    return "succeeded"
+    return _succeeded(fields, duration_ms=elapsed_ms())
 
 
 def _call_as_the_thread_pool_would(task: QueuedTask) -> None:
@@ -358,17 +330,6 @@ async def run_task(
     task: QueuedTask,
     backend: str,
     deadline: float | None = None,
-    handoff: Handoff | None = None,
-    overruns: list[_Overrun] | None = None,
-) -> bool:
-    """Run one task; True when it succeeded. Never raises, except to pass on cancellation."""
-    return await run_task_outcome(task, backend, deadline, handoff=handoff, overruns=overruns) == "succeeded"
-
-
-async def run_task_outcome(
-    task: QueuedTask,
-    backend: str,
-    deadline: float | None = None,
     *,
     finish_sync: bool = False,
     handoff: Handoff | None = None,
@@ -380,7 +341,8 @@ async def run_task_outcome(
 
     ``finish_sync`` (the worker): a sync task is waited for past its timeout, up to
     ``deadline``, where TaskStuck is raised (see ``_run_sync_to_its_end``).
-    ``handoff`` (in-process runs): timed-out and cancelled lines say what becomes of the work.
+    ``handoff`` (in-process runs): timed-out and cancelled lines say what becomes of the work;
+    when cancelled, a task the handoff may move is left open for it (``run_tasks`` hands it off).
     ``overruns`` (in-process runs): a sync task past its timeout is logged ``task.overrunning``
     and added there, for ``run_tasks`` to wait for while the next tasks run; without it, it is
     waited for here. Either way its real outcome is logged when its thread ends.
@@ -392,26 +354,38 @@ async def run_task_outcome(
     time_left = _time_left(task, deadline)
     if time_left is not None and time_left <= 0:
         note = {"handoff": handoff.note(task, started=False)} if handoff is not None else {}
-        log.error("task.timed_out", **fields, started=False, error="deadline reached before the task started", **note)
+        lifecycle.end(
+            "task.timed_out",
+            fields,
+            level="error",
+            started=False,
+            error="deadline reached before the task started",
+            **note,
+        )
         return "failed"
 
     log.info("task.started", **fields)
-    if finish_sync and not task.is_async:
-        return await _run_sync_to_its_end(task, fields, deadline)
-    if on_this_thread is not None and not task.is_async and task.timeout is None:
-        return _run_sync_here(task, fields, deadline, time_left, on_this_thread, handoff)
+    own_call = task.own_call
+    if own_call is None:
+        if finish_sync and not task.is_async:
+            return await _run_sync_to_its_end(task, fields, deadline)
+        if on_this_thread is not None and not task.is_async and task.timeout is None:
+            return _run_sync_here(task, fields, deadline, time_left, on_this_thread, handoff)
     started = time.perf_counter()
 
     def elapsed_ms() -> float:
         return round((time.perf_counter() - started) * 1000, 3)
 
-    call = None if task.is_async else _SyncCall(task)
+    call = None if task.is_async or own_call is not None else _SyncCall(task)
 
     async def execute() -> None:
-        if call is None:
-            await task.func(*task.args, **task.kwargs)
-        else:  # abandon_on_cancel: a thread cannot be stopped; past the limit it is watched instead.
-            await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        with _span(task):
+            if own_call is not None:  # a BackgroundTask subclass: its own __call__, as Starlette would call it
+                await own_call()
+            elif call is None:
+                await task.func(*task.args, **task.kwargs)
+            else:  # abandon_on_cancel: a thread cannot be stopped; past the limit it is watched instead.
+                await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
 
     try:
         if time_left is None:  # most tasks: no timeout context at all (asyncio.timeout(None) costs as much)
@@ -442,22 +416,37 @@ async def run_task_outcome(
                 _cancel([overrun], handoff or handoffs.current())
                 raise
         never = {"error": "it had not started (no worker thread was free)"} if call is not None else {}
-        log.error(
-            "task.timed_out", **fields, started=True, duration_ms=elapsed_ms(), timeout_s=time_left, **never, **note
+        lifecycle.end(
+            "task.timed_out",
+            fields,
+            level="error",
+            started=True,
+            duration_ms=elapsed_ms(),
+            timeout_s=time_left,
+            **never,
+            **note,
         )
         return "failed"
     except asyncio.CancelledError:
-        note = {"handoff": handoff.note(task, started=True)} if handoff is not None else {}
-        still = {"still_running": True} if call is not None and call.give_up() and not call.ended else {}
+        still = call is not None and call.give_up() and not call.ended
         if still and call is not None:
             call.watch()  # a stopping server ends the process rather than wait for this thread
-            note = {"handoff": _thread_note(handoff)} if handoff is not None else {}
-        log.error("task.cancelled", **fields, started=True, duration_ms=elapsed_ms(), **still, **note)
+        if handoff is not None and handoff.movable(task, started=True):
+            raise  # still open: run_tasks hands it off (at-least-once: the worker may run it again)
+        note = {"handoff": handoff.note(task, started=True)} if handoff is not None else {}
+        lifecycle.end(
+            "task.cancelled",
+            fields,
+            level="error",
+            started=True,
+            duration_ms=elapsed_ms(),
+            **({"still_running": True} if still else {}),
+            **note,
+        )
         raise
     except Exception as exc:
         return _failed(fields, exc, duration_ms=elapsed_ms())
-    log.info("task.succeeded", **fields, duration_ms=elapsed_ms())
-    return "succeeded"
+    return _succeeded(fields, duration_ms=elapsed_ms())
 
 
 async def run_tasks(
@@ -467,8 +456,8 @@ async def run_tasks(
 
     A registered task that would not finish in the time left (deadline, shutdown grace) is
     handed to the durable queue instead (``shared.background.handoff``). If the whole run is
-    cancelled (shutdown grace exceeded), the tasks that never got to start are handed off or
-    logged as cancelled, so none disappears without a trace.
+    cancelled (shutdown grace exceeded), the running task and those that never got to start
+    are handed off (registered ones) or logged as cancelled, so none disappears without a trace.
 
     A sync task past its timeout runs on (``task.overrunning``) while the next tasks run; the
     run ends when its thread does, its real outcome logged. One still running at ``deadline``
@@ -480,42 +469,46 @@ async def run_tasks(
     behind it, so the thread pool's two hand-overs would only delay the environment's release.
     """
     handoff = handoffs.current()
+    for task in tasks:
+        if not lifecycle.is_open(task.task_id):  # run without an executor's accept (tests, tools)
+            lifecycle.open(task, backend)
     overruns: list[_Overrun] = []
     succeeded = 0
     for index, task in enumerate(tasks):
-        running: QueuedTask | None = None
-        refused: Decision | None = None
         try:
             decision = handoff.wants(task, deadline) if handoff.enabled else None
             if decision is None:
-                running = task
                 last = watch if index == len(tasks) - 1 and not overruns else None
-                outcome = await run_task_outcome(
+                outcome = await run_task(
                     task, backend, deadline, handoff=handoff, overruns=overruns, on_this_thread=last
                 )
                 succeeded += outcome == "succeeded"
             elif not await handoff.move(task, backend, decision):
-                refused = decision  # the queue did not take it: run it here as far as it can
-                if await run_task(task, backend, deadline, overruns=overruns):
-                    succeeded += 1
+                # The queue did not take it: run it here as far as it can, if any time is left.
+                left = _time_left(task, deadline)
+                if left is not None and left <= 0:
+                    handoff.lose(task, backend, decision, "the queue did not take it; no time is left to run it here")
                 else:
-                    handoff.lost(task, backend, refused)
+                    succeeded += await run_task(task, backend, deadline, overruns=overruns) == "succeeded"
         except asyncio.CancelledError:
-            if refused is not None:
-                handoff.lost(task, backend, refused)
+            # Cut by the end of the grace: what is still open (running, moving, not started) is handed off or logged.
             _cancel(overruns, handoff)
-            handoff.cut(tasks[index + 1 :], None if running is None or _runs_on(running) else running, backend)
+            handoff.cut(tasks, backend)
             raise
     if overruns:
         try:
             succeeded += await _finish(overruns, deadline)
         except asyncio.CancelledError:
             _cancel(overruns, handoff)
+            handoff.cut(tasks, backend)
             raise
     return succeeded
 
 
 def _cancel(overruns: list[_Overrun], handoff: Handoff) -> None:
+    """The run was cancelled: overrunning threads that may not be handed off end ``task.cancelled``."""
     for overrun in overruns:
         if not overrun.ended.done():
-            overrun.cancelled(handoff)
+            overrun.ended.remove_done_callback(overrun.report_end)
+            if not handoff.movable(overrun.task, started=True):
+                overrun.cancelled(handoff)

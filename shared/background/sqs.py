@@ -17,42 +17,35 @@ import importlib.util
 import json
 import random
 import re
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio.to_thread
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared import aws, tracing
-from shared.background.backends import Backend, TaskRejected
+from shared.background import lifecycle
+from shared.background.errors import TaskRejected
+from shared.background.protocols import Deferrer
 from shared.background.registry import lookup, registered_name, registered_names
-from shared.background.task import Job, QueuedTask
+from shared.background.task import QueuedTask
 from shared.logs import get_logger
-from shared.metrics import observed
 from shared.settings import ConfigurationError, Settings, get_settings
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.type_defs import MessageAttributeValueTypeDef, SendMessageBatchRequestEntryTypeDef
 
-    from shared.background.executor import TaskExecutor
-
-log = observed(get_logger("shared.background.sqs"))
+log = get_logger("shared.background.sqs")
 
 BACKEND_NAME = "sqs"
 MESSAGE_VERSION = 1
 BATCH_LIMIT = 10
 BACKOFF_CAP_SECONDS = 5.0
-
-
-class Deferrer(Protocol):
-    """Runs ``job`` later; on Lambda ``LambdaExtensionBackend.defer``: after the response, before the freeze."""
-
-    def __call__(self, job: Job, *, label: str = ...) -> Awaitable[None]: ...
 
 
 class TaskMessage(BaseModel):
@@ -92,8 +85,16 @@ def encode_body(task: QueuedTask, name: str, context: dict[str, Any], enqueued_a
     # ensure_ascii (the default) keeps the body within the characters SQS accepts.
     try:
         encoded = json.dumps(payload, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
+    except TypeError as exc:  # a type JSON has no form for: the code passed it
         raise TaskRejected(f"task {name!r}: arguments are not JSON-serializable ({exc})") from exc
+    except ValueError as exc:  # NaN or an infinity: a value, usually the client's
+        raise TaskRejected(
+            f"task {name!r}: arguments hold a number JSON cannot carry (NaN or an infinity)", client_input=True
+        ) from exc
+    if "\\ud" in encoded and not _encodable(payload):
+        raise TaskRejected(
+            f"task {name!r}: arguments hold text that cannot be encoded (a lone surrogate)", client_input=True
+        )
     if json.loads(encoded) != payload:
         raise TaskRejected(
             f"task {name!r}: arguments would not arrive unchanged through JSON "
@@ -114,6 +115,16 @@ def encode_body(task: QueuedTask, name: str, context: dict[str, Any], enqueued_a
     )
     # The arguments are already encoded: splice them in instead of encoding them twice.
     return envelope[:-1] + "," + encoded[1:]
+
+
+def _encodable(payload: dict[str, Any]) -> bool:
+    """Whether the worker can read the text of ``payload`` back: escaped, a lone surrogate passes
+    ``json.dumps``, but no UTF-8 reader (SQS, the worker's model) takes it."""
+    try:
+        json.dumps(payload, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def message_attributes(name: str, task: QueuedTask) -> dict[str, MessageAttributeValueTypeDef]:
@@ -230,19 +241,24 @@ class SqsBackend:
         if size > self.max_bytes:
             raise TaskRejected(
                 f"task {name!r}: message is {size} bytes, over the SQS limit of {self.max_bytes}; "
-                "store large payloads (e.g. in S3) and pass a reference"
+                "store large payloads (e.g. in S3) and pass a reference",
+                client_input=True,
+                status_code=413,
             )
         return _Entry(task, name, body, size, context.get("aws_trace_header"))
 
     def accept(self, task: QueuedTask) -> None:
         self._entry(task, _context(), _now())
 
+    def warm_up(self) -> None:
+        self._client()
+
     async def dispatch(self, tasks: Sequence[QueuedTask]) -> None:
         context, enqueued_at = _context(), _now()
         entries = [self._entry(task, context, enqueued_at) for task in tasks]
 
         async def send() -> None:
-            await self._send(entries)
+            await self._send(entries, ends_tasks=True)
 
         if self._defer is not None:
             await self._defer(send, label="sqs.send")
@@ -260,19 +276,27 @@ class SqsBackend:
         entries = [self._entry(task, context, enqueued_at) for task in tasks]
         await self._send(entries, message_ids)
 
-    async def _send(self, entries: Sequence[_Entry], message_ids: dict[str, str] | None = None) -> None:
+    async def _send(
+        self, entries: Sequence[_Entry], message_ids: dict[str, str] | None = None, *, ends_tasks: bool = False
+    ) -> None:
+        """Send ``entries``; with ``ends_tasks`` (the durable route: this send is the tasks' end here)
+        each ends ``task.enqueued`` or ``task.lost``; else (a handoff) the caller ends them."""
         unsent = {entry.task.task_id: entry for entry in entries}
         try:
             for chunk in _chunks(entries, self.max_bytes):
-                await self._send_batch([entry.task.task_id for entry in chunk], unsent, message_ids)
+                await self._send_batch([entry.task.task_id for entry in chunk], unsent, message_ids, ends_tasks)
         except asyncio.CancelledError:
             # Cut by shutdown or the Lambda deadline: still say which tasks never left.
             if unsent:
-                self._lost(list(unsent.values()), "CancelledError", "sending was cancelled")
+                self._lost(list(unsent.values()), "CancelledError", "sending was cancelled", ends_tasks=ends_tasks)
             raise
 
     async def _send_batch(
-        self, ids: list[str], unsent: dict[str, _Entry], message_ids: dict[str, str] | None = None
+        self,
+        ids: list[str],
+        unsent: dict[str, _Entry],
+        message_ids: dict[str, str] | None = None,
+        ends_tasks: bool = False,
     ) -> None:
         """One SendMessageBatch, retrying what failed; removes from ``unsent`` what was sent or given up."""
         from botocore.exceptions import BotoCoreError, ClientError  # loaded with the client, not at cold start
@@ -309,24 +333,32 @@ class SqsBackend:
                 entry = unsent.pop(sent["Id"])
                 if message_ids is not None:
                     message_ids[sent["Id"]] = sent["MessageId"]
-                log.info(
-                    "task.enqueued",
-                    task=entry.name,
-                    task_id=entry.task.task_id,
-                    backend=self.name,
-                    attempt=entry.task.attempt,
-                    message_id=sent["MessageId"],
-                )
+                if ends_tasks:  # a handoff's send ends its tasks itself: task.handed_off, with the message id
+                    fields = {
+                        "task": entry.name,
+                        "task_id": entry.task.task_id,
+                        "backend": self.name,
+                        "attempt": entry.task.attempt,
+                    }
+                    lifecycle.end("task.enqueued", fields, message_id=sent["MessageId"])
             for failure in response.get("Failed", []):
                 error_type, error = failure["Code"], failure.get("Message", "")
                 if failure["SenderFault"]:
                     # The entry itself is wrong (e.g. invalid characters): resending cannot help.
-                    self._lost([unsent.pop(failure["Id"])], error_type, error, attempt)
+                    self._lost([unsent.pop(failure["Id"])], error_type, error, attempt, ends_tasks=ends_tasks)
         given_up = [unsent.pop(task_id) for task_id in ids if task_id in unsent]
         if given_up:
-            self._lost(given_up, error_type, error, self.attempts)
+            self._lost(given_up, error_type, error, self.attempts, ends_tasks=ends_tasks)
 
-    def _lost(self, entries: list[_Entry], error_type: str, error: str, attempts: int | None = None) -> None:
+    def _lost(
+        self,
+        entries: list[_Entry],
+        error_type: str,
+        error: str,
+        attempts: int | None = None,
+        *,
+        ends_tasks: bool = False,
+    ) -> None:
         log.error(
             "task.enqueue_failed",
             backend=self.name,
@@ -337,6 +369,12 @@ class SqsBackend:
             error_type=error_type,
             error=error,
         )
+        if ends_tasks:
+            for entry in entries:
+                fields = {"task": entry.name, "task_id": entry.task.task_id, "backend": self.name}
+                lifecycle.end(
+                    "task.lost", fields, level="error", reason="enqueue_failed", error=f"{error_type}: {error}"
+                )
 
 
 def durable_task_names(settings: Settings) -> list[str]:
@@ -376,27 +414,3 @@ def check_durable_task_names(names: list[str], task_modules: str) -> None:
                 f"DURABLE_TASKS={','.join(names)!r}: {', '.join(map(repr, unknown))} is not a registered task; "
                 f"expected names among {', '.join(sorted(known))} (or '*')"
             )
-
-
-def _post_response_deferrer(local: Backend) -> Deferrer | None:
-    from shared.background.lambda_extension import LambdaExtensionBackend
-
-    return local.defer if isinstance(local, LambdaExtensionBackend) else None
-
-
-def route_durable_tasks(executor: TaskExecutor, settings: Settings) -> SqsBackend | None:
-    """Send the tasks named in ``DURABLE_TASKS`` to ``TASK_QUEUE_URL``, if both are set."""
-    names = durable_task_names(settings)
-    if not names:
-        return None
-    check_durable_task_names(names, settings.task_modules)
-    if not settings.task_queue_url:
-        log.warning(
-            "durable_tasks.not_configured",
-            durable_tasks=names,
-            consequence="TASK_QUEUE_URL is not set: these tasks run in-process and die with it",
-        )
-        return None
-    backend = SqsBackend.from_settings(settings, defer=_post_response_deferrer(executor.default))
-    executor.route(names, backend)
-    return backend

@@ -1,8 +1,9 @@
 """Task metrics, counted from the task events themselves.
 
-The task layer's module loggers are wrapped once (``observed(get_logger(...))``): every task
-event they log is also counted here, whatever ``LOG_LEVEL`` filters out of the logs. The
-recorder depends on the platform (``METRICS``, default ``auto``):
+Counted in one place every log line passes through: ``count_task_events``, the first processor
+of the log pipeline (``shared.logs``), so every ``task.*`` event is counted whichever module
+logged it, and whatever ``LOG_LEVEL`` filters out of the logs. The recorder depends on the
+platform (``METRICS``, default ``auto``):
 
 - on Lambda, ``emf``: CloudWatch Embedded Metric Format lines on stdout, accumulated during an
   invocation and printed once at its end (``flush``), no API call;
@@ -15,12 +16,12 @@ Names come from ``shared.metrics.names``, which ``template.yaml``'s test reads t
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from shared import tracing
-from shared.logs import bound
+from shared.log_context import bound
 from shared.metrics.names import COUNTERS, DEFAULT_NAMESPACE, RETRIED, TIMED_EVENTS
 from shared.settings import get_settings, running_on_lambda
 
@@ -119,34 +120,12 @@ def record(event: str, fields: Mapping[str, Any]) -> None:
             sink.in_flight(labels, -1)
 
 
-class ObservedLogger:
-    """A module logger whose task events are also counted; everything else passes through."""
-
-    def __init__(self, logger: Any) -> None:
-        self._logger = logger
-
-    def info(self, event: str, **fields: Any) -> Any:
-        record(event, fields)
-        return self._logger.info(event, **fields)
-
-    def warning(self, event: str, **fields: Any) -> Any:
-        record(event, fields)
-        return self._logger.warning(event, **fields)
-
-    def error(self, event: str, **fields: Any) -> Any:
-        record(event, fields)
-        return self._logger.error(event, **fields)
-
-    def exception(self, event: str, **fields: Any) -> Any:
-        record(event, fields)
-        return self._logger.exception(event, **fields)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._logger, name)
-
-
-def observed(logger: Any) -> Any:
-    return ObservedLogger(logger)
+def count_task_events(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The log pipeline's first processor: count each task event (``record``), pass every line on."""
+    event = event_dict.get("event")
+    if event.__class__ is str and event.startswith("task."):
+        record(event, event_dict)
+    return event_dict
 
 
 # --- Lambda: one flush per invocation -------------------------------------------------------

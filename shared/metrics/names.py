@@ -34,8 +34,21 @@ COUNTERS: Final = {
     "task.duplicate": "tasks_duplicate",
     "task.rejected": "tasks_rejected",
     "task.worker_error": "tasks_worker_error",
+    "task.in_progress_elsewhere": "tasks_in_progress_elsewhere",
+    "task.lost": "tasks_lost",
+    "task.handoff_failed": "tasks_handoff_failed",
+    "task.overrunning": "tasks_overrunning",
+    "task.enqueue_retry": "tasks_enqueue_retried",
+    "task.end_repeated": "tasks_end_repeated",
 }
-"""Task event → counter. Events are logged by ``shared.background`` and ``shared.worker``."""
+"""Task event → counter: every ``task.*`` event the code logs (a test reads the code to check), counted
+by the log pipeline's first processor (``shared.metrics.count_task_events``)."""
+
+NOT_COUNTED: Final = {"task.metrics": "the EMF line itself, which carries the counts"}
+"""``task.*`` events that are no task's event."""
+
+LOSSES: Final = ("tasks_lost", "tasks_handoff_failed")
+"""What the lost-task alarm counts: a task that ended nowhere, or that the queue did not take."""
 
 RETRIED: Final = "tasks_retried"
 """``task.started`` with ``attempt`` > 1: a durable task run again after a failed receive."""

@@ -16,6 +16,7 @@ import os
 import threading
 from typing import Any, ClassVar
 
+import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import start_http_server as _start_http_server
 from prometheus_client.exposition import generate_latest
@@ -85,9 +86,7 @@ def require_shared_values() -> None:
     ``uvicorn --reload`` runs its one server in a child process too.
     """
     if multiprocessing.parent_process() is not None and not os.environ.get(MULTIPROCESS_ENV):
-        from shared.logs import get_logger
-
-        get_logger("shared.metrics").warning(
+        structlog.get_logger("shared.metrics").warning(
             "metrics.not_shared",
             reason="this server process was started by another (uvicorn --workers N, or --reload)",
             consequence="with several workers, /metrics shows only the counts of the process that answers",

@@ -7,14 +7,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 
 from shared import metrics
-from shared.background.runner import TaskStuck
+from shared.background import lifecycle
+from shared.background.errors import TaskStuck
 from shared.lambda_keys import lambda_keys_bound
 from shared.logs import ensure_logging_configured, get_logger
 from shared.settings import get_settings
@@ -49,6 +49,7 @@ def make_sqs_handler(worker: Callable[[], Worker] | None = None) -> SqsHandler:
                 return built[0].handle(event, context)
             except TaskStuck as exc:
                 log.critical("worker.exiting", reason=str(exc), exit_code=EXIT_TASK_STUCK)
-                os._exit(EXIT_TASK_STUCK)
+                lifecycle.after_lost_at_exit(metrics.flush)
+                lifecycle.exit_process(EXIT_TASK_STUCK, str(exc))
 
     return handler

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import aws
-from shared.background.runner import TaskStuck
+from shared.background import lifecycle
+from shared.background.errors import TaskStuck
 from shared.logs import ensure_logging_configured, get_logger
 from shared.settings import ConfigurationError, Settings, exit_on_configuration_error, get_settings
 from shared.worker.processing import EXIT_TASK_STUCK, Worker
@@ -202,14 +203,12 @@ class Poller:
                 fields.update(task=body.get("task"), task_id=body.get("task_id"), request_id=body.get("request_id"))
             except (ValueError, AttributeError):
                 pass
-            log.error(
-                "task.cancelled",
-                **fields,
-                backend="sqs",
-                started=True,
-                grace_s=self.shutdown_grace_seconds,
-                consequence="the worker exits without it; the message comes back after its visibility timeout",
-            )
+            fields.update(backend="sqs", started=True, grace_s=self.shutdown_grace_seconds)
+            consequence = "the worker exits without it; the message comes back after its visibility timeout"
+            if lifecycle.is_open(str(fields.get("task_id"))):
+                lifecycle.end("task.cancelled", fields, level="error", consequence=consequence)
+            else:
+                log.error("task.cancelled", **fields, consequence=consequence)
         self._exit(0, "shutdown grace period exceeded")
 
     def _exit(self, code: int, reason: str) -> None:
@@ -217,7 +216,7 @@ class Poller:
         self._release(list(self._unstarted))
         self._log_stopped()
         log.info("worker.exiting", reason=reason, exit_code=code)
-        os._exit(code)
+        lifecycle.exit_process(code, reason)
 
     def _inspect_queue(self) -> tuple[str, int]:
         """The queue's ARN and visibility timeout; its redrive policy, if any, sets max receives."""

@@ -7,7 +7,8 @@ DynamoDB, so SQS's at-least-once delivery never runs a task's side effects twice
 a task that completed is skipped when its message comes back, a failed one is
 forgotten so that the next receive retries it.
 
-Tasks run through the task layer's ``run_task``: the worker's ``task.started`` /
+Tasks run through the task layer's ``run_task``, each receive opened and ended once in its
+lifecycle (``shared.background.lifecycle``): the worker's ``task.started`` /
 ``task.succeeded`` / ``task.failed`` lines carry the ``task_id`` and ``request_id``
 of the request that queued them, ``backend: "sqs"`` and ``attempt`` = the receive count.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import importlib
+import json
 import pkgutil
 import time
 from collections.abc import Callable
@@ -39,16 +41,17 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from shared import aws, tracing
+from shared.background import lifecycle
+from shared.background.errors import EXIT_TASK_STUCK as EXIT_TASK_STUCK  # the worker exits with it too
+from shared.background.errors import TaskStuck
 from shared.background.registry import lookup, task_options
-from shared.background.runner import EXIT_TASK_STUCK as EXIT_TASK_STUCK  # the worker exits with it too
-from shared.background.runner import TaskStuck, run_task_outcome
+from shared.background.runner import run_task
 from shared.background.sqs import BACKEND_NAME, TaskMessage
 from shared.background.task import QueuedTask
 from shared.logs import get_logger
-from shared.metrics import observed
 from shared.settings import Settings, get_settings
 
-log = observed(get_logger("shared.worker"))
+log = get_logger("shared.worker")
 
 IDEMPOTENCY_KEY_PREFIX = "task"
 """Keys are ``task#<md5 of task_id>``: the same for the Lambda and the container worker."""
@@ -91,6 +94,17 @@ def import_task_modules(spec: str) -> list[str]:
             importlib.import_module(info.name)
             imported.append(info.name)
     return imported
+
+
+def _ids_in(body: str) -> dict[str, Any]:
+    """The ids of a message the worker cannot run, if its body still names them (never its arguments)."""
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        return {}
+    if not isinstance(decoded, dict):
+        return {}
+    return {key: decoded[key] for key in ("task", "task_id", "request_id") if isinstance(decoded.get(key), str)}
 
 
 def receive_count(record: SQSRecord) -> int:
@@ -168,12 +182,16 @@ class Worker:
         try:
             message, func = self._decode(record)
         except MessageRejected as exc:
-            log.error(
-                "task.rejected", backend=BACKEND_NAME, message_id=record.message_id, attempt=attempt, error=str(exc)
-            )
+            ids = _ids_in(record.body)
+            fields = {**ids, "backend": BACKEND_NAME, "message_id": record.message_id, "attempt": attempt}
+            if "task_id" in fields:
+                lifecycle.end("task.rejected", fields, level="error", error=str(exc))
+            else:
+                log.error("task.rejected", **fields, error=str(exc))
             self._dead_letter_if_last(record, attempt, None)
             raise
         fields = {"task": message.task, "task_id": message.task_id, "backend": BACKEND_NAME, "attempt": attempt}
+        lifecycle.open(QueuedTask(func, (), {}, message.task, task_id=message.task_id, attempt=attempt), BACKEND_NAME)
         trace = tracing.for_message(message.traceparent, record.attributes.aws_trace_header)
         with (
             structlog.contextvars.bound_contextvars(
@@ -186,7 +204,7 @@ class Worker:
                     key={"task_id": message.task_id}, message=message, func=func, attempt=attempt, deadline=deadline
                 )
             except IdempotencyAlreadyInProgressError:
-                log.warning("task.in_progress_elsewhere", **fields, message_id=record.message_id)
+                lifecycle.end("task.in_progress_elsewhere", fields, level="warning", message_id=record.message_id)
                 self._dead_letter_if_last(record, attempt, fields)
                 raise
             except TaskStuck as exc:
@@ -194,11 +212,13 @@ class Worker:
                 raise
             except Exception as exc:
                 if not isinstance(exc, TaskFailed):
-                    log.error("task.worker_error", **fields, message_id=record.message_id, exc_info=exc)
+                    lifecycle.end(
+                        "task.worker_error", fields, level="error", message_id=record.message_id, exc_info=exc
+                    )
                 self._dead_letter_if_last(record, attempt, fields)
                 raise
             if isinstance(result, _Duplicate):
-                log.info("task.duplicate", **fields, message_id=record.message_id, completed=result.stored)
+                lifecycle.end("task.duplicate", fields, message_id=record.message_id, completed=result.stored)
 
     def _decode(self, record: SQSRecord) -> tuple[TaskMessage, Callable[..., Any]]:
         try:
@@ -232,7 +252,7 @@ class Worker:
             timeout=timeout if timeout is not None else self.default_timeout,
         )
         # A fresh copy: the runner would otherwise reuse its first run's context (and request_id).
-        run = run_task_outcome(queued, BACKEND_NAME, deadline, finish_sync=True)
+        run = run_task(queued, BACKEND_NAME, deadline, finish_sync=True)
         outcome = self._runner.run(run, context=contextvars.copy_context())
         if outcome == "failed":
             raise TaskFailed(f"task {message.task!r} ({message.task_id}) failed on attempt {attempt}")

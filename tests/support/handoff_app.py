@@ -17,12 +17,13 @@ KINDS: dict[str, Any] = {
     "plain": handoff_tasks.plain,
     "resumable": handoff_tasks.resumable,
     "fragile": handoff_tasks.fragile,
+    "slow": handoff_tasks.slow,
 }
 
 
 @app.post("/tasks/{kind}")
 async def add_tasks(
-    kind: Literal["work", "plain", "resumable", "fragile"],
+    kind: Literal["work", "plain", "resumable", "fragile", "slow"],
     path: str,
     label: str,
     background_tasks: BackgroundTasks,

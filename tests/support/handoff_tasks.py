@@ -7,6 +7,7 @@ counts, across the API process and the worker, how many times each task complete
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from shared.background import task
@@ -29,7 +30,15 @@ async def work(path: str, label: str, seconds: float) -> None:
     await _work(path, label, seconds)
 
 
-@task("tests.handoff.resumable", timeout=60.0, rerun_safe=True)
+@task("tests.handoff.slow", timeout=5.0)
+def slow(path: str, label: str, seconds: float) -> None:
+    """A sync task of ``seconds`` declaring up to 5 s: its thread cannot be stopped, only handed off."""
+    append(path, f"started {label}")
+    time.sleep(seconds)
+    append(path, f"done {label}")
+
+
+@task("tests.handoff.resumable", timeout=60.0)
 async def resumable(path: str, label: str, gate: str) -> None:
     """Runs until the file ``gate`` exists; safe to run again from the start."""
     append(path, f"started {label}")
@@ -38,9 +47,9 @@ async def resumable(path: str, label: str, gate: str) -> None:
     append(path, f"done {label}")
 
 
-@task("tests.handoff.fragile", timeout=60.0)
+@task("tests.handoff.fragile", timeout=60.0, at_most_once=True)
 async def fragile(path: str, label: str, gate: str) -> None:
-    """Like ``resumable``, but not declared safe to rerun."""
+    """Like ``resumable``, but declared at-most-once: never handed off once started."""
     append(path, f"started {label}")
     while not Path(gate).exists():
         await asyncio.sleep(0.01)

@@ -82,7 +82,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tests.support.logs import parse_json_lines
 
@@ -656,7 +656,13 @@ def runtime_takes_an_invocation(api: RuntimeApiEmulator, *, respond: bool = True
 
 
 class RuntimeClientProcess:
-    """The function process; its combined output goes to a file, read with ``output()``/``logs()``."""
+    """The function process; its combined output goes to a file, read with ``output()``/``logs()``.
+
+    ``on_close``: called with (command, everything it printed) when it is closed (the suite's
+    task-lifecycle check listens there).
+    """
+
+    on_close: ClassVar[list[Callable[[str, str], None]]] = []
 
     def __init__(
         self,
@@ -722,6 +728,8 @@ class RuntimeClientProcess:
             self.process.kill()
             self.process.wait()
         self._final_output = self.output()
+        for listener in self.on_close:
+            listener(" ".join(self.command), self._final_output)
         self._output.close()
         os.unlink(self._output.name)
 

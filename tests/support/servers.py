@@ -10,7 +10,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import httpx
 
@@ -38,14 +38,21 @@ def wait_until_healthy(url: str, process: subprocess.Popen[bytes], timeout: floa
 
 
 class ServerProcess:
-    """A subprocess whose combined output goes to a file, so it never blocks on a pipe."""
+    """A subprocess whose combined output goes to a file, so it never blocks on a pipe.
+
+    ``on_close``: called with (command, everything it printed) when it is closed; the suite's
+    task-lifecycle check (tests/support/lifecycle.py) listens there.
+    """
+
+    on_close: ClassVar[list[Callable[[str, str], None]]] = []
 
     def __init__(self, command: Sequence[str], env: dict[str, str], port: int) -> None:
         self.port = port
+        self.command = list(command)
         self.base_url = f"http://127.0.0.1:{port}"
         self._output = tempfile.NamedTemporaryFile(prefix="server-", suffix=".log", delete=False)  # noqa: SIM115
         self.process = subprocess.Popen(
-            list(command), cwd=ROOT, env={**os.environ, **env}, stdout=self._output, stderr=subprocess.STDOUT
+            self.command, cwd=ROOT, env={**os.environ, **env}, stdout=self._output, stderr=subprocess.STDOUT
         )
 
     def output(self) -> str:
@@ -63,6 +70,9 @@ class ServerProcess:
 
     def close(self) -> None:
         self.stop()
+        output = self.output()
+        for listener in self.on_close:
+            listener(" ".join(self.command), output)
         self._output.close()
         os.unlink(self._output.name)
 

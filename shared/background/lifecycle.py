@@ -1,0 +1,153 @@
+"""The one place a task is accepted and ended: every terminal ``task.*`` line is logged here.
+
+A task opens when it is accepted (``accept``: ``task.queued``, before the response) or when a
+worker starts a receive of it (``open``). Each path that finishes it (the runner, the handoff,
+the SQS sender, the worker) calls ``end`` with its terminal event (``events.TERMINAL``); a task
+ends once: a second end is not logged as a terminal event but as ``task.end_repeated``, a bug
+made visible. Whatever is still open when the process exits (normal exit, SIGTERM, SIGINT,
+``sys.exit``, ``exit_process`` from a watchdog) is logged ``task.lost`` with its ids and the
+reason, from ``atexit``. Only a process killed outright (``kill -9``, out of memory) ends
+without that line.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from shared.background.events import ACCEPTED, TERMINAL
+from shared.background.task import QueuedTask
+from shared.logs import bound, get_logger, mask_emails
+from shared.settings import get_settings
+
+log = get_logger("shared.background")
+
+_REMEMBERED_ENDS = 10_000
+"""How many ended task ids are kept to recognise a second end (a bounded memory)."""
+
+_open: dict[str, tuple[dict[str, Any], float]] = {}
+_ended: OrderedDict[str, str] = OrderedDict()
+_ended_lock = threading.Lock()
+_after_lost: list[Callable[[], None]] = []
+
+
+def task_fields(task: QueuedTask, backend: str) -> dict[str, Any]:
+    """The keys every line about ``task`` carries."""
+    fields: dict[str, Any] = {
+        "task": task.name,
+        "task_id": task.task_id,
+        "backend": backend,
+        "attempt": task.attempt,
+    }
+    if get_settings().log_task_args:
+        fields["task_args"] = mask_emails(list(task.args))
+        fields["task_kwargs"] = mask_emails(task.kwargs)
+    return fields
+
+
+def accept(task: QueuedTask, backend: str) -> None:
+    """``task`` is accepted (before the response): it must now end in exactly one terminal event."""
+    fields = task_fields(task, backend)
+    _open[task.task_id] = (_with_request_id(fields), time.monotonic())
+    log.info(ACCEPTED, **fields)
+
+
+def open(task: QueuedTask, backend: str) -> None:
+    """A run of ``task`` begins here without a ``task.queued`` of this process (a worker's receive)."""
+    _open[task.task_id] = (_with_request_id(task_fields(task, backend)), time.monotonic())
+
+
+def _with_request_id(fields: dict[str, Any]) -> dict[str, Any]:
+    request_id = bound("request_id")
+    return fields if request_id is None else {**fields, "request_id": request_id}
+
+
+def is_open(task_id: str) -> bool:
+    return task_id in _open
+
+
+def end(event: str, fields: dict[str, Any], *, level: str = "info", **extra: Any) -> bool:
+    """Log ``event``, the end of the task ``fields`` names; False (and no terminal line) if it had ended.
+
+    A task this process never opened (a test calling the runner directly) is ended as given.
+    """
+    if event not in TERMINAL:
+        raise ValueError(f"{event!r} is not a terminal task event (shared.background.events.TERMINAL)")
+    task_id = fields["task_id"]
+    if _open.pop(task_id, None) is None:
+        with _ended_lock:
+            first = _ended.get(task_id)
+        if first is not None:
+            log.error("task.end_repeated", **fields, first_end=first, repeated=event)
+            return False
+    with _ended_lock:
+        _ended[task_id] = event
+        if len(_ended) > _REMEMBERED_ENDS:
+            _ended.popitem(last=False)
+    getattr(log, level)(event, **fields, **extra)
+    return True
+
+
+def still_open() -> list[dict[str, Any]]:
+    """The fields of every accepted task that has not ended yet."""
+    return [fields for fields, _ in list(_open.values())]
+
+
+def after_lost_at_exit(hook: Callable[[], None]) -> None:
+    """Run ``hook`` at exit once the lost tasks are logged (flush the metrics that count them)."""
+    if hook not in _after_lost:
+        _after_lost.append(hook)
+
+
+def log_lost(reason: str) -> int:
+    """Log ``task.lost`` for every task still open; how many. The last line of defence."""
+    lost = 0
+    now = time.monotonic()
+    for task_id, (fields, opened) in list(_open.items()):
+        if _open.pop(task_id, None) is None:
+            continue
+        lost += 1
+        with _ended_lock:
+            _ended[task_id] = "task.lost"
+        log.error(
+            "task.lost",
+            **fields,
+            reason=reason,
+            open_s=round(now - opened, 3),
+            error="the process is exiting and this task had not ended",
+        )
+    return lost
+
+
+def exit_process(code: int, reason: str) -> NoReturn:
+    """End the process now (a thread cannot be stopped otherwise), after logging what it loses."""
+    _at_exit(f"exit {code}: {reason}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _at_exit(reason: str = "the process exited") -> None:
+    try:
+        log_lost(reason)
+    except (OSError, ValueError):  # the log stream is already closed: nothing left to tell
+        pass
+    finally:
+        for hook in _after_lost:
+            hook()
+
+
+def reset() -> None:
+    """Forget every open and ended task: for tests, which run many apps in one process."""
+    _open.clear()
+    with _ended_lock:
+        _ended.clear()
+
+
+atexit.register(_at_exit)

@@ -1,0 +1,51 @@
+"""The task layer's seams: what a backend, a sender and a deadline watch must do.
+
+Implementations sit above this module (``inline``, ``lambda_extension``, ``sqs``); the runner,
+the handoff and the executor only know these protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from shared.background.task import Job, QueuedTask
+
+
+class Backend(Protocol):
+    @property
+    def name(self) -> str:
+        """The ``backend`` of the task lines: where and when the tasks run."""
+
+    def accept(self, task: QueuedTask) -> None:
+        """Raise TaskRejected when ``task`` cannot be queued."""
+
+    async def dispatch(self, tasks: Sequence[QueuedTask]) -> None:
+        """Take over ``tasks``; called once per request, after its response was sent."""
+
+
+class Sender(Protocol):
+    """What the handoff needs of the durable queue (``shared.background.sqs.SqsBackend``)."""
+
+    def accept(self, task: QueuedTask) -> None:
+        """Raise TaskRejected when ``task`` cannot be sent."""
+
+    def warm_up(self) -> None:
+        """Create the client now (a few hundred ms), so that the first send does not pay for it."""
+
+    async def send_now(self, tasks: Sequence[QueuedTask], message_ids: dict[str, str]) -> None:
+        """Send ``tasks``; ``message_ids`` gets each taken task's message id, by task id."""
+
+
+class Deferrer(Protocol):
+    """Runs ``job`` later; on Lambda ``LambdaExtensionBackend.defer``: after the response, before the freeze."""
+
+    def __call__(self, job: Job, *, label: str = ...) -> Awaitable[None]: ...
+
+
+class DeadlineWatch(Protocol):
+    """Runs a sync task on the calling thread: past ``deadline``, something else must end the process."""
+
+    def watch(self, deadline: float | None, on_expiry: Callable[[], str]) -> AbstractContextManager[None]:
+        """While the block runs, at ``deadline``: call ``on_expiry`` (it logs, and says why), then exit."""
