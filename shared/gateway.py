@@ -10,6 +10,7 @@ own FastAPI app (its middleware, task executor, ``/health`` and ``/docs``); Star
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -21,9 +22,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from shared.allow import method_not_allowed
 from shared.background.routing import manage_routes
 from shared.logs import ensure_logging_configured
 from shared.metrics.prometheus import metrics_endpoint, require_shared_values
+from shared.request_id import RequestIdMiddleware
 
 FUNCTIONS_DIR = Path(__file__).resolve().parents[1] / "functions"
 
@@ -44,6 +47,14 @@ class _OwnRouter:
         scope = {key: value for key, value in scope.items() if key not in ("router", "route")}
         scope["app_root_path"] = scope.get("root_path", "")
         await self.app(scope, receive, send)
+
+
+def _mount(path: str, app: ASGIApp, name: str | None = None) -> Mount:
+    """A ``Mount`` whose path may hold any character: Starlette's ``.*`` stops at a newline
+    (``%0A``), which sent such a path to the gateway's 404 instead of its function."""
+    mount = Mount(path, app=app, name=name)
+    mount.path_regex = re.compile(mount.path_regex.pattern, re.DOTALL)
+    return mount
 
 
 def function_names() -> list[str]:
@@ -92,6 +103,12 @@ def create_gateway(apps: Mapping[str, FastAPI] | None = None) -> Starlette:
         detail = f"No function serves {request.url.path}; functions: {', '.join(f'/{name}' for name in mounted)}"
         return JSONResponse({"detail": detail}, status_code=404)
 
-    routes: list[BaseRoute] = [Route("/", index), Route("/health", health), Route("/metrics", metrics_endpoint)]
-    routes += [Mount(f"/{name}", app=_OwnRouter(app), name=name) for name, app in mounted.items()]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found})
+    # The gateway's own paths, its 404s and 405s included (JSON), get request ids and request.completed lines
+    # as a function's do; a function's paths get them from the function alone.
+    own = Starlette(
+        routes=[Route("/", index), Route("/health", health), Route("/metrics", metrics_endpoint)],
+        exception_handlers={404: not_found, 405: method_not_allowed},
+    )
+    routes: list[BaseRoute] = [_mount(f"/{name}", _OwnRouter(app), name) for name, app in mounted.items()]
+    routes.append(_mount("", RequestIdMiddleware(own, service="gateway")))
+    return Starlette(routes=routes, lifespan=lifespan)

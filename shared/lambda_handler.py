@@ -45,9 +45,13 @@ class InvalidEventError(ValueError):
 
 
 def _invocation(context: Any) -> AbstractContextManager[None]:
-    """Report the invocation to the lambda-extension backend; a context without an id cannot be."""
+    """Report the invocation to the lambda-extension backend; a context without an id cannot be.
+
+    The context is asked for the time left only when a backend takes it (on Lambda): test
+    contexts off Lambda need not implement ``get_remaining_time_in_millis`` (Mangum's do not).
+    """
     request_id = getattr(context, "aws_request_id", None)
-    if not isinstance(request_id, str):
+    if not isinstance(request_id, str) or LambdaExtensionBackend._instance is None:
         return nullcontext()
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     return LambdaExtensionBackend.invocation(request_id, remaining() if callable(remaining) else None)

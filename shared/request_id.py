@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from typing import Any
@@ -67,13 +68,14 @@ class RequestIdMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         echoed = (_HEADER_BYTES, request_id.encode())
         status = 500
+        response_started = False
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             kind = message["type"]
             if kind == "http.response.start":
-                status = message["status"]
+                status, response_started = message["status"], True
                 headers = [header for header in message.get("headers", ()) if header[0].lower() != _HEADER_BYTES]
                 headers.append(echoed)
                 await send({**message, "headers": headers})
@@ -92,6 +94,12 @@ class RequestIdMiddleware:
         bound = tracing.activate(tracing.for_scope(scope), request_id=request_id, service=self.service)
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is None or not task.cancelling():
+                raise  # not a cancellation of this request from outside
+            task.uncancel()  # the server's, whose last word this is: see _cut
+            await self._cut(scope, send, echoed, status if response_started else None, started, str(exc))
         except Exception as exc:
             # Logged here, where the request's context is still bound; Starlette's
             # outermost ServerErrorMiddleware then answers with shared.app's JSON 500.
@@ -99,3 +107,33 @@ class RequestIdMiddleware:
             raise
         finally:
             tracing.deactivate(bound)
+
+    @staticmethod
+    async def _cut(
+        scope: Scope, send: Send, echoed: tuple[bytes, bytes], status: int | None, started: float, reason: str
+    ) -> None:
+        """The server cancelled the request: uvicorn does when its shutdown grace runs out.
+
+        One warning says so, no traceback: the stop is expected, and its tasks' lines tell what
+        was lost. Raised further, uvicorn would log "Exception in ASGI application" at error
+        with the traceback. A request not answered yet gets a 503 (uvicorn would send a 500).
+        """
+        log.warning(
+            "request.cut",
+            method=scope["method"],
+            **_where(scope),
+            status=status or 503,
+            response_sent=status is not None,
+            reason=reason or "the server cancelled the request",
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        if status is None:
+            body = b'{"detail":"The server is shutting down; retry the request."}'
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"1"),
+                echoed,
+            ]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body})

@@ -91,12 +91,12 @@ class ProcessAccepted(BaseModel):
     job_id: str
 
 
-# A body that is not UTF-8 is a 400 (FastAPI); documented without importing shared.http_errors (botocore).
+# A body that is not UTF-8 is a 400 (FastAPI), one over create_app's default cap a 413;
+# documented without importing shared.http_errors (botocore).
+_DETAIL = {"application/json": {"schema": {"properties": {"detail": {"type": "string"}}, "type": "object"}}}
 MALFORMED_BODY: dict[int | str, dict[str, Any]] = {
-    400: {
-        "description": "Malformed request body",
-        "content": {"application/json": {"schema": {"properties": {"detail": {"type": "string"}}, "type": "object"}}},
-    }
+    400: {"description": "Malformed request body", "content": _DETAIL},
+    413: {"description": "Content too large", "content": _DETAIL},
 }
 
 

@@ -45,3 +45,11 @@ async def slow(name: str, background_tasks: BackgroundTasks, tasks: int = 1, sec
     for index in range(tasks):
         background_tasks.add_task(slow_write, f"{name}-{index}", seconds)
     return {"queued": tasks}
+
+
+@app.post("/sleep")
+async def sleep(seconds: float = 30.0) -> dict[str, float]:
+    """A handler still running at shutdown: it notes that it started, then sleeps."""
+    notification_log.append("sleeping\n")
+    await asyncio.sleep(seconds)
+    return {"slept": seconds}
