@@ -11,7 +11,7 @@ the same interpreter and the same Dependencies layer, so the ratio compares like
 Each import sample is a fresh interpreter that imports one module and prints how long the
 import took; the process's own wall time (interpreter start and exit included) is recorded too.
 Each first-response sample is what Lambda does at a cold start: a fresh ``python -m
-awslambdaric HANDLER`` process against the Runtime API emulator (``tests.support.runtime_api``),
+awslambdaric HANDLER`` process against the Runtime API emulator (``infra.runtime_api``),
 with one HTTP API request (``GET /health``; the baseline's ``GET /``) waiting; measured from
 just before the process is started to the response arriving at the emulator: interpreter
 start, the runtime client, the import (the extension registers), init, the first request.
@@ -41,7 +41,7 @@ from bench import artifacts
 from bench.env import PYTHON, ROOT, child_env, progress
 from bench.lambda_runtime import health_event
 from bench.model import Distribution, Section, Table, Target, fmt, fmt_ratio, median, percentile, ratio
-from tests.support.runtime_api import RuntimeApiEmulator, RuntimeClientProcess, load_event
+from infra.runtime_api import RuntimeApiEmulator, RuntimeClientProcess, load_event
 
 BASELINE = "bench.baselines.hello"
 BASELINE_FILES = ("bench/__init__.py", "bench/baselines/__init__.py", "bench/baselines/hello.py")

@@ -26,8 +26,7 @@ from pathlib import Path
 
 from bench.env import PYTHON, ROOT, child_env, progress
 from bench.model import Distribution, Section, Table, Target, fmt, fmt_ratio, median, percentile, ratio
-from tests.support.logs import parse_json_lines
-from tests.support.servers import ServerProcess, free_port, wait_until_healthy
+from infra.servers import ServerProcess, free_port, parse_json_lines, wait_until_healthy
 
 PATH = "/send-notification/jane.doe@example.com"
 GRACE = "30"

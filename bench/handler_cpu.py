@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from bench.lambda_runtime import EVENT, health_event
-from tests.support.runtime_api import load_event
+from infra.runtime_api import load_event
 
 CALLS, ROUNDS = 400, 5
 

@@ -3,7 +3,7 @@
 Each row injects one fault into real processes, with moto's server on 127.0.0.1 as SQS and
 DynamoDB (the worker's idempotency table), then lets the container worker (``python -m
 shared.worker``) drain what was handed off or left in the queue, and counts, from the tasks'
-own side effects (``tests.support.handoff_tasks`` appends ``done <label>`` to a file), what
+own side effects (``bench.handoff_tasks`` appends ``done <label>`` to a file), what
 completed where and how many times:
 
 - (a) Lambda deadline shorter than the tasks: the real runtime client against the Runtime API
@@ -39,7 +39,7 @@ from bench.env import PYTHON, ROOT, child_env, progress
 from bench.model import Distribution, Section, Table, Target, fmt, percentile
 
 LATENCY_TARGET_MS = 50.0
-TASK_MODULES = "tests.support.handoff_tasks"
+TASK_MODULES = "bench.handoff_tasks"
 TABLE = "bench-handoff-idempotency"
 SETTLE_S = 2.0
 
@@ -66,7 +66,7 @@ class Row:
 
 
 def _events(output: str) -> list[dict[str, Any]]:
-    from tests.support.logs import parse_json_lines
+    from infra.servers import parse_json_lines
 
     return parse_json_lines(output)
 
@@ -79,9 +79,9 @@ def _named(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 def _moto() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
+    from infra.servers import free_port
     from shared import aws
     from shared.settings import get_settings
-    from tests.support.servers import free_port
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -134,7 +134,7 @@ def _wait(condition: Callable[[], bool], timeout: float) -> bool:
 
 
 def _start_worker(env: dict[str, str]) -> Any:
-    from tests.support.servers import ServerProcess
+    from infra.servers import ServerProcess
 
     return ServerProcess([PYTHON, "-m", "shared.worker"], env, port=0)
 
@@ -154,8 +154,8 @@ def _drain(env: dict[str, str], queue_url: str, timeout: float = 60.0) -> list[d
 def _count(
     row: Row, done: Path, labels: list[str], api_events: list[dict[str, Any]], worker_events: list[dict[str, Any]]
 ) -> None:
+    from bench.handoff_tasks import completions
     from infra.lifecycle_check import orphans
-    from tests.support.handoff_tasks import completions
 
     row.orphans = orphans([[json.dumps(e) for e in api_events], [json.dumps(e) for e in worker_events]])
     completed = completions(done)
@@ -186,8 +186,8 @@ def _count(
 
 
 def lambda_deadline(workdir: Path, endpoint: str, invocations: int) -> Row:
-    from tests.support.lambda_events import http_api_event
-    from tests.support.runtime_api import lambda_environment
+    from infra.lambda_events import http_api_event
+    from infra.runtime_api import lambda_environment
 
     row = Row("a", "Lambda deadline shorter than the tasks", "runtime client + Runtime API emulator")
     queue_url = _queue("bench-handoff-a")
@@ -195,7 +195,7 @@ def lambda_deadline(workdir: Path, endpoint: str, invocations: int) -> Row:
     done.unlink(missing_ok=True)
     env = _env(workdir, endpoint, queue_url)
     labels: list[str] = []
-    with lambda_environment("tests.support.handoff_app.handler", env=env) as api:
+    with lambda_environment("bench.handoff_app.handler", env=env) as api:
         for index in range(invocations):
             query = {"path": str(done), "label": f"a{index}", "count": "4", "seconds": "0.5"}
             api.invoke(http_api_event("/tasks/work", query=query), timeout_s=2.3, timeout=30).wait_free(30)
@@ -208,7 +208,7 @@ def lambda_deadline(workdir: Path, endpoint: str, invocations: int) -> Row:
 def container_shutdown(workdir: Path, endpoint: str, rounds: int) -> Row:
     import httpx
 
-    from tests.support.servers import start_function
+    from infra.servers import start_function
 
     row = Row("b", "SIGTERM, 2 s grace, 20 registered tasks queued", "uvicorn (python -m shared.serve)")
     queue_url = _queue("bench-handoff-b")
@@ -218,7 +218,7 @@ def container_shutdown(workdir: Path, endpoint: str, rounds: int) -> Row:
     labels: list[str] = []
     api_events: list[dict[str, Any]] = []
     for round_ in range(rounds):
-        server = start_function("handoff", env, "--app", "tests.support.handoff_app:app")
+        server = start_function("handoff", env, "--app", "bench.handoff_app:app")
         try:
             time.sleep(SETTLE_S)  # a container runs a while before its SIGTERM: the SQS client is ready by then
             for request in range(4):
@@ -241,16 +241,16 @@ def container_shutdown(workdir: Path, endpoint: str, rounds: int) -> Row:
 
 
 def _send(queue_url: str, done: Path, labels: list[str], seconds: float) -> None:
+    from bench.handoff_tasks import work
     from shared.background.sqs import SqsBackend
     from shared.background.task import QueuedTask
-    from tests.support.handoff_tasks import work
 
     tasks = [QueuedTask(work, (str(done), label, seconds), {}, "tests.handoff.work", timeout=1.0) for label in labels]
     asyncio.run(SqsBackend(queue_url).send_now(tasks, {}))
 
 
 def worker_fault(workdir: Path, endpoint: str, kill: bool) -> Row:
-    from tests.support.handoff_tasks import completions
+    from bench.handoff_tasks import completions
 
     key = "d" if kill else "c"
     row = Row(

@@ -1,7 +1,7 @@
 """Measurement 1: Lambda time-to-response and time-until-environment-free.
 
 The real runtime client (``awslambdaric``) serves each handler in its own process against
-the Runtime + Extensions API emulator of the tests (``tests.support.runtime_api``), which
+the Runtime + Extensions API emulator of the tests (``infra.runtime_api``), which
 records when the response arrived and when the environment became free (the runtime and
 every extension asked for their next event: the moment Lambda could freeze it or hand out
 the next invocation, and until which it bills). All six environments run at once and take
@@ -26,7 +26,7 @@ from typing import Any
 
 from bench.env import ROOT, progress
 from bench.model import Distribution, Section, Table, Target, fmt, fmt_ratio, median, ratio, summary_row
-from tests.support.runtime_api import LambdaEnvironment, RuntimeApiEmulator, RuntimeClientProcess, load_event
+from infra.runtime_api import LambdaEnvironment, RuntimeApiEmulator, RuntimeClientProcess, load_event
 
 EVENT = "notifications-send-notification-http-api.json"
 NO_TASK = -1

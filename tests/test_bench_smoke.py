@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.report import README_END, README_START, update_readme
-from tests.support.servers import ROOT
+from infra.servers import ROOT
 
 README = f"# Project\n\n## Benchmarks\n\n{README_START}\nstale table\n{README_END}\n\n## After\n"
 

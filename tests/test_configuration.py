@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
+from infra.runtime_api import InitFailed, RuntimeApiEmulator, RuntimeClientProcess
+from infra.servers import ROOT
 from shared.settings import EXIT_CONFIGURATION, ConfigurationError, load_settings
-from tests.support.runtime_api import InitFailed, RuntimeApiEmulator, RuntimeClientProcess
-from tests.support.servers import ROOT
 
 QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/fastapi-tasks"
 

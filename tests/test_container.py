@@ -22,13 +22,13 @@ from packaging.utils import canonicalize_name
 from PIL import Image
 
 from infra.sam_build import PRUNED, pruned_imports
+from infra.servers import eventually, free_port
 from shared.settings import Settings
 from tests.support.engine import Container, docker, running, start
 from tests.support.lock import locked_versions
 from tests.support.moto_server import LocalAws, running_moto
 from tests.support.pillow_check import PILLOW_CHECK
 from tests.support.sam import ROOT, function_folders
-from tests.support.servers import eventually, free_port
 
 SITE_PACKAGES = "/opt/venv/lib/python3.12/site-packages"
 NOTIFICATION = "notification for foo@example.com: some notification\n"

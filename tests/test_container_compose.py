@@ -17,11 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from infra.servers import eventually, parse_json_lines
 from tests.support.engine import docker, unique_name
-from tests.support.logs import parse_json_lines
 from tests.support.moto_server import LocalAws
 from tests.support.sam import ROOT
-from tests.support.servers import eventually
 
 COMPOSE_FILE = ROOT / "infra" / "docker-compose.yml"
 # docker compose stop's default: SIGTERM, then SIGKILL after 10 s.

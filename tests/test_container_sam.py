@@ -26,16 +26,15 @@ import httpx
 import pytest
 
 from infra import sam_local
+from infra.lambda_events import sqs_event
+from infra.runtime_api import EVENTS_DIR
+from infra.servers import ServerProcess, eventually, free_port, parse_json_lines
 from infra.template import template
 from shared.settings import Settings
 from tests.support.engine import docker, unique_name
 from tests.support.fixtures import Build
-from tests.support.lambda_events import sqs_event
-from tests.support.logs import parse_json_lines
 from tests.support.moto_server import LocalAws
-from tests.support.runtime_api import EVENTS_DIR
 from tests.support.sam import logical_id, run_sam, sam_environment
-from tests.support.servers import ServerProcess, eventually, free_port
 
 # Every HTTP event of infra/events (every front door: HTTP API, REST API, ALB, Function URL),
 # with the function its name starts with: a new function's events need no edit here.

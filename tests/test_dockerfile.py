@@ -24,9 +24,9 @@ import pytest
 import yaml
 
 from infra.durable_resources import DEFAULT_QUEUE_NAME
-from tests.support.runtime_api import lambda_environment, load_event
+from infra.runtime_api import lambda_environment, load_event
+from infra.servers import ServerProcess, free_port, wait_until_healthy
 from tests.support.sam import ROOT, function_folders
-from tests.support.servers import ServerProcess, free_port, wait_until_healthy
 
 DOCKERFILE = ROOT / "Dockerfile"
 IMAGE_VENV = "/opt/venv"

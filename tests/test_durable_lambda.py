@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from infra.lambda_events import http_api_event
+from infra.runtime_api import lambda_environment
 from tests.support import sqs_tasks
-from tests.support.lambda_events import http_api_event
-from tests.support.runtime_api import lambda_environment
 from tests.support.sqs_queues import DurableAws, durable_aws_server, subprocess_env
 
 EMAIL = "jane.doe@example.com"

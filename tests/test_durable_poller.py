@@ -16,14 +16,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from functions.notifications.app import app as notifications_app
+from infra.servers import ServerProcess, parse_json_lines
 from shared import aws
 from shared.background.sqs import SqsBackend
 from shared.background.task import QueuedTask
 from shared.settings import ConfigurationError, get_settings
 from shared.worker import Poller, Worker
 from tests.support import sqs_tasks
-from tests.support.logs import LogCapture, parse_json_lines
-from tests.support.servers import ServerProcess
+from tests.support.logs import LogCapture
 from tests.support.sqs_queues import DurableAws, durable_aws_server, executor_from_settings, subprocess_env
 
 EMAIL = "jane.doe@example.com"

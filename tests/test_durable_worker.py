@@ -16,13 +16,13 @@ from fastapi.testclient import TestClient
 from functions.notifications.app import app as notifications_app
 from functions.worker.app import app as worker_app
 from functions.worker.app import handler
+from infra.servers import ROOT
 from shared.background.errors import TaskStuck
 from shared.background.sqs import SqsBackend
 from shared.background.task import QueuedTask
 from shared.worker import Worker, make_sqs_handler
 from tests.support import sqs_tasks
 from tests.support.logs import LogCapture
-from tests.support.servers import ROOT
 from tests.support.sqs_queues import DurableAws, FakeLambdaContext, durable_aws, executor_from_settings
 
 EMAIL = "jane.doe@example.com"

@@ -8,8 +8,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from infra.runtime_api import RuntimeApiEmulator, runtime_takes_an_invocation
 from shared.background.extensions_api import ExtensionsApiClient
-from tests.support.runtime_api import RuntimeApiEmulator, runtime_takes_an_invocation
 
 
 def test_event_next_ends_an_invocation_before_anyone_read_its_invoke() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support.runtime_api import load_event
+from infra.runtime_api import load_event
 from tests.support.sam import function_folders, http_functions
 
 EVENT_SHAPES = ("http-api", "apigw-v1", "alb", "function-url")

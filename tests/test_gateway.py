@@ -8,8 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.logs import parse_json_lines
-from tests.support.servers import start_function
+from infra.servers import parse_json_lines, start_function
 
 
 def test_a_path_no_route_serves_is_logged_as_a_masked_path_not_as_the_mount(tmp_path: Path) -> None:

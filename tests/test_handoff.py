@@ -17,18 +17,18 @@ from typing import Any
 import httpx
 import pytest
 
+from bench import handoff_tasks
+from infra.lambda_events import http_api_event
+from infra.runtime_api import lambda_environment
+from infra.servers import parse_json_lines, start_function
 from shared.background import build_executor, handoff
 from shared.background.runner import run_tasks
 from shared.background.task import QueuedTask
 from shared.worker import Worker
-from tests.support import handoff_tasks
-from tests.support.lambda_events import http_api_event
-from tests.support.logs import LogCapture, parse_json_lines
-from tests.support.runtime_api import lambda_environment
-from tests.support.servers import start_function
+from tests.support.logs import LogCapture
 from tests.support.sqs_queues import DurableAws, FakeLambdaContext, durable_aws, durable_aws_server, subprocess_env
 
-TASK_MODULES = "tests.support.handoff_tasks"
+TASK_MODULES = "bench.handoff_tasks"
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_on_lambda_a_task_that_would_cross_the_deadline_is_handed_off_and_the_wo
 ) -> None:
     done = tmp_path / "done.txt"
     env = subprocess_env(durable_server, LAMBDA_DEADLINE_MARGIN_MS="1000")
-    with lambda_environment("tests.support.handoff_app.handler", env=env) as api:
+    with lambda_environment("bench.handoff_app.handler", env=env) as api:
         configured = api.logs("handoff.configured")
         event = http_api_event(
             "/tasks/work",
@@ -96,7 +96,7 @@ def test_on_lambda_a_task_that_would_cross_the_deadline_is_handed_off_and_the_wo
     assert not [e for e in of(logs, "task.timed_out") if e["task"] == "tests.handoff.work"]
 
     # The unregistered task was cut at the deadline, and its line says why it could not be saved.
-    [cut] = [e for e in of(logs, "task.timed_out") if e["task"] == "tests.support.handoff_tasks.plain"]
+    [cut] = [e for e in of(logs, "task.timed_out") if e["task"] == "bench.handoff_tasks.plain"]
     assert cut["handoff"] == "not possible: unregistered"
 
     messages = durable_server.receive_all()
@@ -112,7 +112,7 @@ def test_on_lambda_a_task_that_would_cross_the_deadline_is_handed_off_and_the_wo
 
 def start_server(durable: DurableAws, tmp_path: Path, grace_s: str) -> Any:
     env = subprocess_env(durable, SHUTDOWN_GRACE_SECONDS=grace_s, NOTIFICATION_LOG_PATH=str(tmp_path / "n.log"))
-    return start_function("handoff", env, "--app", "tests.support.handoff_app:app")
+    return start_function("handoff", env, "--app", "bench.handoff_app:app")
 
 
 def post(server: Any, kind: str, **query: Any) -> None:
@@ -171,7 +171,7 @@ def test_sigterm_hands_off_what_cannot_finish_in_the_grace_and_the_worker_runs_e
     # no task.cancelled; the at-most-once one and the unregistered one are cut, saying why.
     assert "tests.handoff.resumable" not in cancelled
     assert cancelled["tests.handoff.fragile"]["handoff"] == "not possible: already running and at_most_once"
-    assert cancelled["tests.support.handoff_tasks.plain"]["handoff"] == "not possible: unregistered"
+    assert cancelled["bench.handoff_tasks.plain"]["handoff"] == "not possible: unregistered"
     assert "tests.handoff.resumable" in {e["task"] for e in handed_off.values()}
 
     messages = durable_server.receive_all()

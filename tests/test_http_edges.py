@@ -19,10 +19,10 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ConfigDict
 
+from infra.lambda_events import http_api_event
 from shared.app import create_app
 from shared.background.routing import TaskRoute
 from shared.lambda_handler import make_handler
-from tests.support.lambda_events import http_api_event
 from tests.support.logs import LogCapture
 
 EDGE_VALUES = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", '"a\\ud800b"', '"\\udfff"', '"\\ud83d"']

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from infra.runtime_api import RuntimeApiEmulator
 from shared.background.lambda_extension import LambdaExtensionBackend
 from shared.background.task import QueuedTask
 from tests.support.logs import LogCapture
-from tests.support.runtime_api import RuntimeApiEmulator
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.lambda_events import http_api_event
+from infra.lambda_events import http_api_event
 from tests.support.logs import LogCapture
 
 EMAIL = "foo@example.com"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from shared.background.extensions_api import ExtensionsApiClient, ExtensionsApiError
-from tests.support.runtime_api import (
+from infra.runtime_api import (
     ExternalExtension,
     RuntimeApiEmulator,
     RuntimeClientProcess,
     runtime_takes_an_invocation,
 )
+from shared.background.extensions_api import ExtensionsApiClient, ExtensionsApiError
 
 
 def test_internal_extensions_may_not_register_for_shutdown() -> None:

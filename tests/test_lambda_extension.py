@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.lambda_events import http_api_event
-from tests.support.runtime_api import (
+from infra.lambda_events import http_api_event
+from infra.runtime_api import (
     ExternalExtension,
     Invocation,
     LambdaEnvironment,

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.lambda_events import http_api_event
+from infra.lambda_events import http_api_event
+from infra.runtime_api import InitFailed, lambda_environment
 from tests.support.logs import LogCapture
-from tests.support.runtime_api import InitFailed, lambda_environment
 
 
 def startups(log_file: Path) -> list[str]:

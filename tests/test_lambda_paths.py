@@ -19,12 +19,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from infra.lambda_events import SHAPES, shaped_event
 from infra.local_resources import create_table
+from infra.runtime_api import lambda_environment
 from infra.template import template
 from shared.settings import get_settings
 from tests.support.aws_resources import AwsState
-from tests.support.lambda_events import SHAPES, shaped_event
-from tests.support.runtime_api import lambda_environment
 from tests.support.sqs_queues import durable_aws_server, subprocess_env
 
 HTTP_FUNCTIONS = ["notifications", "users", "uploads", "items"]

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from infra.lifecycle_check import main, orphans
+from infra.servers import ServerProcess
 from tests.support import lifecycle
 from tests.support.sam import ROOT
-from tests.support.servers import ServerProcess
 
 CLOCK = iter(range(10_000))
 

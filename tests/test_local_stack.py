@@ -25,11 +25,10 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from infra.lifecycle_check import orphans
+from infra.servers import eventually, free_port, parse_json_lines
 from shared.settings import Settings
 from tests.support import lifecycle
-from tests.support.logs import parse_json_lines
 from tests.support.sam import ROOT, function_folders
-from tests.support.servers import eventually, free_port
 
 T = TypeVar("T")
 

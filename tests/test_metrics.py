@@ -17,12 +17,12 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from infra.lambda_events import http_api_event
+from infra.runtime_api import lambda_environment
+from infra.servers import ROOT, start_function
 from shared import metrics
 from shared.metrics import names
 from shared.metrics.emf import EmfRecorder
-from tests.support.lambda_events import http_api_event
-from tests.support.runtime_api import lambda_environment
-from tests.support.servers import ROOT, start_function
 
 TEST_APP = "tests.support.lambda_app.handler"
 NAMESPACE = "tests-namespace"
@@ -350,7 +350,7 @@ def test_several_uvicorn_workers_sum_their_counts_with_prometheus_multiproc_dir(
     """Not what shared.serve runs (one process per container), but safe when someone runs --workers N."""
     import sys
 
-    from tests.support.servers import ServerProcess, free_port, wait_until_healthy
+    from infra.servers import ServerProcess, free_port, wait_until_healthy
 
     requests = 40
     values = tmp_path / "prometheus"
@@ -386,8 +386,7 @@ def test_several_uvicorn_workers_without_a_shared_directory_are_warned(tmp_path:
     """Each process would report only its own counts: every worker says so, with the fix, as it starts."""
     import sys
 
-    from tests.support.logs import parse_json_lines
-    from tests.support.servers import ServerProcess, free_port, wait_until_healthy
+    from infra.servers import ServerProcess, free_port, parse_json_lines, wait_until_healthy
 
     port = free_port()
     server = ServerProcess(
@@ -412,7 +411,7 @@ def test_several_uvicorn_workers_without_a_shared_directory_are_warned(tmp_path:
 
 
 def test_one_process_is_not_warned(tmp_path: Path) -> None:
-    from tests.support.logs import parse_json_lines
+    from infra.servers import parse_json_lines
 
     server = start_function("all", {"NOTIFICATION_LOG_PATH": str(tmp_path / "log"), "LOG_FORMAT": "json"})
     try:

@@ -13,8 +13,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.logs import parse_json_lines
-from tests.support.servers import eventually, start_function
+from infra.servers import eventually, parse_json_lines, start_function
 
 
 def serve_slow(log_file: Path) -> Any:

@@ -23,15 +23,15 @@ import pytest
 from packaging.requirements import Requirement
 
 from infra import sam_build
+from infra.lambda_events import sqs_event
+from infra.runtime_api import Invocation, lambda_environment, load_event
 from infra.sam_build import GATED_LAYERS, SHARED_LAYER, canonical, lambda_python, pruned_imports
 from infra.sam_local import environment_variables
 from shared.settings import Settings
 from tests.support.fixtures import Build
-from tests.support.lambda_events import sqs_event
 from tests.support.lock import versions_differing_from_the_lock
 from tests.support.moto_server import LocalAws, running_moto
 from tests.support.pillow_check import PILLOW_CHECK
-from tests.support.runtime_api import Invocation, lambda_environment, load_event
 from tests.support.sam import (
     LAMBDA_RUNTIME,
     ROOT,

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from infra.scaffold import EXIT_NAME_REFUSED, EXIT_PROJECT, main, scaffold
+from infra.servers import free_port, wait_until_healthy
 from infra.template import Template
 from tests.support.sam import ROOT, SAM_HINT
-from tests.support.servers import free_port, wait_until_healthy
 
 FUNCTION_CHECKS = [
     "tests/test_template.py",

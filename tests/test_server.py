@@ -11,8 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.logs import parse_json_lines
-from tests.support.servers import ServerProcess, free_port, start_function, wait_until_healthy
+from infra.servers import ServerProcess, free_port, parse_json_lines, start_function, wait_until_healthy
 
 EMAIL = "foo@example.com"
 

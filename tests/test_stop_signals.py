@@ -16,10 +16,9 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from infra.durable_resources import create_idempotency_table, create_task_queues
+from infra.servers import ServerProcess, free_port, parse_json_lines, start_function
 from shared import aws
 from shared.settings import get_settings
-from tests.support.logs import parse_json_lines
-from tests.support.servers import ServerProcess, free_port, start_function
 from tests.support.sqs_queues import TABLE, DurableAws, durable_aws_server, subprocess_env
 
 STOP_SIGNALS = [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")]

@@ -24,18 +24,18 @@ from fastapi import BackgroundTasks, FastAPI
 from fastapi.testclient import TestClient
 from starlette.background import BackgroundTask
 
+from bench import handoff_tasks
+from infra.servers import ServerProcess, parse_json_lines, start_function
 from shared.app import create_app
 from shared.background import lifecycle
 from shared.background.events import TERMINAL
 from shared.background.task import QueuedTask
 from shared.metrics.names import COUNTERS, LOSSES, NOT_COUNTED
-from tests.support import handoff_tasks
-from tests.support.logs import LogCapture, parse_json_lines
-from tests.support.servers import ServerProcess, start_function
+from tests.support.logs import LogCapture
 from tests.support.sqs_queues import DurableAws, FakeLambdaContext, durable_aws_server, subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
-TASK_MODULES = "tests.support.handoff_tasks"
+TASK_MODULES = "bench.handoff_tasks"
 
 
 def of(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
@@ -58,7 +58,7 @@ def durable_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[DurableAws]:
 
 
 def start_handoff_server(env: dict[str, str]) -> ServerProcess:
-    return start_function("handoff", env, "--app", "tests.support.handoff_app:app")
+    return start_function("handoff", env, "--app", "bench.handoff_app:app")
 
 
 def stop_after(server: ServerProcess, seconds: float) -> tuple[int, list[dict[str, Any]]]:

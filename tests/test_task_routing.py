@@ -20,12 +20,12 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
+from infra.lambda_events import http_api_event
+from infra.runtime_api import InitFailed, LambdaEnvironment, lambda_environment
+from infra.servers import ServerProcess, free_port, parse_json_lines, start_function
 from shared.app import create_app
 from shared.background.install import TaskRoute, UnmanagedRouteError, install
-from tests.support.lambda_events import http_api_event
-from tests.support.logs import LogCapture, parse_json_lines
-from tests.support.runtime_api import InitFailed, LambdaEnvironment, lambda_environment
-from tests.support.servers import ServerProcess, free_port, start_function
+from tests.support.logs import LogCapture
 
 ROUTES = ["/v1/outer/fail/{label}", "/v1/outer/inner/fail/{label}", "/v1/outer/inner/late/{label}"]
 """A router's route, a nested router's (with its own route class), one declared after the include."""

@@ -11,12 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from functions.notifications.app import app as notifications_app
+from infra.lambda_events import http_api_event
+from infra.runtime_api import lambda_environment
 from shared import tracing
 from shared.worker import Worker
-from tests.support.lambda_events import http_api_event
 from tests.support.logs import LogCapture
 from tests.support.moto_sqs import keep_batch_system_attributes
-from tests.support.runtime_api import lambda_environment
 from tests.support.sqs_queues import (
     FakeLambdaContext,
     durable_aws,

@@ -15,10 +15,10 @@ from botocore.exceptions import ClientError
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from infra.servers import start_function
 from shared.settings import get_settings
 from tests.support.aws_resources import AwsState
 from tests.support.logs import LogCapture
-from tests.support.servers import start_function
 
 MiB = 1024 * 1024
 ENVELOPE = 64 * 1024

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from tests.support.logs import parse_json_lines
+from infra.servers import parse_json_lines
 from tests.support.sam import ROOT
 
 REQUIRE_ENGINE = "REQUIRE_CONTAINER_ENGINE"

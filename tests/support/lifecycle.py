@@ -21,8 +21,8 @@ from collections.abc import Generator, Iterator
 import pytest
 
 from infra.lifecycle_check import orphans
-from tests.support.runtime_api import RuntimeClientProcess
-from tests.support.servers import ServerProcess
+from infra.runtime_api import RuntimeClientProcess
+from infra.servers import ServerProcess
 
 MARK = "tasks_may_be_lost"
 

@@ -17,16 +17,3 @@ class LogCapture:
 
     def named(self, event: str, **match: Any) -> list[dict[str, Any]]:
         return [e for e in self.events if e["event"] == event and all(e.get(k) == v for k, v in match.items())]
-
-
-def parse_json_lines(text: str) -> list[dict[str, Any]]:
-    """JSON events from a process's output, skipping anything that is not a JSON object."""
-    events = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return events

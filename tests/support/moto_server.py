@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 
 from infra.sam_local import provision
-from tests.support.servers import ServerProcess, free_port, wait_until_healthy
+from infra.servers import ServerProcess, free_port, wait_until_healthy
 
 REGION = "us-east-1"
 

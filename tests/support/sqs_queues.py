@@ -16,11 +16,11 @@ from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from infra.durable_resources import TaskQueues, create_idempotency_table, create_task_queues
+from infra.servers import free_port
 from shared import aws
 from shared.background import build_executor
 from shared.settings import get_settings
 from shared.worker.poller import lambda_record
-from tests.support.servers import free_port
 
 TABLE = "tests-idempotency"
 

@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlencode
 
-from tests.support.runtime_api import load_event
+from infra.runtime_api import load_event
 
 _HTTP_API = load_event("notifications-send-notification-http-api.json")
 _REST_API = load_event("notifications-send-notification-apigw-v1.json")
@@ -126,7 +126,7 @@ def sqs_event(messages: list[dict[str, Any]]) -> dict[str, Any]:
             messageId=message["MessageId"],
             receiptHandle=message["ReceiptHandle"],
             body=message["Body"],
-            md5OfBody=hashlib.md5(message["Body"].encode()).hexdigest(),
+            md5OfBody=hashlib.md5(message["Body"].encode(), usedforsecurity=False).hexdigest(),  # SQS's MD5OfBody
         )
         record["attributes"]["ApproximateReceiveCount"] = message["Attributes"]["ApproximateReceiveCount"]
         records.append(record)

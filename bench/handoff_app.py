@@ -6,9 +6,9 @@ from typing import Any, Literal
 
 from fastapi import BackgroundTasks
 
+from bench import handoff_tasks
 from shared.app import create_app
 from shared.lambda_handler import make_handler
-from tests.support import handoff_tasks
 
 app = create_app("handoff-test")
 

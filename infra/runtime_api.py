@@ -6,7 +6,7 @@ command) and ``make bench`` (plain Mangum against this template). Everything bin
 
 Typical use::
 
-    from tests.support.runtime_api import lambda_environment, load_event
+    from infra.runtime_api import lambda_environment, load_event
 
     with lambda_environment("functions.notifications.app.handler", env={"LOG_LEVEL": "INFO"}) as env:
         invocation = env.invoke(load_event("notifications-send-notification-http-api.json"))
@@ -84,9 +84,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tests.support.logs import parse_json_lines
+from infra.servers import parse_json_lines
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 EVENTS_DIR = ROOT / "infra" / "events"
 
 ACCOUNT_ID = "123456789012"
@@ -678,7 +678,7 @@ class RuntimeClientProcess:
         inherited = {key: value for key, value in os.environ.items() if not key.startswith("AWS_LAMBDA_")}
         self.env = {**inherited, **lambda_env(api, handler, cwd), **(env or {})}
         self.command = list(command or [sys.executable, "-m", "awslambdaric", handler])
-        self.process = subprocess.Popen(
+        self.process = subprocess.Popen(  # noqa: S603 (the runtime client of this interpreter, or the caller's command)
             self.command, cwd=cwd, env=self.env, stdout=self._output, stderr=subprocess.STDOUT
         )
         self.returncode: int | None = None
