@@ -25,7 +25,7 @@ from infra.template import template
 # The names of template.yaml's tables and buckets, as the functions get them (USERS_TABLE=...).
 os.environ.update(template().name_environment())
 
-from shared.background import handoff
+from shared.background import handoff, lifecycle
 from shared.logs import configure_logging
 from shared.settings import get_settings
 from tests.support.aws_resources import AwsState, mocked_aws
@@ -51,9 +51,12 @@ def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
 
 @pytest.fixture(autouse=True)
 def no_task_handoff_left_behind() -> Iterator[None]:
-    """A test that built an executor with a queue leaves no handoff (process-wide) to the next one."""
+    """A test that built an executor with a queue leaves no handoff (process-wide) to the next one,
+    and no open or ended task (the lifecycle's memory is process-wide too: tests reuse task ids)."""
+    lifecycle.reset()
     yield
     handoff.reset()
+    lifecycle.reset()
 
 
 @pytest.fixture

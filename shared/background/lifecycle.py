@@ -58,9 +58,10 @@ def accept(task: QueuedTask, backend: str) -> None:
     log.info(ACCEPTED, **fields)
 
 
-def open(task: QueuedTask, backend: str) -> None:
-    """A run of ``task`` begins here without a ``task.queued`` of this process (a worker's receive)."""
-    _open[task.task_id] = (_with_request_id(task_fields(task, backend)), time.monotonic())
+def open(fields: dict[str, Any]) -> None:
+    """A run of the task ``fields`` names begins here without a ``task.queued`` of this process: a
+    worker's receive (each receive of a message is a run of its own, with its own end)."""
+    _open[fields["task_id"]] = (_with_request_id(fields), time.monotonic())
 
 
 def _with_request_id(fields: dict[str, Any]) -> dict[str, Any]:

@@ -471,7 +471,7 @@ async def run_tasks(
     handoff = handoffs.current()
     for task in tasks:
         if not lifecycle.is_open(task.task_id):  # run without an executor's accept (tests, tools)
-            lifecycle.open(task, backend)
+            lifecycle.open(task_fields(task, backend))
     overruns: list[_Overrun] = []
     succeeded = 0
     for index, task in enumerate(tasks):

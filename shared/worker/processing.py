@@ -183,13 +183,14 @@ class Worker:
             ids = _ids_in(record.body)
             fields = {**ids, "backend": BACKEND_NAME, "message_id": record.message_id, "attempt": attempt}
             if "task_id" in fields:
+                lifecycle.open(fields)
                 lifecycle.end("task.rejected", fields, level="error", error=str(exc))
             else:
                 log.error("task.rejected", **fields, error=str(exc))
             self._dead_letter_if_last(record, attempt, None)
             raise
         fields = {"task": message.task, "task_id": message.task_id, "backend": BACKEND_NAME, "attempt": attempt}
-        lifecycle.open(QueuedTask(func, (), {}, message.task, task_id=message.task_id, attempt=attempt), BACKEND_NAME)
+        lifecycle.open(fields)
         trace = tracing.for_message(message.traceparent, record.attributes.aws_trace_header)
         with (
             structlog.contextvars.bound_contextvars(
