@@ -165,7 +165,7 @@ def test_an_unknown_make_target_is_reported_and_real_ones_are_not(tmp_path: Path
         {
             "README.md": """\
                 Run `make run`, `make run PORT=9000 -j2`, `make build-UsersFunction`, `make build-<LogicalId>`,
-                `make .venv/.installed`, `make` alone, and `make deploy ENV=prod`.
+                `make .venv/.installed`, `make` alone, `make deploy ENV=prod` and `cd app && make nope`.
 
                 ```console
                 $ make test && make lint
@@ -182,6 +182,7 @@ def test_an_unknown_make_target_is_reported_and_real_ones_are_not(tmp_path: Path
     )
     assert docs_check.unknown_make_targets(docs, Makefile(MAKEFILE)) == [
         "README.md:2: make deploy: no such target in the Makefile",
+        "README.md:2: make nope: no such target in the Makefile",
         "README.md:5: make lint: no such target in the Makefile",
         "README.md:12: make bench: no such target in the Makefile",
     ]

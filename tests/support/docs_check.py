@@ -90,20 +90,15 @@ def broken_links(docs: Iterable[Doc]) -> list[str]:
             where = f"{doc.name}:{link.line}: ({link.target})"
             file = _link_file(doc, link.target) or doc.path
             if not file.exists():
-                problems.append(f"{where} no such file {_shown(file, doc)}")
+                problems.append(f"{where} no such file {doc.shown(file)}")
                 continue
             _, _, anchor = link.target.partition("#")
             if not anchor or file.suffix != ".md":
                 continue
-            target_doc = by_path.get(file) or Doc.read(file, file.parent)
+            target_doc = by_path.get(file) or Doc.read(file, doc.root)
             if anchor not in target_doc.anchors:
-                problems.append(f"{where} no heading makes #{anchor} in {_shown(file, doc)}")
+                problems.append(f"{where} no heading makes #{anchor} in {doc.shown(file)}")
     return problems
-
-
-def _shown(file: Path, doc: Doc) -> str:
-    root = doc.path.parents[len(Path(doc.name).parents) - 1]
-    return file.relative_to(root).as_posix() if file.is_relative_to(root) else str(file)
 
 
 # ---- make targets ------------------------------------------------------------------------------
@@ -160,15 +155,18 @@ def make_mentions(docs: Iterable[Doc]) -> Iterator[tuple[Doc, int, str]]:
     """``(doc, line, target)`` for each target of each ``make`` command the docs show."""
     for doc in docs:
         for span in doc.code_spans:
-            if span.text.startswith("make "):
-                yield from ((doc, span.line, target) for target in _targets(span.text))
+            yield from ((doc, span.line, target) for target in _make_targets(span.text))
         prompted = {line.block for line in doc.code_lines if _PROMPT.match(line.text)}
         for line in doc.code_lines:
-            if line.block in prompted and not _PROMPT.match(line.text):
-                continue  # output of a command shown with a prompt
-            for part in re.split(r"&&|\|\||;|\|", _PROMPT.sub("", line.text)):
-                if part.strip().startswith("make "):
-                    yield from ((doc, line.line, target) for target in _targets(part.strip()))
+            if line.block not in prompted or _PROMPT.match(line.text):  # else the output of a command
+                yield from ((doc, line.line, target) for target in _make_targets(line.text))
+
+
+def _make_targets(text: str) -> Iterator[str]:
+    """The targets of each ``make`` command of a shell line (``$ make a && make b VAR=1``)."""
+    for command in re.split(r"&&|\|\||;|\|", _PROMPT.sub("", text)):
+        if command.strip().startswith("make "):
+            yield from _targets(command.strip())
 
 
 def _targets(command: str) -> Iterator[str]:

@@ -48,15 +48,23 @@ class Link:
 
 @dataclass
 class Doc:
-    """One Markdown file: ``path`` absolute, ``name`` as reports show it (relative to the repository)."""
+    """One Markdown file of the repository at ``root``: ``path`` absolute, ``name`` relative to ``root``."""
 
     path: Path
-    name: str
+    root: Path
     text: str = field(repr=False)
 
     @classmethod
     def read(cls, path: Path, root: Path) -> Doc:
-        return cls(path, path.relative_to(root).as_posix(), path.read_text(encoding="utf-8"))
+        return cls(path, root, path.read_text(encoding="utf-8"))
+
+    @property
+    def name(self) -> str:
+        return self.shown(self.path)
+
+    def shown(self, path: Path) -> str:
+        """``path`` as reports show it: relative to the repository."""
+        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
 
     @cached_property
     def _split(self) -> tuple[str, list[CodeLine]]:
