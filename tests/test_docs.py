@@ -1,12 +1,21 @@
-"""The docs cannot rot: README.md, docs/ and the .md files they link to, checked against the repository.
+"""The docs cannot rot: README.md, docs/**/*.md and the .md files they link to, checked against the repository.
 
-How each check reads the Markdown (what counts as a link, a ``make`` command, an environment
-variable) is in ``tests/support/docs_check.py``'s docstring. In short: relative links and their
-``#anchors`` resolve (GitHub's heading slugs); every ``make X`` shown is a Makefile target; every
-variable shown (`` `UPPER_SNAKE` `` alone, or ``NAME=value``, ``$NAME``; ``INFO`` or ``POST`` are
-words) is read by the project or on the one allow-list, ``docs_check.ALLOWED``; every setting is
-documented; no absolute path of a machine. The tests below the repository's prove each check
-fails on a small tree made to break it.
+- Every relative link's file exists and every ``#anchor`` is a heading of its .md file, by GitHub's
+  slugs (lowercase; punctuation but ``-`` and ``_`` dropped; spaces to ``-``; code backticks
+  dropped; a repeated heading ``-1``, ``-2``).
+- Every ``make X`` in inline code or a code block's command is a Makefile target (pattern rules
+  count for what they match; ``VAR=value`` and flags skipped; output lines after a ``$`` prompt skipped).
+- Every environment variable the docs name is one the project reads (a setting, an ``os.environ``
+  read in the code or tests, the Makefile, Dockerfile, template.yaml, scripts) or on the one
+  allow-list, ``docs_check.ALLOWED``, each entry with its reason. A variable is an UPPER_SNAKE
+  word in inline code that is followed by ``=`` or written ``$NAME``, or that is the whole span and
+  has an ``_`` (a whole span naming a constant of the project's Python code is that constant); in
+  code blocks only ``NAME=value``. So `` `INFO` ``, `` `POST` `` or `` `SEARCH` `` are words.
+- Every setting's variable is named somewhere in the docs.
+- No doc shows an absolute path of a machine (a checkout, a home, /work, /root, pytest's tmp).
+
+The details are in ``tests/support/docs_check.py``; the tests after the repository's show each
+check failing, naming file and line, on a small tree made to break it.
 """
 
 from __future__ import annotations
@@ -203,7 +212,7 @@ def test_variables_are_told_from_words_by_context(tmp_path: Path) -> None:
         {
             "README.md": """\
                 `TASK_QUEUE_URL`, `METRICS=off`, `make run PORT=9000`, `functions.$FUNCTION.app`,
-                `LOG_LEVEL`: `INFO`; `POST /users`, `SEARCH`, `EnableJwtAuth=true`, `a_b`, `shared.X_Y`.
+                `LOG_LEVEL`: `INFO`; `_HANDLER`, `POST /users`, `SEARCH`, `EnableJwtAuth=true`, `a_b`, `shared.X_Y`.
 
                 ```console
                 $ docker run -e FUNCTION=users image
@@ -219,6 +228,7 @@ def test_variables_are_told_from_words_by_context(tmp_path: Path) -> None:
         (1, "PORT", True),
         (1, "FUNCTION", True),
         (2, "LOG_LEVEL", False),
+        (2, "_HANDLER", False),
         (5, "FUNCTION", True),
     ]
 

@@ -192,7 +192,7 @@ def unknown_make_targets(docs: Iterable[Doc], makefile: Makefile) -> list[str]:
 # ---- environment variables ---------------------------------------------------------------------
 
 _NAME = r"[A-Z][A-Z0-9_]*"
-_SNAKE = re.compile(r"_?[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")
+_SNAKE = re.compile(r"_?[A-Z][A-Z0-9_]*")
 _ASSIGNED = re.compile(rf"(?<![\w.$-])({_NAME})=")
 _DOLLAR = re.compile(rf"\$\{{?({_NAME})\b")
 
@@ -212,7 +212,7 @@ def variable_mentions(docs: Iterable[Doc]) -> Iterator[Mention]:
         for span in doc.code_spans:
             assigned = set(_ASSIGNED.findall(span.text)) | set(_DOLLAR.findall(span.text))
             yield from (Mention(doc, span.line, name, True) for name in sorted(assigned))
-            if _SNAKE.fullmatch(span.text) and span.text not in assigned:
+            if _SNAKE.fullmatch(span.text) and "_" in span.text and span.text not in assigned:
                 yield Mention(doc, span.line, span.text, False)
         for line in doc.code_lines:
             yield from (Mention(doc, line.line, name, True) for name in _ASSIGNED.findall(line.text))
