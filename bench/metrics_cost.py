@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from bench.env import ROOT
 from bench.model import Section, Table, Target, fmt, median, percentile
 from bench.task_overhead import EMAIL_PATH, _asgi
+from infra.paths import shown
 from shared.logs import configure_logging
 from shared.settings import get_settings
 
@@ -272,7 +273,7 @@ def _section(
         key="metrics",
         title="6. Metrics and trace ids",
         intro=(
-            f"Import: {len(imports)} fresh interpreters (`{sys.executable}`, bytecode cached), with "
+            f"Import: {len(imports)} fresh interpreters (`{shown(sys.executable)}`, bytecode cached), with "
             "`AWS_LAMBDA_RUNTIME_API` set. Requests: "
             f"{requests} per round, {rounds} rounds, variants interleaved, one process, logs into os.devnull. "
             "The share is judged on two costs timed alone (20,000 iterations, CPU time), which a difference of two "

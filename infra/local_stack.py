@@ -51,6 +51,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from infra.paths import shown
+
 ROOT = Path(__file__).resolve().parents[1]
 DRAIN_SECONDS = 30.0
 """On Ctrl-C: how long the worker may take to empty the queue once the functions stopped
@@ -233,7 +235,7 @@ class LocalStack:
             "",
             f"  {'local AWS':<{width}}{self.aws_url}   (moto; dashboard: {self.aws_url}/moto-api/)",
             f"  {'task queue':<{width}}{resources['task_queue_url']}   durable tasks: {env['DURABLE_TASKS'] or '-'}",
-            f"  {'notification log':<{width}}{log_path if log_path.is_absolute() else ROOT / log_path}",
+            f"  {'notification log':<{width}}{shown(ROOT / log_path)}",
             f"  {'metrics':<{width}}{self.url}/metrics   (functions; Prometheus text format)",
             f"  {'':<{width}}http://{self.host}:{self.metrics_port}/metrics   (worker)",
             "",
