@@ -89,7 +89,7 @@ sam-build-ready:
 	@test -x $(PY) || $(MAKE) sync
 	@test -f $(LAMBDA_READY) || $(MAKE) $(LAMBDA_READY)
 
-bench: sync sync-sam $(LAMBDA_READY) ## template vs plain FastAPI and Mangum: bench/results.md, README table
+bench: sync sync-sam $(LAMBDA_READY) ## template vs plain FastAPI and Mangum: bench/results.md, docs/benchmarks.md table
 	$(PY) -m bench
 
 # ENV=dev or ENV=prod: that samconfig.toml environment (its stack and parameters), no questions.
@@ -97,7 +97,7 @@ deploy: sam-build ## sam build, then sam deploy --guided; ENV=dev|prod: deploy t
 	$(SAM) deploy $(if $(ENV),--config-env $(ENV),--guided)
 
 # What `make deploy` does, against moto's CloudFormation on 127.0.0.1, then read back and deleted
-# (infra/deploy_rehearsal.py; README "Deploy"). Nothing reaches AWS.
+# (infra/deploy_rehearsal.py; docs/deploy.md). Nothing reaches AWS.
 deploy-rehearsal: sync sync-sam $(LAMBDA_READY) ## sam build, package, deploy, delete against moto on 127.0.0.1, checked
 	$(PY) -m infra.deploy_rehearsal $(if $(ENV),--config-env $(ENV))
 

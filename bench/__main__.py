@@ -2,7 +2,7 @@
 
 Writes ``bench/results.md`` (tables, targets and why), ``bench/results.png`` (the
 distributions), ``bench/raw/results.json`` (every sample) and the table between the
-README's bench markers. ``--quick`` runs each measurement with tiny counts (a smoke run
+bench markers of ``docs/benchmarks.md``. ``--quick`` runs each measurement with tiny counts (a smoke run
 of the harness: its numbers mean nothing). Exits 1 if a measurement could not run.
 """
 
@@ -24,8 +24,10 @@ from pathlib import Path
 from bench import artifacts, cold_start, container, handoff, lambda_runtime, metrics_cost, task_overhead
 from bench.env import ROOT, progress
 from bench.model import Section, Target
-from bench.report import plot, readme_block, render_markdown, update_readme
+from bench.report import plot, render_markdown, results_block, update_results_doc
 
+# The document whose table between the bench markers `make bench` rewrites.
+RESULTS_DOC = ROOT / "docs" / "benchmarks.md"
 MEASUREMENTS = ("lambda", "container", "cold_start", "task_overhead", "artifacts", "metrics", "handoff")
 
 
@@ -119,8 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         help="skip `sam build`: no artifact sizes; cold start imports this checkout in the dev venv (not judged)",
     )
     parser.add_argument("--output", type=Path, default=ROOT / "bench", help="where results.md and results.png go")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help="README whose bench block is rewritten")
-    parser.add_argument("--no-readme", action="store_true", help="leave the README alone")
+    parser.add_argument(
+        "--results-doc",
+        type=Path,
+        default=RESULTS_DOC,
+        help="document whose bench block (between the bench markers) is rewritten",
+    )
+    parser.add_argument("--no-results-doc", action="store_true", help="leave the results document alone")
     args = parser.parse_args(argv)
 
     selected = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -164,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     raw.mkdir(exist_ok=True)
     (raw / "results.json").write_text(json.dumps([asdict(section) for section in sections], indent=1))
     progress(f"wrote {results}" + (f" and {plot_path}" if plotted else ""))
-    if not args.no_readme:
+    if not args.no_results_doc:
         summary = f"Measured on {when} ({machine}, load average {load_before}); `make bench` reproduces it."
-        progress(update_readme(args.readme, readme_block(sections, summary)))
+        progress(update_results_doc(args.results_doc, results_block(sections, summary, results, args.results_doc)))
     for section in sections:
         for target in section.targets:
             progress(f"{target.verdict.strip('*'):>12}  {target.name}: {target.measured}")

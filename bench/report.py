@@ -1,7 +1,8 @@
-"""Turn the measurements into ``bench/results.md``, a PNG of the distributions, and the README table."""
+"""Turn the measurements into ``bench/results.md``, a PNG of the distributions and ``docs/benchmarks.md``'s table."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,8 +15,9 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from bench.model import Section, Table, Target
 
-README_START = "<!-- bench:start -->"
-README_END = "<!-- bench:end -->"
+# The results document's block that `make bench` rewrites (docs/benchmarks.md by default).
+BENCH_START = "<!-- bench:start -->"
+BENCH_END = "<!-- bench:end -->"
 
 
 def targets_table(targets: Sequence[Target]) -> Table:
@@ -41,25 +43,27 @@ def render_markdown(sections: Sequence[Section], header: str, plot_name: str | N
     return "\n".join(parts) + "\n"
 
 
-def readme_block(sections: Sequence[Section], summary: str) -> str:
+def results_block(sections: Sequence[Section], summary: str, results: Path, doc: Path) -> str:
+    """The targets table for ``doc``, linking to ``results`` by a path relative to ``doc``."""
     targets = [target for section in sections for target in section.targets]
     table = Table("Latest `make bench`", ["target", "goal", "measured", "verdict"])
     table.rows = [[t.name, t.goal, t.measured, t.verdict] for t in targets]
-    details = "Every table, the reasons and the plot: [bench/results.md](bench/results.md)."
+    link = Path(os.path.relpath(results.resolve(), doc.resolve().parent)).as_posix()
+    details = f"Every table, the reasons and the plot: [bench/results.md]({link})."
     return f"{summary}\n\n{table.markdown()}\n\n{details}"
 
 
-def update_readme(readme: Path, block: str) -> str:
+def update_results_doc(doc: Path, block: str) -> str:
     """Rewrite what lies between the bench markers; returns what happened, for the progress log."""
-    if not readme.exists():
-        return f"{readme.name} not found: README not updated"
-    text = readme.read_text()
-    pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.DOTALL)
+    if not doc.exists():
+        return f"{doc.name} not found: benchmark table not updated"
+    text = doc.read_text()
+    pattern = re.compile(re.escape(BENCH_START) + r".*?" + re.escape(BENCH_END), re.DOTALL)
     if not pattern.search(text):
-        return f"no {README_START} / {README_END} markers in {readme.name}: README not updated"
-    replacement = f"{README_START}\n{block}\n{README_END}"
-    readme.write_text(pattern.sub(lambda _: replacement, text, count=1))
-    return f"{readme.name}: benchmark table updated"
+        return f"no {BENCH_START} / {BENCH_END} markers in {doc.name}: benchmark table not updated"
+    replacement = f"{BENCH_START}\n{block}\n{BENCH_END}"
+    doc.write_text(pattern.sub(lambda _: replacement, text, count=1))
+    return f"{doc.name}: benchmark table updated"
 
 
 def plot(sections: Sequence[Section], path: Path) -> bool:

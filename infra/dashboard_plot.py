@@ -2,7 +2,7 @@
 
 ``python -m infra.dashboard_plot``: each widget at its grid position (24 columns), with its
 title and the metrics or SEARCH expressions it plots, read from the template itself, so the
-picture in README.md is the dashboard that gets deployed.
+picture in docs/observability.md is the dashboard that gets deployed.
 """
 
 from __future__ import annotations

@@ -9,20 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import README_END, README_START, update_readme
+from bench.__main__ import RESULTS_DOC
+from bench.model import Section, Target
+from bench.report import BENCH_END, BENCH_START, results_block, update_results_doc
 from infra.servers import ROOT
 
-README = f"# Project\n\n## Benchmarks\n\n{README_START}\nstale table\n{README_END}\n\n## After\n"
+DOC = f"# Benchmarks\n\n## Latest\n\n{BENCH_START}\nstale table\n{BENCH_END}\n\n## After\n"
 
 
 @pytest.mark.timeout(400)
-def test_quick_bench_writes_every_table_the_plot_and_the_readme_block(tmp_path: Path) -> None:
-    readme = tmp_path / "README.md"
-    readme.write_text(README)
+def test_quick_bench_writes_every_table_the_plot_and_the_results_doc_block(tmp_path: Path) -> None:
+    doc = tmp_path / "docs" / "benchmarks.md"
+    doc.parent.mkdir()
+    doc.write_text(DOC)
     output = tmp_path / "out"
 
     completed = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--no-sam", "--output", str(output), "--readme", str(readme)],
+        [sys.executable, "-m", "bench", "--quick", "--no-sam", "--output", str(output), "--results-doc", str(doc)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -72,18 +75,30 @@ def test_quick_bench_writes_every_table_the_plot_and_the_readme_block(tmp_path: 
     keys = ["lambda", "container", "cold_start", "task_overhead", "artifacts", "metrics", "handoff"]
     assert [section["key"] for section in raw] == keys
 
-    updated = readme.read_text()
+    updated = doc.read_text()
     assert "stale table" not in updated
-    block = updated.split(README_START)[1].split(README_END)[0]
+    block = updated.split(BENCH_START)[1].split(BENCH_END)[0]
     assert "**Latest `make bench`**" in block and "| (2) container throughput" in block
-    assert updated.startswith("# Project\n\n## Benchmarks\n\n") and updated.endswith(f"{README_END}\n\n## After\n")
+    assert "[bench/results.md](../out/results.md)" in block  # relative to the document, never absolute
+    assert updated.startswith("# Benchmarks\n\n## Latest\n\n") and updated.endswith(f"{BENCH_END}\n\n## After\n")
 
 
-def test_readme_without_markers_is_left_alone(tmp_path: Path) -> None:
-    readme = tmp_path / "README.md"
-    readme.write_text("# Project\n")
+def test_a_document_without_markers_is_left_alone(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n")
 
-    message = update_readme(readme, "table")
+    message = update_results_doc(doc, "table")
 
     assert "markers" in message
-    assert readme.read_text() == "# Project\n"
+    assert doc.read_text() == "# Benchmarks\n"
+
+
+def test_make_bench_writes_its_table_into_docs_benchmarks_not_the_readme() -> None:
+    """The default results document holds the one marked block, linking to the report; the README has none."""
+    text = RESULTS_DOC.read_text()
+    assert RESULTS_DOC == ROOT / "docs" / "benchmarks.md"
+    assert text.count(BENCH_START) == 1 and text.count(BENCH_END) == 1
+    assert BENCH_START not in (ROOT / "README.md").read_text()
+    section = Section("lambda", "1. Lambda", "", targets=[Target("(1a) x", "goal", "1.0x", True, "")])
+    block = results_block([section], "Measured.", ROOT / "bench" / "results.md", RESULTS_DOC)
+    assert "[bench/results.md](../bench/results.md)" in block and "| (1a) x | goal | 1.0x | met |" in block
