@@ -32,6 +32,8 @@ def assert_cut_once_without_traceback(output: str) -> dict[str, Any]:
     [cut] = [e for e in events if e["event"] == "request.cut"]
     assert cut["level"] == "warning"
     assert cut["reason"] == "Task cancelled, timeout graceful shutdown exceeded"
+    [grace_end] = [e for e in events if str(e["event"]).startswith("Cancel ")]
+    assert grace_end["level"] == "warning", "the end of the grace is part of a clean stop, not an error"
     return cut
 
 

@@ -28,7 +28,7 @@ from shared.logs import get_logger
 
 log = get_logger("shared.background")
 
-Outcome = Literal["succeeded", "failed", "failed_permanently", "overrunning", "ended_elsewhere"]
+Outcome = Literal["succeeded", "failed", "failed_permanently", "overrunning"]
 
 
 def _failed(fields: dict[str, Any], exc: BaseException, **extra: Any) -> Outcome:
@@ -152,15 +152,7 @@ class _Overrun:
     def cancelled(self, handoff: Handoff) -> None:
         """The run was cancelled (shutdown grace over) with this thread still running."""
         fields = {**self.fields, "started": True, "still_running": True, "duration_ms": self.elapsed_ms()}
-        lifecycle.end("task.cancelled", fields, level="error", handoff=_thread_note(handoff))
-
-
-THREAD_RUNS_ON = "not possible: its thread still runs (a sync task cannot be stopped)"
-
-
-def _thread_note(handoff: Handoff) -> str:
-    """Why a sync task whose thread runs on is not handed off: it would run beside its retry."""
-    return THREAD_RUNS_ON if handoff.enabled else handoff.off_reason
+        lifecycle.end("task.cancelled", fields, level="error", handoff=handoff.note(self.task, started=True))
 
 
 async def _finish(overruns: list[_Overrun], deadline: float | None) -> int:
