@@ -46,15 +46,24 @@ class Server(uvicorn.Server):
 
 
 class _GraceEndIsNoError(logging.Filter):
-    """uvicorn's "Cancel N running task(s), timeout graceful shutdown exceeded" at warning, not error.
+    """uvicorn's lines about the end of the grace at warning, not error: "Cancel N running task(s),
+    timeout graceful shutdown exceeded", and, once the server is stopping, a streamed response it cut
+    ("ASGI callable returned without completing response.").
 
     The end of the grace is part of a clean stop: each request it cuts says so (``request.cut``), and
     each task ends in its own line (handed off, cancelled or lost). An error here would fire
     error-based alerts on every ``docker stop`` that has work in flight.
     """
 
+    def __init__(self, server: uvicorn.Server) -> None:
+        super().__init__()
+        self.server = server
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.ERROR and str(record.msg).startswith("Cancel %s running task(s)"):
+        if record.levelno == logging.ERROR and (
+            str(record.msg).startswith("Cancel %s running task(s)")
+            or (self.server.should_exit and record.msg == "ASGI callable returned without completing response.")
+        ):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
@@ -115,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
         access_log=args.access_log,
         timeout_graceful_shutdown=grace,  # type: ignore[arg-type]
     )
-    logging.getLogger("uvicorn.error").addFilter(_GraceEndIsNoError())
     server = Server(config)
+    logging.getLogger("uvicorn.error").addFilter(_GraceEndIsNoError(server))
     server.run()
     if not server.started:
         sys.exit(STARTUP_FAILURE)

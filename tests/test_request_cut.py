@@ -77,3 +77,34 @@ def test_a_request_cut_while_its_tasks_run_is_one_warning(tmp_path: Path) -> Non
     assert cut["route"] == "/slow/{name}"
     assert cut["status"] == 200 and cut["response_sent"] is True
     assert cut["request_id"] == response.headers["x-request-id"]
+
+
+def test_a_streamed_response_cut_mid_body_is_a_warning_not_an_error(tmp_path: Path) -> None:
+    log_file = tmp_path / "slow.log"
+    server = serve_slow(log_file)
+    received: list[bytes] = []
+
+    def read_stream() -> None:
+        try:
+            with httpx.stream("GET", f"{server.base_url}/stream", timeout=60) as response:
+                for chunk in response.iter_bytes():
+                    received.append(chunk)
+        except httpx.HTTPError:
+            pass  # the server closed the stream mid-body: that is the cut
+
+    client = threading.Thread(target=read_stream)
+    try:
+        client.start()
+        eventually(lambda: log_file.exists() and "streaming" in log_file.read_text(), what="the stream started")
+        exit_code = server.stop(timeout=30)
+        client.join(timeout=30)
+        output = server.output()
+    finally:
+        server.close()
+
+    assert exit_code == 0
+    assert received, "the client had part of the body"
+    events = parse_json_lines(output)
+    assert [e["event"] for e in events if e["level"] in ("error", "critical")] == [], "a clean stop logs no error"
+    incomplete = [e for e in events if e["event"] == "ASGI callable returned without completing response."]
+    assert all(e["level"] == "warning" for e in incomplete)

@@ -11,7 +11,7 @@ import contextlib
 import contextvars
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal
 
@@ -44,14 +44,23 @@ def _succeeded(fields: dict[str, Any], **extra: Any) -> Outcome:
     return "succeeded"
 
 
+_fastapi_operation: Callable[..., AbstractContextManager[None]] | None = None
+
+
 def _span(task: QueuedTask) -> AbstractContextManager[None]:
-    """FastAPI's ``fastapi.background_task`` span (``FastAPI(telemetry=...)``), as its ``BackgroundTasks`` opens it."""
+    """FastAPI's ``fastapi.background_task`` span (``FastAPI(telemetry=...)``), as its ``BackgroundTasks`` opens it.
+
+    FastAPI's helper is looked up once: a ``from`` import of it costs about 50 us per call, and the
+    worker, which runs tasks without FastAPI, never gets here (``fastapi_span`` is false there).
+    """
+    global _fastapi_operation
     if not task.fastapi_span:
         return nullcontext()
-    from fastapi.background import _operation  # type: ignore[attr-defined]  # loaded with fastapi already
+    if _fastapi_operation is None:
+        from fastapi.background import _operation  # type: ignore[attr-defined]  # loaded with fastapi already
 
-    operation: AbstractContextManager[None] = _operation(name="background_task", function=task.func)
-    return operation
+        _fastapi_operation = _operation
+    return _fastapi_operation(name="background_task", function=task.func)
 
 
 _still_running: set[_SyncCall] = set()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import BackgroundTasks
+from fastapi.responses import StreamingResponse
 
 from shared.app import create_app
 from shared.background import task
@@ -53,3 +55,16 @@ async def sleep(seconds: float = 30.0) -> dict[str, float]:
     notification_log.append("sleeping\n")
     await asyncio.sleep(seconds)
     return {"slept": seconds}
+
+
+@app.get("/stream")
+async def stream() -> StreamingResponse:
+    """A response streamed for as long as the client reads: a shutdown cuts it mid-body."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        notification_log.append("streaming\n")
+        while True:
+            yield b"tick\n"
+            await asyncio.sleep(0.05)
+
+    return StreamingResponse(chunks(), media_type="text/plain")
