@@ -217,11 +217,11 @@ def test_make_run_serves_every_function_and_runs_their_background_work(stack: St
     assert worker_samples[("tasks_succeeded_total", labels)] == 1
     assert worker_samples[("task_duration_seconds_count", labels)] == 1
 
-    # Ctrl-C stops everything: the worker, the functions' server, moto; `make run` itself exits 0.
+    # Ctrl-C stops everything: the worker, the functions' server, moto; the stack exits 0, no traceback.
+    # (GNU make then re-raises the SIGINT it got itself: its one "Interrupt" line is make's, for any target.)
     stack.ctrl_c()
-    assert stack.process.returncode == 0, "make run exits 0 on Ctrl-C: its child stopped cleanly"
-    assert "Traceback" not in stack.output() and "Interrupt" not in stack.output()
-    assert "local_stack: stopped" in stack.output()
+    assert "Traceback" not in stack.output()
+    assert "local_stack: stopped (exit 0)" in stack.output()
     assert any(event["event"] == "worker.stopped" for event in parse_json_lines(stack.output()))
     assert not port_open(stack.port)
     assert not port_open(stack.aws_port)
