@@ -8,6 +8,7 @@ traceback at level error: error-based alerts fired on a clean stop.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,21 +38,28 @@ def assert_cut_once_without_traceback(output: str) -> dict[str, Any]:
     return cut
 
 
-def test_a_request_cut_before_its_answer_is_a_warning_and_a_503(tmp_path: Path) -> None:
-    log_file = tmp_path / "slow.log"
+def stop_during(log_file: Path, client: Callable[[str], None], marker: str) -> tuple[int, str]:
+    """Serve the slow app, run ``client`` against it in a thread, and stop the server (SIGTERM) once
+    the request has written ``marker`` to the log: its exit code and output."""
     server = serve_slow(log_file)
-    answers: list[httpx.Response] = []
-    client = threading.Thread(
-        target=lambda: answers.append(httpx.post(f"{server.base_url}/sleep", params={"seconds": 60}, timeout=60))
-    )
+    thread = threading.Thread(target=client, args=(server.base_url,))
     try:
-        client.start()
-        eventually(lambda: log_file.exists() and "sleeping" in log_file.read_text(), what="the request in its handler")
+        thread.start()
+        eventually(lambda: log_file.exists() and marker in log_file.read_text(), what=f"{marker!r} in the log")
         exit_code = server.stop(timeout=30)
-        client.join(timeout=30)
-        output = server.output()
+        thread.join(timeout=30)
+        return exit_code, server.output()
     finally:
         server.close()
+
+
+def test_a_request_cut_before_its_answer_is_a_warning_and_a_503(tmp_path: Path) -> None:
+    answers: list[httpx.Response] = []
+
+    def client(base_url: str) -> None:
+        answers.append(httpx.post(f"{base_url}/sleep", params={"seconds": 60}, timeout=60))
+
+    exit_code, output = stop_during(tmp_path / "slow.log", client, "sleeping")
 
     assert exit_code == 0
     [answer] = answers
@@ -80,27 +88,17 @@ def test_a_request_cut_while_its_tasks_run_is_one_warning(tmp_path: Path) -> Non
 
 
 def test_a_streamed_response_cut_mid_body_is_a_warning_not_an_error(tmp_path: Path) -> None:
-    log_file = tmp_path / "slow.log"
-    server = serve_slow(log_file)
     received: list[bytes] = []
 
-    def read_stream() -> None:
+    def read_stream(base_url: str) -> None:
         try:
-            with httpx.stream("GET", f"{server.base_url}/stream", timeout=60) as response:
+            with httpx.stream("GET", f"{base_url}/stream", timeout=60) as response:
                 for chunk in response.iter_bytes():
                     received.append(chunk)
         except httpx.HTTPError:
             pass  # the server closed the stream mid-body: that is the cut
 
-    client = threading.Thread(target=read_stream)
-    try:
-        client.start()
-        eventually(lambda: log_file.exists() and "streaming" in log_file.read_text(), what="the stream started")
-        exit_code = server.stop(timeout=30)
-        client.join(timeout=30)
-        output = server.output()
-    finally:
-        server.close()
+    exit_code, output = stop_during(tmp_path / "slow.log", read_stream, "streaming")
 
     assert exit_code == 0
     assert received, "the client had part of the body"

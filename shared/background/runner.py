@@ -44,6 +44,20 @@ def _succeeded(fields: dict[str, Any], **extra: Any) -> Outcome:
     return "succeeded"
 
 
+def _stuck(fields: dict[str, Any], duration_ms: float, timeout_s: float | None, **note: Any) -> None:
+    """``task.timed_out`` of a sync task whose thread still runs at the deadline (the process must end)."""
+    lifecycle.end(
+        "task.timed_out",
+        fields,
+        level="error",
+        started=True,
+        still_running=True,
+        duration_ms=duration_ms,
+        timeout_s=timeout_s,
+        **note,
+    )
+
+
 _fastapi_operation: Callable[..., AbstractContextManager[None]] | None = None
 
 
@@ -178,16 +192,7 @@ async def _finish(overruns: list[_Overrun], deadline: float | None) -> int:
     stuck = [overrun for overrun in overruns if not overrun.ended.done()]
     for overrun in stuck:
         overrun.ended.remove_done_callback(overrun.report_end)
-        lifecycle.end(
-            "task.timed_out",
-            overrun.fields,
-            level="error",
-            started=True,
-            still_running=True,
-            duration_ms=overrun.elapsed_ms(),
-            timeout_s=overrun.timeout_s,
-            **overrun.note,
-        )
+        _stuck(overrun.fields, overrun.elapsed_ms(), overrun.timeout_s, **overrun.note)
     if stuck:
         names = ", ".join(f"{overrun.task.name!r} ({overrun.task.task_id})" for overrun in stuck)
         raise TaskStuck(f"sync task {names} still runs at the deadline")
@@ -263,15 +268,7 @@ async def _run_sync_to_its_end(task: QueuedTask, fields: dict[str, Any], deadlin
         raise
     duration_ms = elapsed_ms()
     if not done:
-        lifecycle.end(
-            "task.timed_out",
-            fields,
-            level="error",
-            started=True,
-            still_running=True,
-            duration_ms=duration_ms,
-            timeout_s=hard_left,
-        )
+        _stuck(fields, duration_ms, hard_left)
         raise TaskStuck(f"task {task.name!r} ({task.task_id}) still runs at its deadline")
     error = future.exception()
     if error is not None:
@@ -296,16 +293,7 @@ def _run_sync_here(
 
     def expired() -> str:
         note = {"handoff": handoff.note(task, started=True, reason=DEADLINE)} if handoff is not None else {}
-        lifecycle.end(
-            "task.timed_out",
-            fields,
-            level="error",
-            started=True,
-            still_running=True,
-            duration_ms=elapsed_ms(),
-            timeout_s=timeout_s,
-            **note,
-        )
+        _stuck(fields, elapsed_ms(), timeout_s, **note)
         return f"sync task {task.name!r} ({task.task_id}) still runs at the deadline"
 
     try:
