@@ -9,7 +9,8 @@
    its Prometheus metrics on METRICS_PORT (9102); the functions' are on PORT's ``/metrics``.
 
 It prints every URL. Ctrl-C (or SIGTERM, or closing the terminal) stops it in the order that
-loses nothing silently, and exits 0:
+loses nothing silently, and exits 0 (so does ``make run``: in a terminal the stack takes the
+foreground, so make never sees the Ctrl-C and re-raises it):
 
 1. the functions' server first, with its grace (``SHUTDOWN_GRACE_SECONDS``): the tasks it hands
    off to the queue during that grace reach the queue while the worker still runs;
@@ -328,7 +329,7 @@ class LocalStack:
                 print(f"local_stack: {exc}", flush=True)
             finally:
                 self.stop_children(str(resources["task_queue_url"]))
-        # Its own status: ``make run`` itself reports "Interrupt" and exits 2 after any Ctrl-C (GNU make re-raises it).
+        # ``make run`` exits with it too: the stack holds the terminal's foreground (``foreground_of_the_terminal``).
         print(f"local_stack: stopped (exit {status})", flush=True)
         return status
 
@@ -423,7 +424,52 @@ def main(argv: list[str] | None = None) -> None:
         drain_s=args.drain_seconds,
         visibility_s=args.visibility_seconds,
     )
-    raise SystemExit(stack.run())
+    with foreground_of_the_terminal():
+        status = stack.run()
+    raise SystemExit(status)
+
+
+@contextmanager
+def foreground_of_the_terminal() -> Iterator[None]:
+    """While the stack runs, Ctrl-C reaches this process alone, not ``make`` above it.
+
+    GNU make re-raises a SIGINT it received itself once its recipe ends, so ``make run`` would
+    exit 130 whatever the stack did. As a shell does for a job, the stack takes its own process
+    group and the terminal's foreground (``tcsetpgrp``), and gives it back when it is done; make
+    then exits with the stack's status. Without a terminal (CI, tests) nothing changes: signals
+    come from whoever sends them.
+    """
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR)
+    except OSError:
+        yield
+        return
+    try:
+        previous = os.tcgetpgrp(tty)
+        if previous != os.getpgrp():  # a background job: the terminal is not ours to take
+            yield
+            return
+        if os.getpgrp() != os.getpid():
+            os.setpgid(0, 0)
+        with _sigttou_ignored():
+            os.tcsetpgrp(tty, os.getpgrp())
+        try:
+            yield
+        finally:
+            with _sigttou_ignored():
+                os.tcsetpgrp(tty, previous)
+    finally:
+        os.close(tty)
+
+
+@contextmanager
+def _sigttou_ignored() -> Iterator[None]:
+    """``tcsetpgrp`` from a process group that may not be in the foreground stops it (SIGTTOU) otherwise."""
+    saved = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTTOU, saved)
 
 
 def _seconds(name: str, default: float | None) -> float | None:

@@ -5,13 +5,16 @@ seen landing in the local AWS (moto's server) or the notification log, then Ctrl
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
+import pty
 import re
 import signal
 import socket
 import subprocess
 import tempfile
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,23 +37,33 @@ T = TypeVar("T")
 
 
 class Stack:
-    """``make run`` in its own process group, its output in a file."""
+    """``make run`` in its own process group, its output in a file; with ``terminal``, in a session whose
+    controlling terminal is a pseudo-terminal, as in a user's shell (Ctrl-C is then the terminal's ^C)."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *, terminal: bool = False) -> None:
         self.port, self.aws_port, self.metrics_port = int(env["PORT"]), int(env["AWS_PORT"]), int(env["METRICS_PORT"])
         self.url = f"http://127.0.0.1:{self.port}"
         self.aws_url = f"http://127.0.0.1:{self.aws_port}"
         self._output = tempfile.NamedTemporaryFile(prefix="make-run-", suffix=".log", delete=False)  # noqa: SIM115
         self.output_at_close = ""
+        self._terminal: int | None = None
+        stdin: int | None = None
+        if terminal:
+            self._terminal, stdin = pty.openpty()
         # -o: the suite's .venv is installed already; a user's `make run` would install it first.
         self.process = subprocess.Popen(
             ["make", "--no-print-directory", "-o", ".venv/.installed", "run"],
             cwd=ROOT,
             env=env,
+            stdin=stdin,
             stdout=self._output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # After setsid: the pseudo-terminal (stdin) becomes the new session's controlling terminal.
+            preexec_fn=(lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0)) if terminal else None,
         )
+        if stdin is not None:
+            os.close(stdin)
 
     def output(self) -> str:
         return Path(self._output.name).read_text(errors="replace")
@@ -66,8 +79,11 @@ class Stack:
             time.sleep(0.2)
 
     def ctrl_c(self, timeout: float = 90.0) -> None:
-        """What a terminal does on Ctrl-C: SIGINT to the foreground process group."""
-        os.killpg(self.process.pid, signal.SIGINT)
+        """What a terminal does on Ctrl-C: SIGINT to the foreground process group (typed ^C, with ``terminal``)."""
+        if self._terminal is not None:
+            os.write(self._terminal, b"\x03")
+        else:
+            os.killpg(self.process.pid, signal.SIGINT)
         self.process.wait(timeout)
 
     def close(self) -> None:
@@ -79,6 +95,8 @@ class Stack:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.output_at_close = self.output()
+        if self._terminal is not None:
+            os.close(self._terminal)
         self._output.close()
         os.unlink(self._output.name)
 
@@ -100,7 +118,7 @@ def start_stack(isolated_settings: Path) -> Iterator[StackFactory]:
     """``make run`` with the shell's environment plus ``env``; stopped (and its log checked) after the test."""
     stacks: list[Stack] = []
 
-    def start(**extra: str) -> Stack:
+    def start(terminal: bool = False, **extra: str) -> Stack:
         env = {
             **os.environ,
             "PORT": str(free_port()),
@@ -110,7 +128,7 @@ def start_stack(isolated_settings: Path) -> Iterator[StackFactory]:
         }
         for key in ("FUNCTION", "DURABLE_TASKS", "TASK_QUEUE_URL", "AWS_ENDPOINT_URL", "API_ROOT_PATH"):
             env.pop(key, None)
-        running = Stack({**env, **extra})
+        running = Stack({**env, **extra}, terminal=terminal)
         stacks.append(running)
         running.wait_ready()
         return running
@@ -372,3 +390,16 @@ def test_a_worker_exiting_3_is_restarted_and_the_stack_keeps_serving(start_stack
     assert "local_stack: stopped (exit 0)" in stack.output()
     assert "Traceback" not in stack.output()
     assert orphans([stack.output().splitlines()]) == []
+
+
+def test_ctrl_c_in_a_terminal_ends_make_run_itself_with_exit_0(start_stack: StackFactory) -> None:
+    """Typed ^C reaches the stack alone (it holds the terminal's foreground): make exits with its status.
+
+    Were make in the foreground, GNU make would re-raise the SIGINT it got itself: exit -2, "Interrupt".
+    """
+    stack = start_stack(terminal=True)
+    stack.ctrl_c()
+    output = stack.output()
+    assert stack.process.returncode == 0, output
+    assert "local_stack: stopped (exit 0)" in output
+    assert "Interrupt" not in output and "Traceback" not in output
