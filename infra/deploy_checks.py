@@ -16,6 +16,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from infra.template import Template
+
 MOTO_CANNOT_CREATE = {
     "AWS::ApiGatewayV2::Api": "the HTTP API (its routes and JWT authorizer)",
     "AWS::ApiGatewayV2::Stage": "the HTTP API's stage (throttling, access logs)",
@@ -127,15 +129,12 @@ class Stack:
 
     @property
     def resources(self) -> dict[str, dict[str, Any]]:
-        resources: dict[str, dict[str, Any]] = self.template["Resources"]
-        return resources
+        return Template(self.template).resources
 
     def of_type(self, resource_type: str) -> dict[str, dict[str, Any]]:
-        return {
-            name: resource.get("Properties", {})
-            for name, resource in self.resources.items()
-            if resource["Type"] == resource_type and name in self.physical
-        }
+        """Like ``Template.of_type``, for the resources moto created."""
+        created = Template(self.template).of_type(resource_type)
+        return {name: properties for name, properties in created.items() if name in self.physical}
 
     def expected(self) -> dict[str, str]:
         """``{logical id: type}`` of the resources CloudFormation creates: those whose condition holds."""

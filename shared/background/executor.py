@@ -11,9 +11,6 @@ from shared.background.errors import TaskRejected
 from shared.background.lifecycle import task_fields
 from shared.background.protocols import Backend
 from shared.background.task import QueuedTask, flatten
-from shared.logs import get_logger
-
-log = get_logger("shared.background")
 
 Plan = Sequence[tuple[Backend, Sequence[QueuedTask]]]
 
