@@ -1,4 +1,4 @@
-"""Task queues and idempotency tables of their own, for tests that need fresh ones.
+"""Task queues, idempotency and task status tables of their own, for tests that need fresh ones.
 
 The template's own queue and table are created from template.yaml (``infra.local_resources``);
 these have the same shapes (docs/durable-tasks.md): a standard queue whose ``RedrivePolicy``
@@ -66,4 +66,22 @@ def create_idempotency_table(name: str) -> str:
         client.update_time_to_live(
             TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiration"}
         )
+    return name
+
+
+def create_status_table(name: str) -> str:
+    """template.yaml's TaskStatusTable: keyed by ``task_id`` (string), TTL on ``expires_at``."""
+    client = aws.dynamodb().meta.client
+    try:
+        client.create_table(
+            TableName=name,
+            KeySchema=[{"AttributeName": "task_id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "task_id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ResourceInUseException":
+            raise
+    client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    client.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"})
     return name

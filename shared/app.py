@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from shared import error_bodies, pydantic_v1_check
+from shared import error_bodies, pydantic_v1_check, task_status
 from shared.allow import method_not_allowed
 from shared.background.install import install as install_task_layer
 from shared.body_limit import BodyLimitMiddleware
@@ -40,6 +40,7 @@ def create_app(
     *,
     max_body_bytes: int | Callable[[], int] | None = DEFAULT_MAX_BODY_BYTES,
     calls_aws: bool = False,
+    track_tasks: bool | None = None,
     **fastapi_options: Any,
 ) -> FastAPI:
     """A FastAPI app with structured logs, request ids, the task layer and ``/health``.
@@ -53,6 +54,9 @@ def create_app(
     botocore's exceptions at cold start. Handlers in ``exception_handlers=`` win over these
     defaults, the catch-all (``Exception``/500) included. ``/health`` answers whatever
     app-wide ``dependencies=`` declare: a health check carries no credentials.
+    ``track_tasks``: serve ``GET /tasks/{task_id}`` and record the tasks this function queues that are
+    tracked (``@task(..., tracked=True)``, or any registered one with ``TRACK_TASKS``; docs/task-status.md);
+    default: whether ``TRACK_TASKS`` is set.
     """
     ensure_logging_configured(service)
     pydantic_v1_check.install()  # before any route is declared: each one asks
@@ -70,6 +74,9 @@ def create_app(
     app.add_middleware(StrictJsonMiddleware)
     if max_body_bytes is not None:
         app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    settings = get_settings()
+    if settings.track_tasks if track_tasks is None else track_tasks:
+        task_status.install(app, settings)
     app.add_middleware(RequestIdMiddleware, service=service)
     if not {Exception, 500} & app.exception_handlers.keys():  # the user's own catch-all wins
         app.add_exception_handler(Exception, _unhandled_error)

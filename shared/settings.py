@@ -206,6 +206,18 @@ class Settings(BaseModel):
         "auto", description="auto: with TASK_QUEUE_URL, hand registered tasks that cannot finish here to the queue."
     )
 
+    # --- task status (docs/task-status.md) -----------------------------------------------
+    track_tasks: bool = Field(
+        False, description="Track every registered task this function queues, not only tracked=True ones."
+    )
+    task_status_table: str = "fastapi-tasks-task-status"
+    task_status_ttl_seconds: int = Field(
+        7 * _DAY_S, ge=60, le=366 * _DAY_S, description="How long a task's status record is kept (the table's TTL)."
+    )
+    task_status_result_max_bytes: int = Field(
+        4096, ge=0, le=65_536, description="Largest JSON result a tracked task's record shows; larger ones are refused."
+    )
+
     # --- notifications -----------------------------------------------------------
     notification_log_path: str = Field(default_factory=_default_notification_log)
 

@@ -240,6 +240,7 @@ def uploads(queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
         with TestClient(uploads_app, raise_server_exceptions=False) as client:
             created = client.post("/uploads", files={"file": ("pic.png", png(), "image/png")}).json()
             client.get(f"/uploads/{created.get('id', '0' * 32)}")
+            client.get(created.get("task_url", f"/tasks/{'0' * 32}"))  # the status table (TrackTasks)
 
     http_behaviours(uploads_app, queue, monkeypatch, "files.process_upload", run)
 
@@ -255,7 +256,7 @@ def worker(queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
     )
     aws.dynamodb().Table(settings.items_table).put_item(Item={"id": "i1", "name": "Blue kettle", "tags": []})
     enqueue(queue, "email.send_welcome", JANE["email"], JANE["name"])
-    enqueue(queue, "files.process_upload", "u1")
+    enqueue(queue, "files.process_upload", "u1", tracked=True)  # its status steps (TrackTasks)
     enqueue(queue, "search.index_item", "i1")
     enqueue(queue, "audit.record", "user.registered", "user#u1", {"name": "Jane"}, event_id="e1")
     enqueue(queue, "files.process_upload", "no-such-upload")
@@ -355,3 +356,24 @@ def test_a_statement_no_test_needed_fails_the_whole_suite() -> None:
     assert failure.endswith(f"\n  {unneeded}")
     coverage.used.add(unneeded)
     assert coverage.failure() is None
+
+
+# --- the task status table (docs/task-status.md) ----------------------------------------------
+
+
+def test_without_the_status_statement_an_upload_is_still_accepted_and_processed_and_the_denial_is_logged(
+    aws_state: AwsState, monkeypatch: pytest.MonkeyPatch, guards: list[RoleGuard], logs: LogCapture
+) -> None:
+    """Status writes are best-effort: denied, they are logged (and counted), failing neither request nor task."""
+    role = RolePolicies.of("UploadsFunction")
+    [status_statement] = [s for s in role.statements() if s.text.startswith("TrackTasks ")]
+    guards.append(guard := run_as(role.without_statement(status_statement), monkeypatch))
+    with TestClient(uploads_app) as client:
+        response = client.post("/uploads", files={"file": ("pic.png", png(), "image/png")})
+        assert response.status_code == 202
+        assert client.get(response.json()["status_url"]).json()["status"] == "processed"
+    assert "dynamodb:BatchWriteItem on arn:aws:dynamodb:us-east-1:123456789012:table/fastapi-tasks-task-status" in str(
+        guard.failure()
+    )
+    assert [event["state"] for event in logs.named("task.status_write_failed")] == ["queued", "running", "succeeded"]
+    assert logs.named("task.succeeded", task="files.process_upload")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -107,6 +108,26 @@ def test_image_gets_facts_and_webp_thumbnails(client: TestClient, state: AwsStat
         with Image.open(io.BytesIO(stored["Body"].read())) as thumbnail:
             assert thumbnail.format == "WEBP"
             assert thumbnail.size == (longest, longest * 3 // 4)
+
+
+def test_the_processing_task_is_followed_at_its_task_url_to_its_facts(client: TestClient, state: AwsState) -> None:
+    """The shared task status (docs/task-status.md): the URL in the body is the response's Link too."""
+    data = image_bytes()
+    response = upload(client, data)
+    body = response.json()
+
+    assert re.fullmatch(r"http://testserver/tasks/[0-9a-f]{32}", body["task_url"])
+    assert response.headers["link"] == f'<{body["task_url"]}>; rel="monitor"'
+    task = client.get(body["task_url"]).json()
+    assert task["task"] == "files.process_upload"
+    assert task["state"] == "succeeded" and task["done"] is True
+    assert task["result"] == {
+        "upload_id": body["id"],
+        "size": len(data),
+        "content_type": "image/png",
+        "thumbnails": [f"thumbnails/{body['id']}/128.webp", f"thumbnails/{body['id']}/512.webp"],
+    }
+    assert client.get(body["status_url"]).json()["status"] == "processed", "the upload's own status, as before"
 
 
 def test_upload_appends_an_audit_record(client: TestClient, state: AwsState) -> None:

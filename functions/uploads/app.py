@@ -15,6 +15,7 @@ from shared.ids import new_id
 from shared.lambda_handler import make_handler
 from shared.logs import get_logger
 from shared.settings import get_settings
+from shared.task_status import track
 from shared.tasks import audit
 from shared.tasks.files import (
     GENERIC_TYPES,
@@ -46,6 +47,7 @@ app = create_app(
     description="File uploads stored in S3 at once; size, SHA-256, real type and thumbnails follow.",
     max_body_bytes=body_limit,
     calls_aws=True,
+    track_tasks=True,  # files.process_upload is tracked: GET /uploads/tasks/{task_id}
 )
 
 
@@ -53,6 +55,9 @@ class UploadAccepted(BaseModel):
     id: str
     status: Literal["pending"]
     status_url: str
+    """The upload: ``pending``, then ``processed`` (facts, thumbnails) or ``failed``."""
+    task_url: str
+    """Its processing task's status (docs/task-status.md): attempts, errors, the facts as its result."""
 
 
 class UploadFacts(BaseModel):
@@ -107,7 +112,7 @@ def create_upload(
     response: Response,
     background_tasks: BackgroundTasks,
 ) -> UploadAccepted:
-    """Store the file in S3 and answer 202 with the URL of its status.
+    """Store the file in S3 and answer 202 with the URL of its status and of its processing task's.
 
     The request body is cut off at ``UPLOAD_MAX_BYTES`` plus the multipart envelope
     while it arrives, and the file itself is counted again while it streams to S3
@@ -163,7 +168,7 @@ def create_upload(
 
     status_url = str(request.url_for("get_upload", upload_id=upload_id))
     response.headers["Location"] = status_url
-    background_tasks.add_task(process_upload, upload_id)
+    task_url = track(request, background_tasks, process_upload, upload_id)
     background_tasks.add_task(
         audit.record,
         "upload.received",
@@ -172,7 +177,7 @@ def create_upload(
         **audit.stamp(),
     )
     log.info("upload.stored", upload_id=upload_id, size=size, content_type=content_type)
-    return UploadAccepted(id=upload_id, status="pending", status_url=status_url)
+    return UploadAccepted(id=upload_id, status="pending", status_url=status_url, task_url=task_url)
 
 
 @app.get("/uploads/{upload_id}", responses=error_responses(404, 503))

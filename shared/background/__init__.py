@@ -46,7 +46,9 @@ def local_backend(settings: Settings) -> Backend:
 
 def build_executor(settings: Settings | None = None) -> TaskExecutor:
     settings = settings or get_settings()
-    executor = TaskExecutor(local_backend(settings), default_timeout=settings.task_timeout_seconds)
+    executor = TaskExecutor(
+        local_backend(settings), default_timeout=settings.task_timeout_seconds, track_registered=settings.track_tasks
+    )
 
     def sender() -> Sender:
         from shared.background.sqs import SqsBackend  # boto3 only when a task is handed off: cold start

@@ -33,9 +33,12 @@ class _AfterResponse(BackgroundTask):
 class TaskExecutor:
     """Routes each task to a backend by its name; unrouted tasks go to ``default``."""
 
-    def __init__(self, default: Backend, default_timeout: float | None = None) -> None:
+    def __init__(
+        self, default: Backend, default_timeout: float | None = None, *, track_registered: bool = False
+    ) -> None:
         self.default = default
         self.default_timeout = default_timeout
+        self.track_registered = track_registered
         self._routes: dict[str, Backend] = {}
 
     def route(self, task_names: Iterable[str], backend: Backend) -> None:
@@ -54,9 +57,11 @@ class TaskExecutor:
         half-queued behind it.
         """
         groups: dict[int, tuple[Backend, list[QueuedTask]]] = {}
-        routes, default_timeout = self._routes, self.default_timeout
+        routes, default_timeout, track = self._routes, self.default_timeout, self.track_registered
         for starlette_task, fastapi_span in flatten(background):
-            task = QueuedTask.from_starlette(starlette_task, default_timeout, fastapi_span=fastapi_span)
+            task = QueuedTask.from_starlette(
+                starlette_task, default_timeout, fastapi_span=fastapi_span, track_registered=track
+            )
             backend = self.backend_for(task) if routes else self.default
             try:
                 backend.accept(task)

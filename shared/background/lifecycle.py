@@ -8,6 +8,9 @@ made visible. Whatever is still open when the process exits (normal exit, SIGTER
 ``sys.exit``, ``exit_process`` from a watchdog) is logged ``task.lost`` with its ids and the
 reason, from ``atexit``. Only a process killed outright (``kill -9``, out of memory) ends
 without that line.
+
+A **tracked** task's steps (accepted, started, ended) are also told to the ``TaskObserver``
+set with ``observe`` (the status store); an untracked task costs one set lookup per step.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from shared.background.events import ACCEPTED, TERMINAL
+from shared.background.protocols import TaskObserver
 from shared.background.task import QueuedTask
 from shared.logs import bound, get_logger, mask_emails
 from shared.settings import get_settings
@@ -35,6 +39,20 @@ _open: dict[str, tuple[dict[str, Any], float]] = {}
 _ended: OrderedDict[str, str] = OrderedDict()
 _ended_lock = threading.Lock()
 _after_lost: list[Callable[[], None]] = []
+_tracked: dict[str, bool] = {}
+"""Tracked tasks open here: task id → whether this is a worker's receive of it (``open``)."""
+_ended_tracked: OrderedDict[str, bool] = OrderedDict()
+"""Tracked tasks that ended here lately: the worker dead-letters a task after its attempt's end."""
+_observer: list[TaskObserver] = []
+
+
+def observe(observer: TaskObserver | None) -> None:
+    """Tell ``observer`` the steps of every tracked task from now on (None: no one)."""
+    _observer[:] = [] if observer is None else [observer]
+
+
+def observing() -> bool:
+    return bool(_observer)
 
 
 def task_fields(task: QueuedTask, backend: str) -> dict[str, Any]:
@@ -54,14 +72,45 @@ def task_fields(task: QueuedTask, backend: str) -> dict[str, Any]:
 def accept(task: QueuedTask, backend: str) -> None:
     """``task`` is accepted (before the response): it must now end in exactly one terminal event."""
     fields = task_fields(task, backend)
-    _open[task.task_id] = (_with_request_id(fields), time.monotonic())
+    opened = _with_request_id(fields)
+    _open[task.task_id] = (opened, time.monotonic())
     log.info(ACCEPTED, **fields)
+    if task.tracked and _observer:
+        _tracked[task.task_id] = False
+        _observer[0].accepted(opened)
 
 
-def open(fields: dict[str, Any]) -> None:
+def open(fields: dict[str, Any], *, tracked: bool = False) -> None:
     """A run of the task ``fields`` names begins here without a ``task.queued`` of this process: a
     worker's receive (each receive of a message is a run of its own, with its own end)."""
     _open[fields["task_id"]] = (_with_request_id(fields), time.monotonic())
+    if tracked and _observer:
+        _tracked[fields["task_id"]] = True
+
+
+def started(fields: dict[str, Any]) -> None:
+    """A run of the task ``fields`` names starts (logged ``task.started`` by the caller)."""
+    on_worker = _tracked.get(fields["task_id"])
+    if on_worker is not None:
+        _observer[0].started(_with_request_id(fields), on_worker=on_worker)
+
+
+def dead_lettered(fields: dict[str, Any]) -> None:
+    """The worker's last allowed receive of the task ended (logged ``task.dead_lettered`` by the worker)."""
+    task_id = fields.get("task_id")
+    if _observer and (task_id in _tracked or task_id in _ended_tracked):
+        _observer[0].ended("task.dead_lettered", _with_request_id(fields), {}, on_worker=True)
+
+
+def _tell_end(event: str, fields: dict[str, Any], extra: dict[str, Any]) -> None:
+    task_id = fields["task_id"]
+    on_worker = _tracked.pop(task_id, False)
+    with _ended_lock:
+        _ended_tracked[task_id] = on_worker
+        if len(_ended_tracked) > _REMEMBERED_ENDS:
+            _ended_tracked.popitem(last=False)
+    if _observer:
+        _observer[0].ended(event, _with_request_id(fields), extra, on_worker=on_worker)
 
 
 def _with_request_id(fields: dict[str, Any]) -> dict[str, Any]:
@@ -92,6 +141,8 @@ def end(event: str, fields: dict[str, Any], *, level: str = "info", **extra: Any
         if len(_ended) > _REMEMBERED_ENDS:
             _ended.popitem(last=False)
     getattr(log, level)(event, **fields, **extra)
+    if task_id in _tracked:
+        _tell_end(event, fields, extra)
     return True
 
 
@@ -123,6 +174,8 @@ def log_lost(reason: str) -> int:
             open_s=round(now - opened, 3),
             error="the process is exiting and this task had not ended",
         )
+        if task_id in _tracked:
+            _tell_end("task.lost", fields, {"reason": reason})
     return lost
 
 
@@ -147,8 +200,10 @@ def _at_exit(reason: str = "the process exited") -> None:
 def reset() -> None:
     """Forget every open and ended task: for tests, which run many apps in one process."""
     _open.clear()
+    _tracked.clear()
     with _ended_lock:
         _ended.clear()
+        _ended_tracked.clear()
 
 
 atexit.register(_at_exit)

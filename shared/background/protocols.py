@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 from shared.background.task import Job, QueuedTask
 
@@ -49,3 +49,20 @@ class DeadlineWatch(Protocol):
 
     def watch(self, deadline: float | None, on_expiry: Callable[[], str]) -> AbstractContextManager[None]:
         """While the block runs, at ``deadline``: call ``on_expiry`` (it logs, and says why), then exit."""
+
+
+class TaskObserver(Protocol):
+    """Told of each step of a **tracked** task by the lifecycle (``shared.background.status_store``).
+
+    Called on the thread that logs the step; it must never raise (a status write that fails is
+    the observer's to report) and must not be slow: ``accepted`` runs before the response.
+    """
+
+    def accepted(self, fields: dict[str, Any]) -> None:
+        """``task.queued``: the task was accepted (before the response)."""
+
+    def started(self, fields: dict[str, Any], *, on_worker: bool) -> None:
+        """``task.started``: a run of it begins (``on_worker``: a worker's receive of its message)."""
+
+    def ended(self, event: str, fields: dict[str, Any], extra: dict[str, Any], *, on_worker: bool) -> None:
+        """A terminal ``event`` (``events.TERMINAL``, or ``task.dead_lettered`` on the worker)."""

@@ -21,12 +21,15 @@ class TaskOptions:
     name: str | None = None
     timeout: float | None = None
     at_most_once: bool = False
+    tracked: bool = False
 
 
 _registry: dict[str, Callable[..., Any]] = {}
 
 
-def task(name: str, *, timeout: float | None = None, at_most_once: bool = False) -> Callable[[F], F]:
+def task(
+    name: str, *, timeout: float | None = None, at_most_once: bool = False, tracked: bool = False
+) -> Callable[[F], F]:
     """Register ``func`` under ``name``; the function itself is returned unchanged.
 
     ``timeout`` is also its expected run time: a task that would not fit in the time this
@@ -34,7 +37,9 @@ def task(name: str, *, timeout: float | None = None, at_most_once: bool = False)
     (``shared.background.handoff``). A registered task is at-least-once: cut while it runs
     (the end of a shutdown grace), it is handed off and may run again from the start, as the
     worker may run a message twice. ``at_most_once``: never hand it off once started; cut, it
-    ends ``task.cancelled`` instead.
+    ends ``task.cancelled`` instead. ``tracked``: each run's status is recorded for the client
+    to follow (``GET /<function>/tasks/{task_id}``, docs/task-status.md); what it returns, if
+    small and JSON-serialisable, is shown in that record.
     """
 
     def register(func: F) -> F:
@@ -42,7 +47,7 @@ def task(name: str, *, timeout: float | None = None, at_most_once: bool = False)
         if existing is not None and existing is not func:
             raise ValueError(f"task name {name!r} is already registered to {existing!r}")
         _registry[name] = func
-        setattr(func, _ATTRIBUTE, TaskOptions(name=name, timeout=timeout, at_most_once=at_most_once))
+        setattr(func, _ATTRIBUTE, TaskOptions(name=name, timeout=timeout, at_most_once=at_most_once, tracked=tracked))
         return func
 
     return register

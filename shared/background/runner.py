@@ -354,6 +354,7 @@ async def run_task(
         return "failed"
 
     log.info("task.started", **fields)
+    lifecycle.started(fields)
     own_call = task.own_call
     if own_call is None:
         if finish_sync and not task.is_async:

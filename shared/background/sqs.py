@@ -64,6 +64,7 @@ class TaskMessage(BaseModel):
     attempt: int = 1
     enqueued_at: datetime
     traceparent: str | None = None
+    tracked: bool = False
 
 
 def _now() -> str:
@@ -110,6 +111,7 @@ def encode_body(task: QueuedTask, name: str, context: dict[str, Any], enqueued_a
             "attempt": task.attempt,
             "enqueued_at": enqueued_at,
             "traceparent": context.get("traceparent"),
+            **({"tracked": True} if task.tracked else {}),
         },
         separators=(",", ":"),
     )
@@ -220,7 +222,7 @@ class SqsBackend:
         )
 
     def _name(self, task: QueuedTask) -> str:
-        name = registered_name(task.func)
+        name = registered_name(task.origin)
         if name is None:
             raise TaskRejected(
                 f"task {task.name!r} is not registered: a durable task needs @task('stable.name') "
@@ -230,7 +232,7 @@ class SqsBackend:
             registered = lookup(name)
         except KeyError:
             registered = None
-        if registered is not task.func:
+        if registered is not task.origin:
             raise TaskRejected(f"task {name!r}: the function passed is not the one registered under that name")
         return name
 

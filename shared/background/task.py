@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,36 @@ def qualified_name(func: Callable[..., Any]) -> str:
     return f"{module}.{qualname}"
 
 
+TASK_ID_ATTRIBUTE = "tracked_task_id"
+"""Set on a Starlette ``BackgroundTask`` whose id the endpoint needs before the response (its status URL)."""
+
+_results: dict[str, Any] = {}
+
+
+def _keeping_result(func: Callable[..., Any], task_id: str, is_async: bool | None) -> Callable[..., Any]:
+    """``func``, keeping what it returns (not None) for ``take_result``: a tracked task's result."""
+    if is_async:
+
+        async def run_async(*args: Any, **kwargs: Any) -> None:
+            result = await func(*args, **kwargs)
+            if result is not None:
+                _results[task_id] = result
+
+        return functools.update_wrapper(run_async, func)
+
+    def run(*args: Any, **kwargs: Any) -> None:
+        result = func(*args, **kwargs)
+        if result is not None:
+            _results[task_id] = result
+
+    return functools.update_wrapper(run, func)
+
+
+def take_result(task_id: str) -> Any:
+    """What the tracked task ``task_id`` returned (None if nothing), forgotten once taken."""
+    return _results.pop(task_id, None)
+
+
 _PLAIN_CALLS = frozenset({StarletteBackgroundTask.__call__})
 """A task with this ``__call__`` is run by the layer itself: its function, isolated, in a thread if sync."""
 
@@ -52,28 +83,47 @@ class QueuedTask:
     """A ``BackgroundTask`` subclass's own ``__call__``: run instead of ``func``, as Starlette would."""
     fastapi_span: bool = False
     """Queued through FastAPI's ``BackgroundTasks``: run inside its ``fastapi.background_task`` span."""
+    tracked: bool = False
+    """Its status is recorded for the client (``shared.background.status_store``); what it returns is kept."""
+    origin: Callable[..., Any] = field(init=False, repr=False)
+    """The function queued (``func`` is a wrapper keeping its result when the task is tracked)."""
 
     def __post_init__(self) -> None:
         if self.is_async is None:
             self.is_async = is_async_callable(self.func)
+        self.origin = self.func
+        if self.tracked and self.own_call is None:
+            self.func = _keeping_result(self.func, self.task_id, self.is_async)
 
     @classmethod
     def from_starlette(
-        cls, task: StarletteBackgroundTask, default_timeout: float | None = None, *, fastapi_span: bool = False
+        cls,
+        task: StarletteBackgroundTask,
+        default_timeout: float | None = None,
+        *,
+        fastapi_span: bool = False,
+        track_registered: bool = False,
     ) -> QueuedTask:
+        """``track_registered`` (``TRACK_TASKS``): every registered task is tracked, not only ``tracked=True`` ones.
+
+        An id given in advance (``shared.task_status.track``: the endpoint put its URL in its body) is kept.
+        """
         func = task.func
         options = task_options(func)
         timeout = options.timeout if options.timeout is not None else default_timeout
         own_call = None if type(task).__call__ in _PLAIN_CALLS else task.__call__
+        given_id = getattr(task, TASK_ID_ATTRIBUTE, None)
         return cls(
             func,
             tuple(task.args),
             dict(task.kwargs),
             options.name or qualified_name(func),
+            **({"task_id": given_id} if given_id else {}),
             timeout=timeout,
             is_async=task.is_async,
             own_call=own_call,
             fastapi_span=fastapi_span,
+            tracked=options.tracked or (track_registered and options.name is not None) or given_id is not None,
         )
 
 

@@ -40,6 +40,7 @@ COUNTERS: Final = {
     "task.overrunning": "tasks_overrunning",
     "task.enqueue_retry": "tasks_enqueue_retried",
     "task.end_repeated": "tasks_end_repeated",
+    "task.status_write_failed": "tasks_status_write_failed",
 }
 """Task event → counter: every ``task.*`` event the code logs (a test reads the code to check), counted
 by the log pipeline's first processor (``shared.metrics.count_task_events``)."""

@@ -352,9 +352,12 @@ def _mark_failed(upload_id: str, reason: str) -> None:
     )
 
 
-@task("files.process_upload", timeout=120)
-def process_upload(upload_id: str) -> None:
+@task("files.process_upload", timeout=120, tracked=True)
+def process_upload(upload_id: str) -> dict[str, Any]:
     """Facts and thumbnails of an upload, then its status: ``processed`` or ``failed``.
+
+    Tracked: the client follows it at the ``task_url`` of the upload's 202; what it returns (the
+    facts and the thumbnails' keys) is the task's result there.
 
     One GET: the object streams through the hash into a spooled file that Pillow
     reads for the thumbnails. A failure marks the upload ``failed`` with the reason
@@ -384,3 +387,4 @@ def process_upload(upload_id: str) -> None:
             log.error("upload.mark_failed_failed", upload_id=upload_id, error=str(mark_error))
         raise
     log.info("upload.processed", upload_id=upload_id, size=facts.size, content_type=facts.content_type)
+    return {"upload_id": upload_id, "size": facts.size, "content_type": facts.content_type, "thumbnails": thumbnails}

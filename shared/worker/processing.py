@@ -41,7 +41,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from shared import aws, tracing
-from shared.background import lifecycle
+from shared.background import lifecycle, status_store
 from shared.background.errors import EXIT_TASK_STUCK as EXIT_TASK_STUCK  # the worker exits with it too
 from shared.background.errors import TaskStuck
 from shared.background.registry import lookup, task_options
@@ -147,6 +147,7 @@ class Worker:
         )
         self._runner = asyncio.Runner()
         self._stuck: TaskStuck | None = None
+        status_store.install(settings)  # tracked tasks' steps (docs/task-status.md)
 
     def close(self) -> None:
         self._runner.close()
@@ -190,7 +191,7 @@ class Worker:
             self._dead_letter_if_last(record, attempt, None)
             raise
         fields = {"task": message.task, "task_id": message.task_id, "backend": BACKEND_NAME, "attempt": attempt}
-        lifecycle.open(fields)
+        lifecycle.open(fields, tracked=message.tracked)
         trace = tracing.for_message(message.traceparent, record.attributes.aws_trace_header)
         with (
             structlog.contextvars.bound_contextvars(
@@ -249,6 +250,7 @@ class Worker:
             task_id=message.task_id,
             attempt=attempt,
             timeout=timeout if timeout is not None else self.default_timeout,
+            tracked=message.tracked,
         )
         # A fresh copy: the runner would otherwise reuse its first run's context (and request_id).
         run = run_task(queued, BACKEND_NAME, deadline, finish_sync=True)
@@ -273,3 +275,5 @@ class Worker:
             max_receives=self.max_receives,
             consequence="SQS moves the message to the dead-letter queue instead of delivering it again",
         )
+        if fields is not None:
+            lifecycle.dead_lettered(fields)

@@ -46,8 +46,9 @@ class EventSourceMapping:
         return response
 
 
-def enqueue(queue: str, task: str, *args: Any, **kwargs: Any) -> str:
-    """A task message as ``shared.background.sqs`` sends it, sent from the test's thread."""
+def enqueue(queue: str, task: str, *args: Any, tracked: bool = False, **kwargs: Any) -> str:
+    """A task message as ``shared.background.sqs`` sends it, sent from the test's thread
+    (``tracked``: as a function tracking the task sends it)."""
     task_id = uuid.uuid4().hex
     body = {
         "v": 1,
@@ -58,6 +59,7 @@ def enqueue(queue: str, task: str, *args: Any, **kwargs: Any) -> str:
         "enqueued_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "args": list(args),
         "kwargs": kwargs,
+        **({"tracked": True} if tracked else {}),
     }
     aws.sqs().send_message(QueueUrl=queue, MessageBody=json.dumps(body))
     return task_id
