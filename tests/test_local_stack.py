@@ -213,6 +213,13 @@ def test_make_run_serves_every_function_and_runs_their_background_work(stack: St
     keys = {o["Key"] for o in stack.aws("s3").list_objects_v2(Bucket=settings.uploads_bucket)["Contents"]}
     assert set(upload["thumbnails"]) <= keys
     assert len(upload["thumbnails"]) == len(settings.thumbnail_sizes)
+    # ... and its processing task, followed through the gateway to its end on the worker (docs/task-status.md).
+    task_url = response.json()["task_url"]
+    assert response.headers["link"] == f'<{task_url}>; rel="monitor"'
+    assert task_url.startswith(f"{stack.url}/uploads/tasks/")
+    task = eventually(lambda: (r := http.get(task_url).json())["done"] and r)
+    assert task["state"] == "succeeded" and task["backend"] == "sqs"
+    assert task["result"]["thumbnails"] == upload["thumbnails"]
 
     # worker: its own endpoints report the drained queue and its dead-letter queue.
     queue = http.get("/worker/queue").json()

@@ -21,6 +21,8 @@ from fastapi.testclient import TestClient
 
 from bench import handoff_tasks
 from infra.durable_resources import create_status_table
+from infra.lambda_events import http_api_event
+from infra.runtime_api import lambda_environment
 from infra.servers import ServerProcess, eventually, parse_json_lines, start_function
 from shared import aws
 from shared.settings import ConfigurationError, get_settings, load_settings
@@ -308,3 +310,19 @@ def test_a_tracked_task_handed_off_at_shutdown_is_followed_to_its_end_on_the_wor
     assert record["backend"] == "sqs" and record["attempt"] == 1
     assert record["task"] == "tests.handoff.slow"
     assert handoff_tasks.completions(done) == {"s-0": 1}, "the worker ran it to its end"
+
+
+def test_on_lambda_a_tracked_task_is_followed_to_its_end_after_the_response(durable_server: DurableAws) -> None:
+    """The real runtime client: the queued record is written before the response, the rest by the extension."""
+    assert durable_server.endpoint_url is not None
+    env = {"AWS_ENDPOINT_URL": durable_server.endpoint_url, "LOG_FORMAT": "json"}
+    with lambda_environment("tests.support.status_app.handler", env=env) as function:
+        invocation = function.invoke(http_api_event("/run", query={"kinds": "echo"}))
+        assert invocation.result["statusCode"] == 200
+        [url] = links(httpx.Response(200, headers=invocation.result["headers"]))
+        invocation.wait_free()
+        with TestClient(status_app.app) as client:
+            record = client.get(httpx.URL(url).path).json()
+    assert record["state"] == "succeeded" and record["backend"] == "lambda-extension"
+    assert record["invocation"] == invocation.request_id
+    assert record["result"] == {"email": "j***@example.com", "length": len(status_app.SECRET)}

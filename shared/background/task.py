@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,17 @@ def qualified_name(func: Callable[..., Any]) -> str:
 TASK_ID_ATTRIBUTE = "tracked_task_id"
 """Set on a Starlette ``BackgroundTask`` whose id the endpoint needs before the response (its status URL)."""
 
-_results: dict[str, Any] = {}
+_results: OrderedDict[str, Any] = OrderedDict()
+_KEPT_RESULTS = 1000
+"""Results wait here from the task's return to its end (an instant); a bound, in case nothing takes them
+(a tracked task queued in a process that records no status)."""
+
+
+def _keep(task_id: str, result: Any) -> None:
+    if result is not None:
+        _results[task_id] = result
+        if len(_results) > _KEPT_RESULTS:
+            _results.popitem(last=False)
 
 
 def _keeping_result(func: Callable[..., Any], task_id: str, is_async: bool | None) -> Callable[..., Any]:
@@ -40,16 +51,12 @@ def _keeping_result(func: Callable[..., Any], task_id: str, is_async: bool | Non
     if is_async:
 
         async def run_async(*args: Any, **kwargs: Any) -> None:
-            result = await func(*args, **kwargs)
-            if result is not None:
-                _results[task_id] = result
+            _keep(task_id, await func(*args, **kwargs))
 
         return functools.update_wrapper(run_async, func)
 
     def run(*args: Any, **kwargs: Any) -> None:
-        result = func(*args, **kwargs)
-        if result is not None:
-            _results[task_id] = result
+        _keep(task_id, func(*args, **kwargs))
 
     return functools.update_wrapper(run, func)
 

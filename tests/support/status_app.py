@@ -8,6 +8,7 @@ from fastapi import BackgroundTasks, Request
 
 from shared.app import create_app
 from shared.background import task
+from shared.lambda_handler import make_handler
 from shared.task_status import track
 
 SECRET = "s3cr3t-argument-value"
@@ -68,3 +69,6 @@ async def run(kinds: str, background_tasks: BackgroundTasks, email: str = "jane.
 async def tracked(request: Request, background_tasks: BackgroundTasks) -> dict[str, str]:
     """An unregistered function tracked by ``track``: its status URL in the body."""
     return {"task_url": track(request, background_tasks, plain, SECRET, "x@example.com")}
+
+
+handler = make_handler(app)  # tests/test_task_status.py runs it under the Runtime API emulator
