@@ -28,6 +28,7 @@ from functions.items.app import app as items_app
 from functions.notifications.app import app as notifications_app
 from functions.uploads.app import app as uploads_app
 from functions.users.app import app as users_app
+from infra.servers import eventually
 from infra.template import template
 from shared import aws
 from shared.settings import get_settings
@@ -375,5 +376,6 @@ def test_without_the_status_statement_an_upload_is_still_accepted_and_processed_
     assert "dynamodb:BatchWriteItem on arn:aws:dynamodb:us-east-1:123456789012:table/fastapi-tasks-task-status" in str(
         guard.failure()
     )
-    assert [event["state"] for event in logs.named("task.status_write_failed")] == ["queued", "running", "succeeded"]
+    failed = eventually(lambda: len(found := logs.named("task.status_write_failed")) == 3 and found)
+    assert [event["state"] for event in failed] == ["queued", "running", "succeeded"]
     assert logs.named("task.succeeded", task="files.process_upload")

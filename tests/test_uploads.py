@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from infra.servers import start_function
+from infra.servers import eventually, start_function
 from shared.settings import get_settings
 from tests.support.aws_resources import AwsState
 from tests.support.logs import LogCapture
@@ -118,7 +118,7 @@ def test_the_processing_task_is_followed_at_its_task_url_to_its_facts(client: Te
 
     assert re.fullmatch(r"http://testserver/tasks/[0-9a-f]{32}", body["task_url"])
     assert response.headers["link"] == f'<{body["task_url"]}>; rel="monitor"'
-    task = client.get(body["task_url"]).json()
+    task = eventually(lambda: (r := client.get(body["task_url"]).json())["done"] and r)
     assert task["task"] == "files.process_upload"
     assert task["state"] == "succeeded" and task["done"] is True
     assert task["result"] == {

@@ -14,10 +14,12 @@ A status write that fails is logged ``task.status_write_failed`` (counted) and n
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +28,7 @@ from shared import aws
 from shared.background import lifecycle
 from shared.background.task import take_result
 from shared.logs import bound, get_logger, mask_emails
-from shared.settings import Settings
+from shared.settings import Settings, running_on_lambda
 
 log = get_logger("shared.background")
 
@@ -153,14 +155,19 @@ def pending_records() -> Iterator[list[dict[str, Any]]]:
 class StatusRecorder:
     """The lifecycle's observer: each step of a tracked task, written to ``store``.
 
-    A step on the worker (``on_worker``) numbers after every step of the API's, attempt
+    In a container, a step after the response is written by a thread of its own, in order: the event
+    loop serving the other requests never waits for DynamoDB. On Lambda and on the worker it is
+    written before the call returns (a frozen environment would hold a write back until its next
+    invocation). A step on the worker (``on_worker``) numbers after every step of the API's, attempt
     by attempt, so that the API's late ``handed_off`` or ``enqueued`` never hides the worker's ``running``.
     """
 
-    def __init__(self, store: StatusStore, settings: Settings) -> None:
+    def __init__(self, store: StatusStore, settings: Settings, *, in_background: bool | None = None) -> None:
         self.store = store
         self.ttl_s = settings.task_status_ttl_seconds
         self.result_max_bytes = settings.task_status_result_max_bytes
+        self.in_background = not running_on_lambda() if in_background is None else in_background
+        self._writer: ThreadPoolExecutor | None = None
 
     # --- TaskObserver ----------------------------------------------------------------------
 
@@ -234,8 +241,33 @@ class StatusRecorder:
         }
         if fields.get("request_id"):
             common["request_id"] = fields["request_id"]
+        item = {**common, **values}
+        if not on_worker and self.in_background and asyncio._get_running_loop() is not None:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(1, thread_name_prefix="task-status")
+            try:
+                self._writer.submit(contextvars.copy_context().run, self._write, fields, seq, state, item)
+                return
+            except RuntimeError:  # the interpreter is exiting (task.lost at exit): write it here
+                pass
+        self._write(fields, seq, state, item)
+
+    def drain(self) -> None:
+        """Wait until every step handed to the writing thread so far is written."""
+        writer = self._writer
+        if writer is not None:
+            writer.submit(lambda: None).result()
+
+    def flush(self) -> None:
+        """Wait for the steps still being written (the process is exiting); later ones are written at once."""
+        self.in_background = False
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.shutdown(wait=True)
+
+    def _write(self, fields: dict[str, Any], seq: int, state: str, item: dict[str, Any]) -> None:
         try:
-            self.store.update(fields["task_id"], seq, {**common, **values})
+            self.store.update(fields["task_id"], seq, item)
         except Exception as exc:
             self._failed(state, fields, exc)
 
@@ -294,8 +326,19 @@ def _state(event: str, extra: dict[str, Any], *, on_worker: bool) -> tuple[str |
     return None, 0  # task.duplicate, task.in_progress_elsewhere: another receive owns the record
 
 
+_installed: list[StatusRecorder] = []
+
+
+def drain() -> None:
+    """Wait for the status writes in flight (tests: before the local AWS they write to goes away)."""
+    for recorder in _installed:
+        recorder.drain()
+
+
 def install(settings: Settings) -> StatusRecorder:
     """Record every tracked task of this process in ``TASK_STATUS_TABLE`` from now on."""
     recorder = StatusRecorder(StatusStore(settings.task_status_table), settings)
     lifecycle.observe(recorder)
+    _installed.append(recorder)
+    lifecycle.after_lost_at_exit(recorder.flush)  # exit_process ends the process without joining threads
     return recorder

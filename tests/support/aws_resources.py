@@ -13,6 +13,7 @@ from moto.ses.models import ses_backends
 from infra.local_resources import create_resources
 from infra.template import template
 from shared import aws
+from shared.background import status_store
 from shared.settings import Settings, get_settings
 
 
@@ -90,4 +91,5 @@ def mocked_aws() -> Iterator[AwsState]:
             create_resources()
             yield AwsState(get_settings())
         finally:
+            status_store.drain()  # status writes still in flight reach this moto, not what follows it
             _forget_clients()

@@ -18,7 +18,7 @@ from moto.server import ThreadedMotoServer
 from infra.durable_resources import TaskQueues, create_idempotency_table, create_task_queues
 from infra.servers import free_port
 from shared import aws
-from shared.background import build_executor
+from shared.background import build_executor, status_store
 from shared.settings import get_settings
 from shared.worker.poller import lambda_record
 
@@ -100,6 +100,7 @@ def durable_aws(
             _configure(monkeypatch, queues, {"TASK_MAX_RECEIVES": str(max_receives), **env})
             yield DurableAws(queues, TABLE)
         finally:
+            status_store.drain()
             aws.reset_clients()
 
 
@@ -121,6 +122,7 @@ def durable_aws_server(monkeypatch: pytest.MonkeyPatch, *, max_receives: int = 3
         _configure(monkeypatch, queues, {"TASK_MAX_RECEIVES": str(max_receives), **env})
         yield DurableAws(queues, TABLE, endpoint_url=endpoint)
     finally:
+        status_store.drain()
         aws.reset_clients()
         server.stop()
 
