@@ -10,7 +10,7 @@ reason, from ``atexit``. Only a process killed outright (``kill -9``, out of mem
 without that line.
 
 A **tracked** task's steps (accepted, started, ended) are also told to the ``TaskObserver``
-set with ``observe`` (the status store); an untracked task costs one set lookup per step.
+set with ``observe`` (the status store); an untracked task costs one dictionary lookup per step.
 """
 
 from __future__ import annotations
@@ -51,10 +51,6 @@ def observe(observer: TaskObserver | None) -> None:
     _observer[:] = [] if observer is None else [observer]
 
 
-def observing() -> bool:
-    return bool(_observer)
-
-
 def task_fields(task: QueuedTask, backend: str) -> dict[str, Any]:
     """The keys every line about ``task`` carries."""
     fields: dict[str, Any] = {
@@ -91,7 +87,7 @@ def open(fields: dict[str, Any], *, tracked: bool = False) -> None:
 def started(fields: dict[str, Any]) -> None:
     """A run of the task ``fields`` names starts (logged ``task.started`` by the caller)."""
     on_worker = _tracked.get(fields["task_id"])
-    if on_worker is not None:
+    if on_worker is not None and _observer:
         _observer[0].started(_with_request_id(fields), on_worker=on_worker)
 
 
