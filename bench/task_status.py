@@ -11,9 +11,10 @@ tracking off (the baseline), tracking on but untracked tasks (must match the bas
 call), one tracked task, three tracked tasks. DynamoDB calls are counted from botocore's events.
 
 The target of issue 31: at most one store write before the response, whatever the number of
-tracked tasks (one ``BatchWriteItem``), and untracked requests unchanged within noise. On Lambda
-the same code makes the same calls (the batch before the response; the updates in the
-post-response extension, before the freeze): not measured here separately.
+tracked tasks (one ``BatchWriteItem``), and untracked requests unchanged within noise. Then the
+same app on Lambda (``bench.status_app``'s handlers in the runtime client against the Runtime API
+emulator, as section 1): time to the response, and until the environment is free (the steps
+after the response are written by the post-response extension, before it releases).
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from fastapi import BackgroundTasks
 from starlette.types import ASGIApp, Message
 
 from bench.env import ROOT
 from bench.model import Section, Table, Target, fmt, median, percentile
+from infra.lambda_events import http_api_event
+from infra.runtime_api import lambda_environment
 from infra.servers import ServerProcess, free_port, wait_until_healthy
 from shared.background import status_store
 
@@ -43,38 +46,40 @@ UNTRACKED_NOISE = 0.10
 
 def _apps() -> dict[str, tuple[ASGIApp, str]]:
     """``{variant: (app, kinds)}``: one app without tracking, one with it."""
-    from shared.app import create_app
-    from shared.background import task
+    from bench.status_app import app_off, app_on
 
-    tracked = task("bench.status.tracked", tracked=True)(_tracked)
-    untracked = task("bench.status.untracked")(_untracked)
-
-    def build(track: bool) -> ASGIApp:
-        app = create_app(f"bench-status-{'on' if track else 'off'}", track_tasks=track)
-
-        @app.post("/run")
-        async def run(kinds: str, background_tasks: BackgroundTasks) -> dict[str, str]:
-            for kind in kinds.split(","):
-                background_tasks.add_task(tracked if kind == "t" else untracked)
-            return {"queued": kinds}
-
-        return app
-
-    off, on = build(False), build(True)
     return {
-        "tracking off": (off, "u"),
-        "untracked tasks": (on, "u"),
-        "1 tracked task": (on, "t"),
-        "3 tracked tasks": (on, "t,t,t"),
+        "tracking off": (app_off, "u"),
+        "untracked tasks": (app_on, "u"),
+        "1 tracked task": (app_on, "t"),
+        "3 tracked tasks": (app_on, "t,t,t"),
     }
 
 
-async def _tracked() -> None:
-    return None
+LAMBDA_VARIANTS = {
+    "tracking off": ("bench.status_app.handler_off", "u"),
+    "untracked tasks": ("bench.status_app.handler_on", "u"),
+    "1 tracked task": ("bench.status_app.handler_on", "t"),
+    "3 tracked tasks": ("bench.status_app.handler_on", "t,t,t"),
+}
 
 
-async def _untracked() -> None:
-    return None
+def on_lambda(env: dict[str, str], invocations: int) -> dict[str, dict[str, list[float]]]:
+    """The runtime client against the Runtime API emulator: ms to the response, ms until the environment is free."""
+    handlers = sorted({handler for handler, _ in LAMBDA_VARIANTS.values()})
+    samples: dict[str, dict[str, list[float]]] = {v: {"response": [], "free": []} for v in LAMBDA_VARIANTS}
+    with ExitStack() as stack:
+        environments = {handler: stack.enter_context(lambda_environment(handler, env=env)) for handler in handlers}
+        for round_index in range(invocations + 2):
+            for variant, (handler, kinds) in LAMBDA_VARIANTS.items():
+                event = http_api_event("/run", query={"kinds": kinds})
+                invocation = environments[handler].invoke(event, timeout=60).wait_free(60)
+                if invocation.result.get("statusCode") != 200:
+                    raise RuntimeError(f"{variant}: {invocation.body!r}")
+                if round_index >= 2:  # two warm-up rounds
+                    samples[variant]["response"].append(invocation.time_to_response * 1000)
+                    samples[variant]["free"].append(invocation.time_to_free * 1000)
+    return samples
 
 
 async def _request(app: ASGIApp, kinds: str) -> tuple[float, float, float]:
@@ -167,12 +172,38 @@ def measure(workdir: Path, requests: int = 30, rounds: int = 4) -> Section:
         }
         command = [sys.executable, "-m", "bench.task_status", str(workdir), str(requests), str(rounds)]
         completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)  # noqa: S603 - our own interpreter
+        if completed.returncode != 0:
+            raise RuntimeError(f"bench.task_status failed:\n{completed.stderr[-3000:]}")
+        lambda_env = {key: env[key] for key in ("AWS_ENDPOINT_URL", "LOG_FORMAT")}
+        lambda_samples = on_lambda(lambda_env, requests)
     finally:
         moto.close()
-    if completed.returncode != 0:
-        raise RuntimeError(f"bench.task_status failed:\n{completed.stderr[-3000:]}")
     measured = json.loads(completed.stdout.strip().splitlines()[-1])
-    return _section(measured["samples"], measured["calls"], requests, rounds)
+    section = _section(measured["samples"], measured["calls"], requests, rounds)
+    section.tables.append(_lambda_table(lambda_samples))
+    off, untracked = (median(lambda_samples[v]["response"]) for v in ("tracking off", "untracked tasks"))
+    spread = statistics.pstdev(lambda_samples["tracking off"]["response"])
+    unchanged = section.targets[1]
+    unchanged.measured += f"; on Lambda {fmt(untracked, 2)} ms vs {fmt(off, 2)} ms to the response"
+    unchanged.met = bool(unchanged.met) and abs(untracked - off) <= max(UNTRACKED_NOISE * off, spread)
+    return section
+
+
+def _lambda_table(samples: dict[str, dict[str, list[float]]]) -> Table:
+    table = Table(
+        "On Lambda: the runtime client against the Runtime API emulator, moto's server on 127.0.0.1 (ms)",
+        ["variant", "time to response: median (p95)", "added", "until the environment is free: median (p95)", "added"],
+    )
+    base = {key: median(samples["tracking off"][key]) for key in ("response", "free")}
+    for variant, values in samples.items():
+        row = [variant]
+        for key in ("response", "free"):
+            row += [
+                f"{fmt(median(values[key]), 2)} ({fmt(percentile(values[key], 95), 2)})",
+                "baseline" if variant == "tracking off" else fmt(median(values[key]) - base[key], 2),
+            ]
+        table.rows.append(row)
+    return table
 
 
 def _calls_cell(calls: dict[str, float]) -> str:
