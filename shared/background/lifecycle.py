@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from shared.background import running
 from shared.background.events import ACCEPTED, TERMINAL
 from shared.background.task import QueuedTask
 from shared.logs import bound, get_logger, mask_emails
@@ -81,6 +82,7 @@ def end(event: str, fields: dict[str, Any], *, level: str = "info", **extra: Any
     if event not in TERMINAL:
         raise ValueError(f"{event!r} is not a terminal task event (shared.background.events.TERMINAL)")
     task_id = fields["task_id"]
+    running.forget(task_id)
     if _open.pop(task_id, None) is None:
         with _ended_lock:
             first = _ended.get(task_id)
@@ -113,6 +115,7 @@ def log_lost(reason: str) -> int:
     for task_id, (fields, opened) in list(_open.items()):
         if _open.pop(task_id, None) is None:
             continue
+        running.forget(task_id)
         lost += 1
         with _ended_lock:
             _ended[task_id] = "task.lost"
@@ -147,6 +150,7 @@ def _at_exit(reason: str = "the process exited") -> None:
 def reset() -> None:
     """Forget every open and ended task: for tests, which run many apps in one process."""
     _open.clear()
+    running.reset()
     with _ended_lock:
         _ended.clear()
 

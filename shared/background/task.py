@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,8 @@ class QueuedTask:
     """A ``BackgroundTask`` subclass's own ``__call__``: run instead of ``func``, as Starlette would."""
     fastapi_span: bool = False
     """Queued through FastAPI's ``BackgroundTasks``: run inside its ``fastapi.background_task`` span."""
+    queued_at: float = field(default_factory=time.monotonic)
+    """When it was queued (``time.monotonic``): its terminal line's ``wait_ms`` counts from here."""
 
     def __post_init__(self) -> None:
         if self.is_async is None:
