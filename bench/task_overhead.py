@@ -31,6 +31,7 @@ from pathlib import Path
 from starlette.background import BackgroundTasks
 from starlette.types import ASGIApp, Message
 
+from bench import line_cost
 from bench.model import Distribution, Section, Table, fmt, fmt_ratio, median, percentile, ratio
 from shared.background import build_executor
 from shared.background.executor import TaskExecutor
@@ -204,6 +205,10 @@ def measure(workdir: Path, requests: int = 2000, rounds: int = 7) -> Section:
         f"One log line through the pipeline costs {fmt(per_line_us, 1)} us here. Where it goes (cProfile, share of "
         f"the time, stages may nest): {listed}."
     )
+    lines = max(requests * 10, 1000)
+    costs = line_cost.measure(workdir, lines, rounds)
+    section.tables.append(line_cost.table(costs, lines, rounds))
+    section.notes.append(line_cost.note(costs))
     return section
 
 
