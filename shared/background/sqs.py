@@ -250,8 +250,21 @@ class SqsBackend:
     def accept(self, task: QueuedTask) -> None:
         self._entry(task, _context(), _now())
 
-    def warm_up(self) -> None:
-        self._client()
+    def warm_up(self, *, connect: bool = False) -> None:
+        client = self._client()
+        if not connect:
+            return
+        from botocore.exceptions import ClientError  # loaded with the client, not at cold start
+
+        # An empty batch: SQS refuses it (EmptyBatchRequest) after the connection is open and the
+        # request signed, the very operation a send uses, and nothing is sent. Allowed by the
+        # sqs:SendMessage a sender needs anyway; any other refusal (AccessDenied) is raised:
+        # the handoff's warm-up logs it, as an early sign that sends will fail too.
+        try:
+            client.send_message_batch(QueueUrl=self.queue_url, Entries=[])
+        except ClientError as exc:
+            if not str(exc.response.get("Error", {}).get("Code", "")).endswith("EmptyBatchRequest"):
+                raise
 
     async def dispatch(self, tasks: Sequence[QueuedTask]) -> None:
         context, enqueued_at = _context(), _now()
