@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import heapq
 import itertools
+import os
 import threading
 import time
 from typing import Any
@@ -62,6 +63,13 @@ class _Notices:
             with self._lock:
                 self._watched.pop(task_id, None)
 
+    def after_fork(self) -> None:
+        """In a forked child the thread is gone (and the lock may be held): start afresh."""
+        self._lock = threading.Condition(threading.Lock())
+        self._thread = None
+        self._watched.clear()
+        self._due.clear()
+
     def reset(self) -> None:
         """Forget every watched task: for tests, which run many apps in one process."""
         with self._lock:
@@ -76,8 +84,8 @@ class _Notices:
                     _, order, task_id = heapq.heappop(self._due)
                     watched = self._watched.get(task_id)
                     if watched is not None and watched[0] == order:  # not ended, not a later run of it
-                        del self._watched[task_id]
                         self._notify(*watched[1:])
+                        del self._watched[task_id]  # after the line: an end meanwhile waits for the lock
                 idle = get_settings().task_running_notice_seconds or 60.0
                 wait = self._due[0][0] - now if self._due else idle
                 self._wakes_at = now + wait
@@ -91,6 +99,7 @@ class _Notices:
 
 
 _notices = _Notices()
+os.register_at_fork(after_in_child=_notices.after_fork)
 watch = _notices.watch
 forget = _notices.forget
 reset = _notices.reset
