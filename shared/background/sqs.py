@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import importlib.util
 import json
 import random
@@ -251,6 +252,9 @@ class SqsBackend:
         self._entry(task, _context(), _now())
 
     def warm_up(self, *, connect: bool = False) -> None:
+        # A send runs in anyio's thread pool, and anyio imports its asyncio backend at its first use
+        # there (tens of ms, as get_async_backend does): loaded now, the first send does not wait for it.
+        importlib.import_module("anyio._backends._asyncio")
         client = self._client()
         if not connect:
             return
