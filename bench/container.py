@@ -6,8 +6,8 @@ turns within each round (order reversed every other round), so a noisy neighbour
 slows both sides alike; the throughput ratio is the median of the per-round ratios.
 
 What each server prints (counted, per request, in the tables):
-- template (``python -m shared.serve``): JSON lines ``task.queued``, ``task.started``,
-  ``task.succeeded`` and ``request.completed``; uvicorn's access log off (its default).
+- template (``python -m shared.serve``): JSON lines ``task.queued``, ``task.succeeded``
+  (``task.started`` is DEBUG) and ``request.completed``; uvicorn's access log off (its default).
 - bare FastAPI (``python -m uvicorn``, default settings): uvicorn's plain-text access line.
 
 Context switches are counted over every thread of the server (``/proc``): a ``def`` task's
@@ -378,7 +378,7 @@ def _target(cheap: Scenario, connections: int, cheap_async: Scenario) -> Target:
         f"CPU-bound, so {THROUGHPUT_TARGET:g}x leaves the template about "
         f"{fmt(cpu_theirs * (1 / THROUGHPUT_TARGET - 1), 0)} us per request more than bare, and it spends "
         f"{fmt(cpu_ours - cpu_theirs, 0)} us. It prints {fmt(template.median_of(connections, 'lines_per_request'), 1)} "
-        "JSON lines per request (the task log schema: task.queued, task.started, task.succeeded, then "
+        "JSON lines per request (the task log schema at INFO: task.queued and task.succeeded, then "
         f"request.completed), bare uvicorn {fmt(baseline.median_of(connections, 'lines_per_request'), 1)} access line"
     )
     access = template.median_of(connections, "access_lines_per_request")

@@ -351,6 +351,6 @@ def _free_why_no_task(variants: list[Variant], goal: float, cpu_us: dict[str, fl
 FREE_WHY_0_MS = (
     "plain Mangum runs the task before posting its response, through the thread pool; the template after "
     "it, on the runner thread itself (a last `def` task has nothing behind it: no thread pool hand-over), "
-    "with its task.started and task.succeeded lines and the invocation's EMF line, then `event/next`: the "
+    "with its task.succeeded line and the invocation's EMF line, then `event/next`: the "
     "'response to environment free' column"
 )

@@ -2,8 +2,8 @@
 
 Both sides run the same no-op task once per simulated request: plain Starlette awaits
 its ``BackgroundTasks``; the template passes them through ``TaskExecutor.take`` (accept,
-``task.queued``) and awaits what it returns (``InlineBackend``: ``task.started``, the task
-isolated, ``task.succeeded``). Logs go through the real pipeline (JSON renderer, stdlib
+``task.queued``) and awaits what it returns (``InlineBackend``: ``task.started`` at DEBUG, counted
+but not written, the task isolated, ``task.succeeded``). Logs go through the real pipeline (JSON renderer, stdlib
 handler) into ``os.devnull``. A third variant runs the template with ``LOG_LEVEL=WARNING``
 so the report can split the overhead into logging and the rest.
 
@@ -31,6 +31,7 @@ from pathlib import Path
 from starlette.background import BackgroundTasks
 from starlette.types import ASGIApp, Message
 
+from bench import line_cost
 from bench.model import Distribution, Section, Table, fmt, fmt_ratio, median, percentile, ratio
 from shared.background import build_executor
 from shared.background.executor import TaskExecutor
@@ -204,6 +205,10 @@ def measure(workdir: Path, requests: int = 2000, rounds: int = 7) -> Section:
         f"One log line through the pipeline costs {fmt(per_line_us, 1)} us here. Where it goes (cProfile, share of "
         f"the time, stages may nest): {listed}."
     )
+    lines = max(requests * 10, 1000)
+    costs = line_cost.measure(workdir, lines, rounds)
+    section.tables.append(line_cost.table(costs, lines, rounds))
+    section.notes.append(line_cost.note(costs))
     return section
 
 
@@ -230,8 +235,8 @@ def _section(tasks: list[Variant], whole: list[Variant], requests: int, rounds: 
         logging_us = median(layer.samples_us) - median(quiet.samples_us)
         notes.append(
             f"{group}: the layer adds {fmt(median(layer.samples_us) - base, 1)} us per task, of which "
-            f"{fmt(logging_us, 1)} us is its three log lines (task.queued, task.started, task.succeeded; "
-            f"about {fmt(logging_us / 3, 1)} us each) and {fmt(median(quiet.samples_us) - base, 1)} us the rest "
+            f"{fmt(logging_us, 1)} us is its two log lines (task.queued, task.succeeded; "
+            f"about {fmt(logging_us / 2, 1)} us each) and {fmt(median(quiet.samples_us) - base, 1)} us the rest "
             "(QueuedTask and its id, isolation, the timeout check, the filtered log calls)."
         )
     per_request = Table(

@@ -31,10 +31,19 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from shared.background.events import ACCEPTED, ENDS_HERE, MOVES_TO_QUEUE, WORKER_ATTEMPT_ENDS, WORKER_FINAL
+from shared.background.events import (
+    ACCEPTED,
+    ENDS_HERE,
+    MOVES_TO_QUEUE,
+    RUNNING,
+    STARTED,
+    WORKER_ATTEMPT_ENDS,
+    WORKER_FINAL,
+)
 
 WORKER_BACKEND = "sqs"
-STARTED = "task.started"
+RUN_UNDER_WAY = frozenset({STARTED, RUNNING})
+"""A receive's run is under way: ``task.started`` (DEBUG) or ``task.running`` (INFO, after the notice interval)."""
 QUEUED_BY = "queued_by"
 """Bound by the worker to every line of a message's run: the service that queued the task."""
 LOST = "task.lost"
@@ -120,7 +129,7 @@ class Task:
         elif name in WORKER_ATTEMPT_ENDS:
             if self.worker != "done":
                 self.worker = "queue"
-        elif name == STARTED:
+        elif name in RUN_UNDER_WAY:
             self.worker = "running"
 
     def problem(self, follow_handoffs: bool) -> str | None:

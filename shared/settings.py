@@ -202,6 +202,12 @@ class Settings(BaseModel):
         le=_LAMBDA_TIMEOUT_MS,
         description="Tasks still running this close to the invocation deadline are timed out.",
     )
+    task_running_notice_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=_DAY_S,
+        description="A task still running after this long logs task.running, once (0: never; at most a day).",
+    )
     task_handoff: Literal["auto", "off"] = Field(
         "auto", description="auto: with TASK_QUEUE_URL, hand registered tasks that cannot finish here to the queue."
     )

@@ -48,6 +48,7 @@ def test_quick_bench_writes_every_table_the_plot_and_the_results_doc_block(tmp_p
         "`functions.notifications.app`",
         "## 4. Per-task overhead",
         "**Whole request, in-process ASGI call",
+        "**One log line, rendered and written to os.devnull",
         "## 5. Deployable artifacts",
         "**Durable (SQS) against in-process tasks",
         "## 6. Metrics and trace ids",

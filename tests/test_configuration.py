@@ -35,6 +35,8 @@ QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/fastapi-tasks"
         ("SHUTDOWN_GRACE_SECONDS", "1e308", "less than or equal to 3600"),
         ("TASK_TIMEOUT_SECONDS", "1e308", "less than or equal to 86400"),
         ("TASK_ENQUEUE_BACKOFF_SECONDS", "inf", "finite number"),
+        ("TASK_RUNNING_NOTICE_SECONDS", "-1", "greater than or equal to 0"),
+        ("TASK_RUNNING_NOTICE_SECONDS", "soon", "valid number"),
         ("PORT", "99999", "expected a port number, 1 to 65535"),
         ("PORT", "0", "expected a port number, 1 to 65535"),
         ("WORKER_METRICS_PORT", "70000", "less than or equal to 65535"),

@@ -45,6 +45,7 @@ def run_python(image: str, code: str, *args: str) -> str:
 def servers(image: str) -> Iterator[dict[str, Container]]:
     """Every way the image serves, started together: as users run it, one function, read-only root."""
     published = ["--publish", "127.0.0.1::8000"]
+    published += ["--env", "TASK_RUNNING_NOTICE_SECONDS=0.2"]  # task.running: the test's sign a task is under way
     started: dict[str, Container] = {}
     try:
         # --health-interval: dockerd 20.10 runs the first check only after the interval (30 s in the image).
@@ -200,6 +201,7 @@ def slow_servers(image: str) -> Iterator[dict[str, Container]]:
     """The image's entry command serving tests/support/slow_app.py (mounted read-only), twice."""
     mount = ["--volume", f"{ROOT / 'tests' / 'support' / 'slow_app.py'}:/app/slow_app.py:ro"]
     published = ["--publish", "127.0.0.1::8000"]
+    published += ["--env", "TASK_RUNNING_NOTICE_SECONDS=0.2"]  # task.running: the test's sign a task is under way
     started: dict[str, Container] = {}
     try:
         started["within"] = start(image, "serve", "--app", "slow_app:app", purpose="stop", options=[*mount, *published])
@@ -222,7 +224,7 @@ def slow_servers(image: str) -> Iterator[dict[str, Container]]:
 def test_docker_stop_lets_the_in_flight_task_finish_then_exits_0(slow_servers: dict[str, Container]) -> None:
     container = slow_servers["within"]
     assert httpx.post(f"{container.url}/slow/stop", params={"seconds": 3}).json() == {"queued": 1}
-    eventually(lambda: container.events("task.started"), timeout=10)
+    eventually(lambda: container.events("task.running"), timeout=10)
     assert container.stop(grace_s=30) == 0  # 137 would be SIGKILL at the end of the grace period
     (succeeded,) = container.events("task.succeeded")
     assert succeeded["task"].endswith("slow_write")
@@ -232,7 +234,7 @@ def test_docker_stop_lets_the_in_flight_task_finish_then_exits_0(slow_servers: d
 def test_docker_stop_past_the_grace_period_logs_the_task_cancelled(slow_servers: dict[str, Container]) -> None:
     container = slow_servers["beyond"]
     assert httpx.post(f"{container.url}/slow/stop", params={"seconds": 120}).json() == {"queued": 1}
-    eventually(lambda: container.events("task.started"), timeout=10)
+    eventually(lambda: container.events("task.running"), timeout=10)
     assert container.stop(grace_s=30) == 0
     (cancelled,) = container.events("task.cancelled")
     assert cancelled["task"].endswith("slow_write")

@@ -37,7 +37,9 @@ def durable(monkeypatch: pytest.MonkeyPatch) -> Iterator[DurableAws]:
 
 
 def start_worker(durable: DurableAws, module: str = "shared.worker", **env: str) -> ServerProcess:
-    environment = subprocess_env(durable, **{"TASK_MODULES": TASK_MODULES, "WORKER_WAIT_SECONDS": "1", **env})
+    # task.running, 0.2 s into a run: what a test waits for to know a task is under way (task.started is DEBUG).
+    defaults = {"TASK_MODULES": TASK_MODULES, "WORKER_WAIT_SECONDS": "1", "TASK_RUNNING_NOTICE_SECONDS": "0.2"}
+    environment = subprocess_env(durable, **{**defaults, **env})
     return ServerProcess([sys.executable, "-m", module], environment, port=0)
 
 
@@ -102,7 +104,7 @@ def test_sigterm_finishes_the_message_in_hand_and_leaves_the_rest_in_the_queue(
 
     worker = start_worker(durable)
     try:
-        wait_for(lambda: len(events(worker, "task.started")) == 1, worker)
+        wait_for(lambda: len(events(worker, "task.running")) == 1, worker)
     finally:
         returncode, output = stop(worker)
 
@@ -231,7 +233,7 @@ def test_a_sync_task_still_running_when_its_message_would_reappear_ends_the_work
     assert timed_out["task_id"] in {task.task_id for task in tasks}
     [exiting] = events(output, "worker.exiting")
     assert exiting["exit_code"] == 3
-    assert len(events(output, "task.started")) == 1
+    assert len(events(output, "task.running")) == 1, "one message's task ran; the other never started"
     assert durable.depth()["visible"] >= 1, "the message that never started was released at once"
 
 
@@ -247,13 +249,13 @@ def test_sigterm_waits_for_a_task_in_hand_only_for_the_shutdown_grace_period(
 
     worker = start_worker(durable, SHUTDOWN_GRACE_SECONDS="0.5")
     try:
-        wait_for(lambda: len(events(worker, "task.started")) == 1, worker)
+        wait_for(lambda: len(events(worker, "task.running")) == 1, worker)
     finally:
         returncode, output = stop(worker)
 
     assert returncode == 0
     assert side_effects(out) == []
-    [started] = events(output, "task.started")
+    [started] = events(output, "task.running")
     [cancelled] = events(output, "task.cancelled")
     assert cancelled["task_id"] == started["task_id"]
     assert cancelled["started"] is True

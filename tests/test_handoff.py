@@ -242,3 +242,38 @@ def test_without_a_deadline_or_shutdown_nothing_is_handed_off(
         assert asyncio.run(run_tasks(tasks, "inline")) == 3
         assert not of(logs.events, "task.handed_off")
         assert not resources.receive()
+
+
+def _connections(endpoint: str) -> int:
+    """How many connections the SQS client's pool to ``endpoint`` has opened so far."""
+    from shared import aws
+
+    manager = aws.sqs()._endpoint.http_session._manager  # botocore's urllib3 PoolManager
+    return int(manager.connection_from_url(endpoint).num_connections)
+
+
+@pytest.mark.parametrize("on_lambda", [False, True])
+def test_a_servers_warm_up_opens_the_connection_its_first_handoff_then_uses(
+    durable_server: DurableAws, on_lambda: bool
+) -> None:
+    """In a server the first handoff pays neither the client nor its connection; on Lambda the warm-up
+    (started by a task against the deadline, which may hand off at once) makes the client only."""
+    from shared import aws
+    from shared.background.sqs import SqsBackend
+    from shared.settings import get_settings
+
+    assert durable_server.endpoint_url is not None
+    aws.reset_clients()  # a fresh process: the fixture's client made the queues
+    policy = handoff.Handoff.from_settings(get_settings(), SqsBackend.from_settings)
+    policy._warm_at_deadline = on_lambda
+    policy.warm_up()
+
+    assert _connections(durable_server.endpoint_url) == (0 if on_lambda else 1)
+    assert durable_server.depth() == {"visible": 0, "in_flight": 0}, "the warm-up sends nothing"
+    sent: list[str] = []
+    aws.sqs().meta.events.register("before-send.sqs", lambda request, **_: sent.append(request.url))
+    task = QueuedTask(handoff_tasks.work, ("unused", "warm", 0.0), {}, "tests.handoff.work")
+    ids: dict[str, str] = {}
+    asyncio.run(policy.sender.send_now([task], ids))
+    assert list(ids) == [task.task_id] and len(sent) == 1
+    assert _connections(durable_server.endpoint_url) == 1, "the first send reuses the warm-up's connection"

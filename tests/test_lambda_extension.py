@@ -191,7 +191,7 @@ def test_task_lines_carry_the_lambda_and_request_keys(warm: Function) -> None:
         http_api_event("/slow/keys", query={"seconds": "0"}, headers={"X-Request-ID": "client-req-7"})
     ).wait_free()
 
-    lines = warm.task_lines("task.started", from_gateway) + warm.task_lines("task.succeeded", from_gateway)
+    lines = warm.task_lines("task.queued", from_gateway) + warm.task_lines("task.succeeded", from_gateway)
     assert len(lines) == 2
     for line in lines:
         assert line["function_name"] == warm.env.api.function_name

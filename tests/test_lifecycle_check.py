@@ -113,6 +113,14 @@ def test_a_task_first_seen_on_the_worker_must_end_there() -> None:
     assert orphan.startswith("task_id=w ")
 
 
+def test_a_worker_run_seen_only_by_its_running_notice_is_reported_running() -> None:
+    """At INFO the worker writes no task.started: its task.running says a run is under way."""
+    logs = [api("task.queued", "r"), api("task.handed_off", "r"), worker("task.running", "r")]
+    [orphan] = orphans([logs])
+    assert "received by the worker, its attempt never ended" in orphan
+    assert orphans([[*logs, worker("task.succeeded", "r")]]) == []
+
+
 def test_a_queued_task_reported_lost_has_ended() -> None:
     logs = [api("task.queued"), api("task.handed_off"), worker("worker.started", "")]
     logs += [line("task.lost", backend="sqs", service="local_stack", reason="moto stopped with it in the queue")]

@@ -302,13 +302,13 @@ def test_ctrl_c_stops_the_functions_first_and_the_worker_drains_what_they_handed
 ) -> None:
     """Tasks handed off during the functions' grace reach a worker that still runs: none left in moto."""
     log = fifo(tmp_path)
-    stack = start_stack(NOTIFICATION_LOG_PATH=str(log), SHUTDOWN_GRACE_SECONDS="1")
+    stack = start_stack(NOTIFICATION_LOG_PATH=str(log), SHUTDOWN_GRACE_SECONDS="1", TASK_RUNNING_NOTICE_SECONDS="0.2")
     http = httpx.Client(base_url=stack.url, timeout=30)
     emails = [f"user{index}@example.com" for index in range(3)]
     for email in emails:
         assert http.post(f"/notifications/send-welcome/{email}").status_code == 200
-    # Each request's first task blocks on the unread FIFO; its second (a registered task) waits behind it.
-    eventually(lambda: len(named(stack, "task.started")) == 3)
+    # Each request's first task blocks on the unread FIFO (task.running says so); its second waits behind it.
+    eventually(lambda: len(named(stack, "task.running")) == 3)
 
     os.killpg(stack.process.pid, signal.SIGINT)
     # The functions' grace ends: every registered task still open is handed off, the blocked running
@@ -337,12 +337,17 @@ def test_ctrl_c_stops_the_functions_first_and_the_worker_drains_what_they_handed
 def test_ctrl_c_reports_each_task_still_in_the_queue_as_lost(start_stack: StackFactory, tmp_path: Path) -> None:
     """The worker cannot finish them (the FIFO stays unread): each message moto holds is one task.lost line."""
     log = fifo(tmp_path)
-    stack = start_stack(NOTIFICATION_LOG_PATH=str(log), SHUTDOWN_GRACE_SECONDS="1", LOCAL_STACK_DRAIN_SECONDS="1")
+    stack = start_stack(
+        NOTIFICATION_LOG_PATH=str(log),
+        SHUTDOWN_GRACE_SECONDS="1",
+        LOCAL_STACK_DRAIN_SECONDS="1",
+        TASK_RUNNING_NOTICE_SECONDS="0.2",
+    )
     http = httpx.Client(base_url=stack.url, timeout=30)
     emails = [f"user{index}@example.com" for index in range(2)]
     for email in emails:
         assert http.post(f"/notifications/send-welcome/{email}").status_code == 200
-    eventually(lambda: len(named(stack, "task.started")) == 2)
+    eventually(lambda: len(named(stack, "task.running")) == 2)
 
     stack.ctrl_c()
 

@@ -202,23 +202,29 @@ def test_emf_keeps_at_most_100_values_per_document() -> None:
         assert_valid_emf(document)
 
 
-def test_every_task_event_is_counted_whatever_the_log_level(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Metrics come from the events, not from the log lines: LOG_LEVEL=ERROR filters the lines only."""
+@pytest.mark.parametrize("level", ["INFO", "ERROR"])
+def test_every_task_event_is_counted_whatever_the_log_level(monkeypatch: pytest.MonkeyPatch, level: str) -> None:
+    """Metrics come from the events, not from the log lines: LOG_LEVEL filters the lines only.
+
+    ``task.started`` is DEBUG (the runner logs it so): never written at INFO, still counted.
+    """
     from shared.background.runner import log as execution_log
     from shared.logs import configure_logging
 
     monkeypatch.setenv("METRICS", "emf")
-    monkeypatch.setenv("LOG_LEVEL", "ERROR")
+    monkeypatch.setenv("LOG_LEVEL", level)
     from shared.settings import get_settings
 
     get_settings.cache_clear()
-    configure_logging("tests", stream=io.StringIO(), cache_loggers=False)
+    written = io.StringIO()
+    configure_logging("tests", stream=written, cache_loggers=False)
     stream = io.StringIO()
     recorder = metrics.recorder()
     assert isinstance(recorder, EmfRecorder)
     recorder._stream = stream
     fields = {"task": "t", "task_id": "1", "backend": "sqs"}
-    execution_log.info("task.started", **fields, attempt=3)
+    execution_log.debug("task.started", **fields, attempt=3)
+    execution_log.debug("other.debug_line", **fields)
     execution_log.info("task.succeeded", **fields, attempt=3, duration_ms=2.5)
     execution_log.error("task.timed_out", **fields, attempt=1, started=False)
     execution_log.error("task.enqueue_failed", backend="sqs", task_ids=["a", "b"], tasks=["t", "t"])
@@ -234,6 +240,7 @@ def test_every_task_event_is_counted_whatever_the_log_level(monkeypatch: pytest.
         "tasks_enqueue_failed": 2,
         "task_duration": [2.5],
     }
+    assert "task.started" not in written.getvalue() and "other.debug_line" not in written.getvalue()
     configure_logging("tests", cache_loggers=False)
 
 

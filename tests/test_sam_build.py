@@ -237,5 +237,5 @@ def test_the_worker_runs_the_sample_queued_task(invoke: Any, isolated_settings: 
     invocation, logs = invoke("worker", load_event("worker-sqs-task.json"))
     assert invocation.result == {"batchItemFailures": []}
     assert isolated_settings.read_text() == "notification for foo@example.com: sent through the queue\n"
-    started = [line for line in logs if line.get("event") == "task.started"]
-    assert [(line["backend"], line["service"]) for line in started] == [("sqs", "worker")]
+    ran = [line for line in logs if line.get("event") == "task.succeeded"]
+    assert [(line["backend"], line["service"]) for line in ran] == [("sqs", "worker")]

@@ -52,15 +52,18 @@ def test_response_arrives_while_the_task_is_still_running(tmp_path: Path) -> Non
     # before this test opens the reading end, which it does only after the response.
     fifo = tmp_path / "notifications.fifo"
     os.mkfifo(fifo)
-    server = start_function("notifications", {"NOTIFICATION_LOG_PATH": str(fifo), "LOG_FORMAT": "json"})
+    server = start_function(
+        "notifications",
+        {"NOTIFICATION_LOG_PATH": str(fifo), "LOG_FORMAT": "json", "TASK_RUNNING_NOTICE_SECONDS": "0.2"},
+    )
     try:
         response = httpx.post(f"{server.base_url}/send-notification/{EMAIL}", timeout=10)
         assert response.status_code == 200
         assert response.json() == {"message": "Notification sent in the background"}
         request_id = response.headers["x-request-id"]
 
-        # The task is running (it logs task.started) and cannot finish: the FIFO is unread.
-        assert wait_for_task_events(server, request_id, count=2) == ["task.queued", "task.started"]
+        # The task is running and cannot finish (the FIFO is unread): after 0.2 s it says so, once.
+        assert wait_for_task_events(server, request_id, count=2) == ["task.queued", "task.running"]
 
         with open(fifo) as reader:
             assert reader.read() == f"notification for {EMAIL}: some notification\n"
@@ -130,7 +133,7 @@ def test_uvicorn_cli_prints_its_own_lines_in_the_same_json(tmp_path: Path) -> No
     try:
         wait_until_healthy(f"{server.base_url}/health", server.process)
         request_id = httpx.post(f"{server.base_url}/send-notification/{EMAIL}").headers["x-request-id"]
-        wait_for_task_events(server, request_id, count=3)
+        wait_for_task_events(server, request_id, count=2)
     finally:
         server.stop()
         output = server.output()
@@ -150,13 +153,13 @@ def test_shared_serve_prints_request_completed_instead_of_access_lines(tmp_path:
     server = start_function("notifications", {"NOTIFICATION_LOG_PATH": str(tmp_path / "n.log"), "LOG_FORMAT": "json"})
     try:
         request_id = httpx.post(f"{server.base_url}/send-notification/{EMAIL}").headers["x-request-id"]
-        wait_for_task_events(server, request_id, count=3)
+        wait_for_task_events(server, request_id, count=2)
     finally:
         server.stop()
         events = parse_json_lines(server.output())
         server.close()
     of_request = [e["event"] for e in events if e.get("request_id") == request_id]
-    assert sorted(of_request) == ["request.completed", "task.queued", "task.started", "task.succeeded"]
+    assert sorted(of_request) == ["request.completed", "task.queued", "task.succeeded"]
     assert not [e for e in events if e.get("logger") == "uvicorn.access"]
     completed = next(e for e in events if e["event"] == "request.completed" and e["request_id"] == request_id)
     assert completed["route"] == "/send-notification/{email}"
@@ -171,7 +174,7 @@ def test_a_sync_task_past_its_timeout_runs_on_beside_the_next_task_and_reports_i
         response = httpx.post(f"{server.base_url}/blocking/b", params={"seconds": 2.0}, timeout=10)
         assert response.json() == {"queued": 2}
         request_id = response.headers["x-request-id"]
-        names = wait_for_task_events(server, request_id, count=8)
+        names = wait_for_task_events(server, request_id, count=5)
         exit_code, output = stop_with_sigterm(server)
 
     assert exit_code == 0
@@ -181,9 +184,7 @@ def test_a_sync_task_past_its_timeout_runs_on_beside_the_next_task_and_reports_i
         (e["event"], e.get("task")) for e in events if e["event"].startswith("task.") and e["event"] != "task.queued"
     ]
     assert first == [
-        ("task.started", "slow.blocking_write"),
         ("task.overrunning", "slow.blocking_write"),
-        ("task.started", "tests.support.slow_app.slow_write"),
         ("task.succeeded", "tests.support.slow_app.slow_write"),
         ("task.succeeded", "slow.blocking_write"),
     ], names
@@ -205,12 +206,12 @@ def test_sigterm_past_the_grace_logs_a_sync_task_still_running_and_the_process_e
             f"{server.base_url}/blocking/g", params={"seconds": 0, "gate": str(tmp_path / "never")}, timeout=10
         )
         request_id = response.headers["x-request-id"]
-        assert wait_for_task_events(server, request_id, count=5)[-1] == "task.succeeded"  # the second task
+        assert wait_for_task_events(server, request_id, count=4)[-1] == "task.succeeded"  # the second task
         exit_code, output = stop_with_sigterm(server)
 
     assert exit_code == 0
     assert log_file.read_text().splitlines() == ["g-1"]
     events = [e for e in parse_json_lines(output) if e.get("task") == "slow.blocking_write"]
-    assert [e["event"] for e in events] == ["task.queued", "task.started", "task.overrunning", "task.cancelled"]
+    assert [e["event"] for e in events] == ["task.queued", "task.overrunning", "task.cancelled"]
     cancelled = events[-1]
     assert cancelled["started"] is True and cancelled["still_running"] is True

@@ -132,14 +132,8 @@ def test_every_event_carries_the_schema(logs: LogCapture) -> None:
 
     assert response.headers["x-request-id"] == "req-123"
     task_events = [e for e in logs.events if e["event"].startswith("task.")]
-    assert [e["event"] for e in task_events] == [
-        "task.queued",
-        "task.queued",
-        "task.started",
-        "task.succeeded",
-        "task.started",
-        "task.failed",
-    ]
+    # Two lines per task at INFO: its acceptance and its end (task.started is DEBUG).
+    assert [e["event"] for e in task_events] == ["task.queued", "task.queued", "task.succeeded", "task.failed"]
     for event in task_events:
         assert event["request_id"] == "req-123"
         assert event["service"] == "tasktest"
@@ -150,14 +144,72 @@ def test_every_event_carries_the_schema(logs: LogCapture) -> None:
         assert event["level"] in {"info", "error"}
     for event in logs.named("task.succeeded") + logs.named("task.failed"):
         assert event["duration_ms"] >= 0
+        # What task.started says, on the terminal line: when the run began and how long it waited.
+        assert event["wait_ms"] >= 0
+        started = datetime.fromisoformat(event["started_at"])
+        assert started.tzinfo is not None and started <= datetime.fromisoformat(event["timestamp"])
     ids = {e["task_id"] for e in logs.named("task.queued")}
     assert len(ids) == 2
-    assert {e["task_id"] for e in logs.named("task.started")} == ids
+    assert {e["task_id"] for e in logs.named("task.succeeded") + logs.named("task.failed")} == ids
     completed = logs.named("request.completed")
     assert completed == [completed[0]]
     assert completed[0]["status"] == 200
     assert completed[0]["request_id"] == "req-123"
     assert completed[0]["route"] == "/work"
+
+
+async def slow_async(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+def test_a_task_still_running_after_the_notice_interval_says_so_once(
+    logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At INFO a task writes task.queued and its end; one running long is not invisible in between."""
+    monkeypatch.setenv("TASK_RUNNING_NOTICE_SECONDS", "0.2")
+    get_settings.cache_clear()
+    app = create_app("tasktest")
+
+    @app.post("/slow")
+    async def slow(background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(slow_async, 0.7)
+        background_tasks.add_task(blocking_sleepy, 0.7)
+        background_tasks.add_task(succeed, [], 1)
+        return {"status": "ok"}
+
+    with TestClient(app) as client:
+        client.post("/slow", headers={"X-Request-ID": "req-slow"})
+
+    running = logs.named("task.running")
+    assert sorted(e["task"] for e in running) == [f"{__name__}.blocking_sleepy", f"{__name__}.slow_async"]
+    for line in running:
+        assert line["request_id"] == "req-slow" and line["level"] == "info"
+        assert 0.2 <= line["running_s"] < 0.7 and line["notice_after_s"] == 0.2
+        [end] = logs.named("task.succeeded", task_id=line["task_id"])
+        assert end["started_at"] == line["started_at"]
+    for line in running:  # the notice comes before the task's end, never after it
+        order = [e["event"] for e in logs.events if e.get("task_id") == line["task_id"]]
+        assert order == ["task.queued", "task.running", "task.succeeded"]
+
+    monkeypatch.setenv("TASK_RUNNING_NOTICE_SECONDS", "0")  # 0: never
+    get_settings.cache_clear()
+    with TestClient(app) as client:
+        client.post("/slow")
+    assert len(logs.named("task.succeeded")) == 6
+    assert len(logs.named("task.running")) == 2
+
+
+def test_task_started_is_written_at_debug(logs: LogCapture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOG_LEVEL", "DEBUG")
+    get_settings.cache_clear()
+    configure_logging("tests", stream=logs.stream, cache_loggers=False)
+    with TestClient(build_app([], set(), 1)) as client:
+        client.post("/work")
+    [started] = logs.named("task.started")
+    [succeeded] = logs.named("task.succeeded")
+    assert started["level"] == "debug"
+    assert (started["task_id"], started["started_at"]) == (succeeded["task_id"], succeeded["started_at"])
+    configure_logging("tests", cache_loggers=False)
 
 
 def test_timestamps_are_iso_utc_with_microseconds_and_follow_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -588,7 +640,6 @@ def test_a_sync_task_failing_after_its_timeout_is_reported_failed_with_overran(l
 
     assert results == ["next ran", "late side effect"]
     assert [e["event"] for e in logs.events if e.get("task") == "tests.late_failure"] == [
-        "task.started",
         "task.overrunning",
         "task.failed",
     ]

@@ -16,6 +16,12 @@ from typing import Final
 
 ACCEPTED: Final = "task.queued"
 
+STARTED: Final = "task.started"
+"""A run begins (DEBUG: at INFO its start time and wait are on the terminal line instead)."""
+
+RUNNING: Final = "task.running"
+"""A run still going ``TASK_RUNNING_NOTICE_SECONDS`` after its start (once per run; not an end)."""
+
 ENDS_HERE: Final = frozenset(
     {
         "task.succeeded",

@@ -126,17 +126,20 @@ class Handoff:
     def warm_up_in_background(self) -> None:
         """Create the SQS client in a thread, once: it takes a few hundred ms, too long for a first handoff.
 
-        Started when a server has started (``shared.serve``) or at the latest at SIGTERM, and on
-        Lambda by the first task run against a deadline (after the response, so that the cold start
-        does not pay for it).
+        Started when a server has started (``shared.serve``) or at the latest at SIGTERM: there it
+        also opens the client's connection with a request that sends nothing, so that the first
+        handoff of the process is as fast as the next ones. On Lambda it is started by the first task
+        run against a deadline (after the response, so that the cold start does not pay for it), and
+        creates the client only: a handoff decided then would wait for that extra request.
         """
         if self.enabled and self._warming is None:
             self._warming = threading.Thread(target=self.warm_up, name="handoff-warm-up", daemon=True)
             self._warming.start()
 
     def warm_up(self) -> None:
+        """The sender's client, and, in a long-lived process, its connection (see ``warm_up_in_background``)."""
         try:
-            self.sender.warm_up()
+            self.sender.warm_up(connect=not self._warm_at_deadline)
         except Exception as exc:  # the handoff itself will report it, task by task
             log.warning("handoff.warm_up_failed", error_type=type(exc).__qualname__, error=str(exc))
 

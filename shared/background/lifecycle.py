@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from shared.background import running
 from shared.background.events import ACCEPTED, TERMINAL
 from shared.background.protocols import TaskObserver
 from shared.background.task import QueuedTask
@@ -126,6 +127,7 @@ def end(event: str, fields: dict[str, Any], *, level: str = "info", **extra: Any
     if event not in TERMINAL:
         raise ValueError(f"{event!r} is not a terminal task event (shared.background.events.TERMINAL)")
     task_id = fields["task_id"]
+    running.forget(task_id)
     if _open.pop(task_id, None) is None:
         with _ended_lock:
             first = _ended.get(task_id)
@@ -160,6 +162,7 @@ def log_lost(reason: str) -> int:
     for task_id, (fields, opened) in list(_open.items()):
         if _open.pop(task_id, None) is None:
             continue
+        running.forget(task_id)
         lost += 1
         with _ended_lock:
             _ended[task_id] = "task.lost"
@@ -197,6 +200,7 @@ def reset() -> None:
     """Forget every open and ended task: for tests, which run many apps in one process."""
     _open.clear()
     _tracked.clear()
+    running.reset()
     with _ended_lock:
         _ended.clear()
         _ended_tracked.clear()

@@ -31,8 +31,12 @@ class Sender(Protocol):
     def accept(self, task: QueuedTask) -> None:
         """Raise TaskRejected when ``task`` cannot be sent."""
 
-    def warm_up(self) -> None:
-        """Create the client now (a few hundred ms), so that the first send does not pay for it."""
+    def warm_up(self, *, connect: bool = False) -> None:
+        """Create the client now (a few hundred ms), so that the first send does not pay for it.
+
+        ``connect``: also make a first request that changes nothing, so that the first send pays
+        neither the connection (TCP, TLS) nor the client's first-request work either.
+        """
 
     async def send_now(self, tasks: Sequence[QueuedTask], message_ids: dict[str, str]) -> None:
         """Send ``tasks``; ``message_ids`` gets each taken task's message id, by task id."""

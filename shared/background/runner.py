@@ -18,13 +18,14 @@ from typing import Any, Literal
 import anyio.to_thread
 
 from shared.background import handoff as handoffs
-from shared.background import lifecycle
+from shared.background import lifecycle, running
 from shared.background.errors import PermanentTaskError, TaskStuck
+from shared.background.events import STARTED
 from shared.background.handoff import DEADLINE, Handoff
 from shared.background.lifecycle import task_fields
 from shared.background.protocols import DeadlineWatch
 from shared.background.task import QueuedTask
-from shared.logs import get_logger
+from shared.logs import get_logger, iso_now
 
 log = get_logger("shared.background")
 
@@ -353,7 +354,11 @@ async def run_task(
         )
         return "failed"
 
-    log.info("task.started", **fields)
+    # At INFO the terminal line says when it started and how long it waited (task.started is DEBUG).
+    fields["started_at"] = iso_now()
+    fields["wait_ms"] = round((time.monotonic() - task.queued_at) * 1000, 3)
+    log.debug(STARTED, **fields)
+    running.watch(fields)
     lifecycle.started(fields)
     own_call = task.own_call
     if own_call is None:

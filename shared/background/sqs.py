@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import importlib.util
 import json
 import random
@@ -252,8 +253,24 @@ class SqsBackend:
     def accept(self, task: QueuedTask) -> None:
         self._entry(task, _context(), _now())
 
-    def warm_up(self) -> None:
-        self._client()
+    def warm_up(self, *, connect: bool = False) -> None:
+        # A send runs in anyio's thread pool, and anyio imports its asyncio backend at its first use
+        # there (tens of ms, as get_async_backend does): loaded now, the first send does not wait for it.
+        importlib.import_module("anyio._backends._asyncio")
+        client = self._client()
+        if not connect:
+            return
+        from botocore.exceptions import ClientError  # loaded with the client, not at cold start
+
+        # An empty batch: SQS refuses it (EmptyBatchRequest) after the connection is open and the
+        # request signed, the very operation a send uses, and nothing is sent. Allowed by the
+        # sqs:SendMessage a sender needs anyway; any other refusal (AccessDenied) is raised:
+        # the handoff's warm-up logs it, as an early sign that sends will fail too.
+        try:
+            client.send_message_batch(QueueUrl=self.queue_url, Entries=[])
+        except ClientError as exc:
+            if not str(exc.response.get("Error", {}).get("Code", "")).endswith("EmptyBatchRequest"):
+                raise
 
     async def dispatch(self, tasks: Sequence[QueuedTask]) -> None:
         context, enqueued_at = _context(), _now()

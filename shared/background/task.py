@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -94,6 +95,8 @@ class QueuedTask:
     """Its status is recorded for the client (``shared.background.status_store``); what it returns is kept."""
     origin: Callable[..., Any] = field(init=False, repr=False)
     """The function queued (``func`` is a wrapper keeping its result when the task is tracked)."""
+    queued_at: float = field(default_factory=time.monotonic)
+    """When it was queued (``time.monotonic``): its terminal line's ``wait_ms`` counts from here."""
 
     def __post_init__(self) -> None:
         if self.is_async is None:

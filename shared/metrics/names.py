@@ -23,6 +23,7 @@ DIMENSION_SETS: Final = (DIMENSIONS, ("service",), ())
 COUNTERS: Final = {
     "task.queued": "tasks_queued",
     "task.started": "tasks_started",
+    "task.running": "tasks_long_running",
     "task.succeeded": "tasks_succeeded",
     "task.failed": "tasks_failed",
     "task.timed_out": "tasks_timed_out",
