@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import BackgroundTasks
 from fastapi.testclient import TestClient
 
 from bench import handoff_tasks
@@ -25,6 +26,8 @@ from infra.lambda_events import http_api_event
 from infra.runtime_api import lambda_environment
 from infra.servers import ServerProcess, eventually, parse_json_lines, start_function
 from shared import aws
+from shared.app import create_app
+from shared.background import lifecycle, status_store
 from shared.settings import ConfigurationError, get_settings, load_settings
 from shared.worker import Worker
 from tests.support import status_app
@@ -41,6 +44,14 @@ from tests.support.sqs_queues import (
 
 LINK = re.compile(r'<([^>]+)>; rel="monitor"')
 EMAIL = "jane.doe@example.com"
+
+untracked_app = create_app("untracked", track_tasks=False)
+
+
+@untracked_app.post("/run")
+async def run_echo(background_tasks: BackgroundTasks) -> dict[str, str]:
+    background_tasks.add_task(status_app.echo, status_app.SECRET, EMAIL)
+    return {}
 
 
 def links(response: httpx.Response) -> list[str]:
@@ -331,3 +342,19 @@ def test_on_lambda_a_tracked_task_is_followed_to_its_end_after_the_response(dura
     assert record["state"] == "succeeded" and record["backend"] == "lambda-extension"
     assert record["invocation"] == invocation.request_id
     assert record["result"] == {"email": "j***@example.com", "length": len(status_app.SECRET)}
+
+
+def test_a_tracked_task_queued_where_no_status_is_recorded_is_warned_once_with_what_to_do(
+    state: AwsState, logs: LogCapture
+) -> None:
+    lifecycle.observe(None)  # as in a function created without track_tasks and without TRACK_TASKS
+    try:
+        with TestClient(untracked_app) as client:
+            for _ in range(2):
+                assert client.post("/run").status_code == 200
+    finally:
+        status_store.install(get_settings())
+    [warning] = logs.named("tracking.not_recorded")
+    assert warning["task"] == "tests.status.echo" and warning["level"] == "warning"
+    assert "create_app(..., track_tasks=True) or set TRACK_TASKS=true" in warning["error"]
+    assert len(logs.named("task.succeeded", task="tests.status.echo")) == 2

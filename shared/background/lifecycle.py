@@ -45,6 +45,8 @@ _tracked: dict[str, bool] = {}
 _ended_tracked: OrderedDict[str, bool] = OrderedDict()
 """Tracked tasks that ended here lately: the worker dead-letters a task after its attempt's end."""
 _observer: list[TaskObserver] = []
+_unrecorded: set[str] = set()
+"""Tracked task names queued while no observer was set: each is warned about once."""
 
 
 def observe(observer: TaskObserver | None) -> None:
@@ -72,9 +74,18 @@ def accept(task: QueuedTask, backend: str) -> None:
     opened = _with_request_id(fields)
     _open[task.task_id] = (opened, time.monotonic())
     log.info(ACCEPTED, **fields)
-    if task.tracked and _observer:
-        _tracked[task.task_id] = False
-        _observer[0].accepted(opened)
+    if task.tracked:
+        if _observer:
+            _tracked[task.task_id] = False
+            _observer[0].accepted(opened)
+        elif task.name not in _unrecorded:
+            _unrecorded.add(task.name)
+            log.warning(
+                "tracking.not_recorded",
+                task=task.name,
+                error="this task is tracked but this process records no task status: "
+                "create_app(..., track_tasks=True) or set TRACK_TASKS=true (docs/task-status.md)",
+            )
 
 
 def open(fields: dict[str, Any], *, tracked: bool = False) -> None:
@@ -199,6 +210,7 @@ def _at_exit(reason: str = "the process exited") -> None:
 def reset() -> None:
     """Forget every open and ended task: for tests, which run many apps in one process."""
     _open.clear()
+    _unrecorded.clear()
     _tracked.clear()
     running.reset()
     with _ended_lock:

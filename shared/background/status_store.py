@@ -335,10 +335,20 @@ def drain() -> None:
         recorder.drain()
 
 
+def _flush_installed() -> None:
+    for recorder in _installed:
+        recorder.flush()
+
+
 def install(settings: Settings) -> StatusRecorder:
-    """Record every tracked task of this process in ``TASK_STATUS_TABLE`` from now on."""
+    """Record every tracked task of this process in ``TASK_STATUS_TABLE`` from now on.
+
+    One recorder per process: a later install (the next app of a gateway, the next worker of a
+    test) replaces the previous one once its writes in flight are written.
+    """
+    _flush_installed()
     recorder = StatusRecorder(StatusStore(settings.task_status_table), settings)
+    _installed[:] = [recorder]
     lifecycle.observe(recorder)
-    _installed.append(recorder)
-    lifecycle.after_lost_at_exit(recorder.flush)  # exit_process ends the process without joining threads
+    lifecycle.after_lost_at_exit(_flush_installed)  # exit_process ends the process without joining threads
     return recorder
