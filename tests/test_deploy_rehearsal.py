@@ -4,6 +4,8 @@ CloudFormation on 127.0.0.1, read back, and deleted (infra/deploy_rehearsal.py).
 from __future__ import annotations
 
 import io
+import json
+import re
 import zipfile
 from functools import partial
 from pathlib import Path
@@ -37,9 +39,20 @@ def test_the_built_template_deploys_and_reads_back_then_leaves_only_what_it_reta
         "queues",
         "log groups",
         "after sam delete",
+        "deleting what moto left",
+        "nothing but the Retain resources",
     ]
     (created,) = [line for line in rehearsal.log if line.startswith("resources: ") and "created" in line]
     assert set(MOTO_CANNOT_CREATE) == {kind for kind in MOTO_CANNOT_CREATE if f"({kind})" in created}
+    (left,) = [line for line in rehearsal.log if line.startswith("moto left ")]
+    stack = sam_build.template["Resources"]
+    policies_and_layers = sorted(
+        name
+        for name, resource in stack.items()
+        if resource["Type"] in ("AWS::IAM::ManagedPolicy", "AWS::Serverless::LayerVersion")
+    )
+    names = left.removesuffix("; deleting them").rsplit(": ", 1)[1].split(", ")
+    assert sorted(re.sub(r"[0-9a-f]{10}$", "", name) for name in names) == policies_and_layers  # SAM's version hash
     (retained,) = [line for line in rehearsal.log if "exactly the Retain resources" in line]
     assert "UsersTable" in retained
     assert "IdempotencyTable" not in retained
@@ -149,4 +162,53 @@ def test_a_variable_naming_another_table_fails_naming_the_function_and_variable(
         stack = Stack("s", template, client=client, physical=physical)
         assert stack.check_function_environments() == [
             "UsersFunction: USERS_TABLE is 'audit-1', not UsersTable (users-1)"
+        ]
+
+
+def test_only_this_stacks_policies_and_layers_may_outlive_sam_delete_and_then_are_deleted() -> None:
+    """moto deletes neither type with a stack: exactly the stack's own are allowed, then deleted;
+    any other resource left, or a policy of no resource of the stack, still fails."""
+    with mock_aws():
+        client = partial(boto3.client, region_name="us-east-1")
+        statement = {"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": "arn:aws:sqs:us-east-1:123456789012:q"}
+        document = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+        policy = client("iam").create_policy(PolicyName="s-EnqueuePolicy-1", PolicyDocument=document)["Policy"]["Arn"]
+        client("lambda").publish_layer_version(
+            LayerName="s-DepsLayer-1", Content={"ZipFile": b"PK\x05\x06" + bytes(18)}
+        )
+        queue = client("sqs").create_queue(QueueName="s-queue")["QueueUrl"]
+        template = {
+            "Resources": {
+                "EnqueuePolicy": {"Type": "AWS::IAM::ManagedPolicy"},
+                "DepsLayer": {"Type": "AWS::Lambda::LayerVersion"},
+                "Queue": {"Type": "AWS::SQS::Queue"},
+            }
+        }
+        physical = {"EnqueuePolicy": policy, "DepsLayer": "", "Queue": queue}
+        stack = Stack("s", template, client=client, physical=physical)
+        assert stack.check_deleted() == ["Queue (AWS::SQS::Queue) is still there after the stack was deleted"]
+        client("sqs").delete_queue(QueueUrl=queue)
+        assert stack.check_deleted() == []
+        assert stack.left_by_moto() == {
+            "EnqueuePolicy": "AWS::IAM::ManagedPolicy",
+            "DepsLayer": "AWS::Lambda::LayerVersion",
+        }
+        assert sorted(stack.check_deleted(moto_leaves=False)) == [
+            "DepsLayer (AWS::Lambda::LayerVersion) is still there after the stack was deleted",
+            "EnqueuePolicy (AWS::IAM::ManagedPolicy) is still there after the stack was deleted",
+        ]
+        stray = client("iam").create_policy(PolicyName="made-elsewhere", PolicyDocument=document)["Policy"]["Arn"]
+
+        assert stack.delete_left_by_moto() == []
+
+        assert stack.left_by_moto() == {}
+        assert stack.check_deleted(moto_leaves=False) == []
+        assert stack.check_nothing_else_left() == ["managed policy made-elsewhere is still there"]
+        client("iam").delete_policy(PolicyArn=stray)
+        assert stack.check_nothing_else_left() == []
+        assert stack.check_deleted() == [
+            "EnqueuePolicy (AWS::IAM::ManagedPolicy) was deleted: moto now deletes it, "
+            "take AWS::IAM::ManagedPolicy off MOTO_DOES_NOT_DELETE",
+            "DepsLayer (AWS::Lambda::LayerVersion) was deleted: moto now deletes it, "
+            "take AWS::Lambda::LayerVersion off MOTO_DOES_NOT_DELETE",
         ]
