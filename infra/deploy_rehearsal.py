@@ -113,7 +113,7 @@ def moto_server(workdir: Path, env: Mapping[str, str] | None = None) -> Iterator
         process = subprocess.Popen(  # noqa: S603 (this interpreter, our own module)
             [sys.executable, "-m", "infra.moto_changesets", "-H", "127.0.0.1", "-p", str(port)],
             cwd=ROOT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **(env or {}), "MOTO_PORT": str(port)},  # moto tells its Lambda containers
             stdout=output,
             stderr=subprocess.STDOUT,
         )
@@ -351,7 +351,34 @@ class Rehearsal:
                 answered.append(f"{root_path}/health ({time.monotonic() - started:.1f}s)")
         if not problems:
             self.say(f"invocations through moto's Lambda in Docker: 200 from {', '.join(answered)}")
+            problems = self.register_through_the_worker(stack, server, client)
         return problems
+
+    def register_through_the_worker(self, stack: Stack, server: MotoServer, client: Any) -> list[str]:
+        """POST /users/users: the welcome e-mail goes to the deployed queue, whose event source
+        mapping runs the worker, which sends it (the account's verified sender: verified here)."""
+        users = stack.physical["UsersFunction"]
+        sender = client.get_function_configuration(FunctionName=users)["Environment"]["Variables"]["MAIL_SENDER"]
+        server.client("ses").verify_email_identity(EmailAddress=sender)
+        started = time.monotonic()
+        response = client.invoke(
+            FunctionName=users, Payload=json.dumps(moto_lambda.registration_event("jane@example.com"))
+        )
+        answer = json.loads(response["Payload"].read().decode())
+        if response.get("FunctionError") or answer.get("statusCode") != 201:
+            return [f"UsersFunction: POST /users/users answered {answer!r}, not 201"]
+        sent = server.client("ses").get_send_quota()["SentLast24Hours"]
+        runs = server.client("dynamodb").scan(TableName=stack.physical["IdempotencyTable"], Select="COUNT")["Count"]
+        if (sent, runs) != (1, 1):
+            return [
+                f"the registration's welcome e-mail did not go through the worker: {sent:g} e-mail(s) sent, "
+                f"{runs} task run(s) recorded in IdempotencyTable"
+            ]
+        self.say(
+            f"a registration reached the worker through the deployed queue: 201, the welcome e-mail sent by the "
+            f"worker ({time.monotonic() - started:.1f}s)"
+        )
+        return []
 
     def fail_on(self, check: str, problems: list[str]) -> None:
         if problems:

@@ -44,6 +44,12 @@ def invoke_once(handler: str, event: object, timeout_s: float) -> tuple[bool, ob
 
 def main(argv: list[str] | None = None) -> int:
     handler, payload = argv if argv is not None else sys.argv[1:]
+    # moto points the function at its server as host.docker.internal (the engine's gateway);
+    # the rehearsal's moto listens on 127.0.0.1 only, which a container on the host's network reaches.
+    if "AWS_ENDPOINT_URL" in os.environ:
+        os.environ["AWS_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"].replace(
+            "//host.docker.internal:", "//127.0.0.1:"
+        )
     timeout_s = float(os.environ.get("AWS_LAMBDA_FUNCTION_TIMEOUT", "30"))
     succeeded, response = invoke_once(handler, json.loads(payload), timeout_s)
     sys.stderr.flush()

@@ -13,8 +13,8 @@ from the image the project's Dockerfile builds:
 - ``busybox:latest``, only when the engine has none: the project's image without its entry
   point (moto runs ``sleep 100`` in it and copies the code in).
 
-The containers run with ``network_mode=none`` (``MOTO_DOCKER_NETWORK_MODE``): nothing leaves
-them, and a health check needs no AWS call.
+The containers share the host's network (``MOTO_DOCKER_NETWORK_MODE=host``) to reach moto's
+server on 127.0.0.1, the only address they are given.
 """
 
 from __future__ import annotations
@@ -104,8 +104,9 @@ def remove_images(prefix: str) -> None:
 
 
 def server_environment(lambda_image: str) -> dict[str, str]:
-    """What moto's server needs to run functions in that image, without a network."""
-    return {"MOTO_DOCKER_LAMBDA_IMAGE": lambda_image, "MOTO_DOCKER_NETWORK_MODE": "none"}
+    """What moto's server needs to run functions in that image, on the host's network (moto
+    listens on 127.0.0.1 only; infra/lambda_once.py points the function there)."""
+    return {"MOTO_DOCKER_LAMBDA_IMAGE": lambda_image, "MOTO_DOCKER_NETWORK_MODE": "host"}
 
 
 def health_event(root_path: str) -> dict[str, Any]:
@@ -116,6 +117,13 @@ def health_event(root_path: str) -> dict[str, Any]:
     event["requestContext"]["http"]["method"] = "GET"
     event["routeKey"] = event["requestContext"]["routeKey"] = f"ANY {root_path}/{{proxy+}}"
     event["pathParameters"] = {"proxy": "health"}
+    return event
+
+
+def registration_event(email: str) -> dict[str, Any]:
+    """``POST /users/users`` through the users function's route, registering ``email``."""
+    event: dict[str, Any] = copy.deepcopy(load_event("users-register-http-api.json"))
+    event["body"] = json.dumps({"name": "Jane Doe", "email": email})
     return event
 
 

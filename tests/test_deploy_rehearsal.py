@@ -34,7 +34,8 @@ def test_the_built_template_deploys_and_reads_back_then_leaves_only_what_it_reta
     sam_build: Build, tmp_path: Path
 ) -> None:
     """With a container engine, each function also answers ``GET /<name>/health`` through moto's
-    Lambda in Docker; without one the rehearsal says why it did not invoke them
+    Lambda in Docker, and a registration's welcome e-mail is sent by the worker through the
+    deployed queue; without one the rehearsal says why it did not invoke them
     (``REQUIRE_CONTAINER_ENGINE=1`` fails then, as the container tests do)."""
     engine = engine_problem()
     if engine is not None:
@@ -61,6 +62,10 @@ def test_the_built_template_deploys_and_reads_back_then_leaves_only_what_it_reta
         assert [part.split(" (")[0] for part in invoked.split("200 from ", 1)[1].split(", ")] == [
             f"/{name}/health" for name in sorted(http_functions())
         ]
+        assert any(
+            line.startswith("a registration reached the worker through the deployed queue: 201")
+            for line in rehearsal.log
+        )
     else:
         assert f"invocations: skipped ({engine.split(' (')[0]}" in "\n".join(rehearsal.log)
     (created,) = [line for line in rehearsal.log if line.startswith("resources: ") and "created" in line]
