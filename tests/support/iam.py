@@ -16,6 +16,11 @@ call's action after the call. ``decide`` fills that in as AWS does: the table AR
 a batch or transaction, with the action AWS checks for each transaction item), the sender's
 identity ARN and ``ses:FromAddress``, ``sqs:SendMessage`` for ``SendMessageBatch``.
 
+What allowed each call is recorded per ``Grant``: one action of one statement on one of its
+resources. Every grant of a role must be used by some test (``Coverage``, conftest), and
+tests/test_iam.py removes each in turn: a statement cannot hold an action, or a resource, that
+no code calls.
+
 The function's code runs on TestClient's threads; the test's own calls on the main thread
 (setting up data, reading back results) are authenticated but not authorized.
 """
@@ -199,11 +204,6 @@ class RolePolicies:
             {name: doc for name, doc in self.managed.items() if name != policy},
         )
 
-    def without_statement(self, statement: Statement) -> RolePolicies:
-        """The same role less one statement (less its policy, when that was the policy's only one)."""
-        assert statement in self.statements(), statement
-        return self.replacing(statement, [])
-
     def without_grant(self, grant: Grant) -> RolePolicies:
         """The same role less one action on one resource; the rest of its statement stays."""
         assert grant in self.grants(), grant
@@ -222,6 +222,8 @@ class RolePolicies:
         return self.replacing(grant.statement(), rest)
 
     def replacing(self, statement: Statement, replacement: list[dict[str, Any]]) -> RolePolicies:
+        """The same role with ``replacement`` (maybe none) for one statement; a policy left empty goes."""
+
         def replace(policies: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             kept = {}
             for name, document in policies.items():
