@@ -29,11 +29,16 @@ MOTO_CANNOT_CREATE = {
 CREATE_COMPLETE). A resource of any other type that was not created fails the rehearsal."""
 
 MOTO_DOES_NOT_DELETE = {
-    "AWS::IAM::ManagedPolicy": "the shared policies (EnqueueDurableTasksPolicy, SendMailPolicy)",
+    "AWS::IAM::ManagedPolicy": "the stack's managed policies",
     "AWS::Lambda::LayerVersion": "the layer versions",
 }
-"""The resource types moto creates but leaves behind when it deletes a stack (CloudFormation
-deletes them): after ``sam delete`` they may remain without failing the rehearsal."""
+"""The resource types moto creates but leaves behind when it deletes a stack; CloudFormation
+deletes them. moto 5.2.5's ``ManagedPolicy`` (moto/iam/models.py) and ``LayerVersion``
+(moto/awslambda/models.py) define neither ``delete`` nor ``delete_from_cloudformation_json``,
+and its stack deletion (``ResourceMap.delete``, moto/cloudformation/parsing.py) skips a resource
+whose class has no deletion. After ``sam delete`` the rehearsal allows exactly this stack's
+resources of these types to remain, then deletes them as CloudFormation would
+(``Stack.delete_left_by_moto``) and checks that nothing but the ``Retain`` resources is left."""
 
 PSEUDO = re.compile(r"^AWS::")
 SUB_NAME = re.compile(r"\$\{([^!}][^}]*)\}")
@@ -296,8 +301,40 @@ class Stack:
             if name in self.physical and self.resources[name].get("DeletionPolicy") == "Retain"
         }
 
-    def check_deleted(self) -> list[str]:
-        """After ``sam delete``: exactly the ``Retain`` resources are left."""
+    def left_by_moto(self) -> dict[str, str]:
+        """``{logical id: type}``: this stack's resources moto left after deleting it (MOTO_DOES_NOT_DELETE)."""
+        retained = self.retained()
+        return {
+            name: kind
+            for name, kind in self.expected().items()
+            if kind in MOTO_DOES_NOT_DELETE
+            and name in self.physical
+            and name not in retained
+            and self.exists(kind, self.physical[name], name)
+        }
+
+    def delete_left_by_moto(self) -> list[str]:
+        """Delete what moto left of this stack, as CloudFormation deletes it with the stack."""
+        problems = []
+        for name, kind in sorted(self.left_by_moto().items()):
+            try:
+                DELETIONS[kind](self, self.physical[name], name)
+            except ClientError as error:
+                problems.append(f"{name} ({kind}) could not be deleted: {error}")
+        return problems
+
+    def check_nothing_else_left(self) -> list[str]:
+        """No managed policy or layer at all in the account (moto's, which only this stack used):
+        none the stack made under a name its resource list does not show."""
+        policies = self.client("iam").list_policies(Scope="Local")["Policies"]
+        layers = self.client("lambda").list_layers()["Layers"]
+        return [f"managed policy {policy['PolicyName']} is still there" for policy in policies] + [
+            f"layer {layer['LayerName']} is still there" for layer in layers
+        ]
+
+    def check_deleted(self, *, moto_leaves: bool = True) -> list[str]:
+        """After ``sam delete``: exactly the ``Retain`` resources are left, and (``moto_leaves``)
+        this stack's resources of the types moto does not delete."""
         problems = []
         stacks = self.client("cloudformation").list_stacks()["StackSummaries"]
         if any(s["StackName"] == self.name and s["StackStatus"] != "DELETE_COMPLETE" for s in stacks):
@@ -309,9 +346,9 @@ class Stack:
             left = self.exists(kind, self.physical[name], name)
             if name in retained and not left:
                 problems.append(f"{name} ({kind}) has DeletionPolicy Retain, yet it was deleted with the stack")
-            if name not in retained and left and kind not in MOTO_DOES_NOT_DELETE:
+            if name not in retained and left and not (moto_leaves and kind in MOTO_DOES_NOT_DELETE):
                 problems.append(f"{name} ({kind}) is still there after the stack was deleted")
-            if name not in retained and not left and kind in MOTO_DOES_NOT_DELETE:
+            if name not in retained and not left and moto_leaves and kind in MOTO_DOES_NOT_DELETE:
                 problems.append(
                     f"{name} ({kind}) was deleted: moto now deletes it, take {kind} off MOTO_DOES_NOT_DELETE"
                 )
@@ -342,9 +379,7 @@ NOT_FOUND = {
 
 
 def _layer_exists(stack: Stack, physical_id: str, logical_id: str) -> bool:
-    # moto gives a layer version no physical id; its layer is named after the stack and logical id.
-    layers = stack.client("lambda").list_layers()["Layers"]
-    return any(layer["LayerName"].startswith(f"{stack.name}-{logical_id}-") for layer in layers)
+    return bool(_stack_layers(stack, logical_id))
 
 
 def _permission_exists(stack: Stack, physical_id: str, logical_id: str) -> bool:
@@ -380,6 +415,30 @@ def _call(service: str, method: str, key: str) -> Callable[[Stack, str, str], bo
 def _managed_policy_exists(stack: Stack, physical_id: str, logical_id: str) -> bool:
     stack.client("iam").get_policy(PolicyArn=physical_id)
     return True
+
+
+def _stack_layers(stack: Stack, logical_id: str) -> list[str]:
+    # moto gives a layer version no physical id; its layer is named after the stack and logical id.
+    layers = stack.client("lambda").list_layers()["Layers"]
+    return [layer["LayerName"] for layer in layers if layer["LayerName"].startswith(f"{stack.name}-{logical_id}-")]
+
+
+def _delete_managed_policy(stack: Stack, physical_id: str, logical_id: str) -> None:
+    stack.client("iam").delete_policy(PolicyArn=physical_id)
+
+
+def _delete_layer_versions(stack: Stack, physical_id: str, logical_id: str) -> None:
+    client = stack.client("lambda")
+    for layer in _stack_layers(stack, logical_id):
+        for version in client.list_layer_versions(LayerName=layer)["LayerVersions"]:
+            client.delete_layer_version(LayerName=layer, VersionNumber=version["Version"])
+
+
+DELETIONS: dict[str, Callable[[Stack, str, str], None]] = {
+    "AWS::IAM::ManagedPolicy": _delete_managed_policy,
+    "AWS::Lambda::LayerVersion": _delete_layer_versions,
+}
+"""What CloudFormation does, per type of MOTO_DOES_NOT_DELETE, when it deletes the stack."""
 
 
 PROBES: dict[str, Callable[[Stack, str, str], bool]] = {

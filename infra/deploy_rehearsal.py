@@ -13,7 +13,12 @@
 6. read back through the AWS APIs (infra/deploy_checks.py): CREATE_COMPLETE, every resource
    created or of a type moto cannot create, outputs, each function's variables, the event
    source mapping, the queue's redrive policy, log retention;
-7. ``sam delete``, then: exactly the ``Retain`` resources are left.
+   then, with a Docker engine (``--invoke``; ``--no-invoke`` to leave it out), each function with an
+   HTTP route answers ``GET /<name>/health`` with 200 through moto's Lambda, which runs it in a
+   container of an image built from the project's own (infra/moto_lambda.py);
+7. ``sam delete``, then: exactly the ``Retain`` resources are left, besides this stack's managed
+   policies and layer versions, which moto never deletes (``MOTO_DOES_NOT_DELETE``); the
+   rehearsal deletes those as CloudFormation would and checks again: nothing else is left.
 
 ``--config-env dev`` (``make deploy-rehearsal ENV=dev``) rehearses that samconfig.toml
 environment: its stack name and parameters. Any failed check exits 1 with what failed, each
@@ -41,8 +46,10 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from botocore.config import Config
 
-from infra.deploy_checks import MOTO_CANNOT_CREATE, MOTO_DOES_NOT_DELETE, Stack, unresolved_references
+from infra import moto_lambda
+from infra.deploy_checks import MOTO_CANNOT_CREATE, Stack, unresolved_references
 
 ROOT = Path(__file__).resolve().parents[1]
 SAM_VENV = ROOT / ".venv-sam"
@@ -98,13 +105,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def moto_server(workdir: Path) -> Iterator[MotoServer]:
+def moto_server(workdir: Path, env: Mapping[str, str] | None = None) -> Iterator[MotoServer]:
+    """moto's server on a free port of 127.0.0.1; ``env``: its settings (infra/moto_lambda.py)."""
     port = free_port()
     log = workdir / "moto.log"
     with log.open("wb") as output:
         process = subprocess.Popen(  # noqa: S603 (this interpreter, our own module)
             [sys.executable, "-m", "infra.moto_changesets", "-H", "127.0.0.1", "-p", str(port)],
             cwd=ROOT,
+            env={**os.environ, **(env or {}), "MOTO_PORT": str(port)},  # moto tells its Lambda containers
             stdout=output,
             stderr=subprocess.STDOUT,
         )
@@ -186,6 +195,8 @@ class Rehearsal:
 
     workdir: Path
     environment: str = "default"
+    invoke: bool | None = None
+    """Invoke each deployed function through moto's Lambda in Docker: None when the engine answers."""
     log: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -226,7 +237,33 @@ class Rehearsal:
     def rehearse(self, built_template: Path) -> None:
         """Package, translate, deploy, check, delete, check: raises ``RehearsalFailed`` naming what failed."""
         config = rehearsal_config(self.workdir / "samconfig.toml", self.stack_name, self.parameters)
-        with moto_server(self.workdir) as server:
+        images = f"fbt-rehearsal-{os.getpid()}"
+        lambda_image = self.lambda_image(images)
+        try:
+            self.deploy_and_delete(built_template, config, lambda_image)
+        finally:
+            if lambda_image:
+                moto_lambda.remove_images(images)
+
+    def lambda_image(self, prefix: str) -> str | None:
+        """The image moto runs functions in, when invocations are asked for or the engine answers."""
+        problem = moto_lambda.engine_problem() if self.invoke is not False else "not asked for"
+        if problem is not None:
+            if self.invoke:
+                raise RehearsalFailed(f"invocations: {problem}")
+            self.say(f"invocations: skipped ({problem})")
+            return None
+        started = time.monotonic()
+        try:
+            image = moto_lambda.build_images(prefix)
+        except RuntimeError as error:
+            raise RehearsalFailed(f"invocations: {error}") from None
+        self.say(f"images for moto's Lambda: ok ({time.monotonic() - started:.1f}s)")
+        return image
+
+    def deploy_and_delete(self, built_template: Path, config: Path, lambda_image: str | None) -> None:
+        server_env = moto_lambda.server_environment(lambda_image) if lambda_image else {}
+        with moto_server(self.workdir, server_env) as server:
             server.client("s3").create_bucket(Bucket=ARTIFACTS_BUCKET)
             packaged = self.workdir / "packaged.yaml"
             sam = [str(SAM)]
@@ -265,12 +302,83 @@ class Rehearsal:
             self.fail_on("event source mappings", stack.check_event_source_mappings())
             self.fail_on("queues", stack.check_queues())
             self.fail_on("log groups", stack.check_log_groups())
+            if lambda_image:
+                self.fail_on("invocations", self.invoke_each_function(stack, server))
             self.run("sam delete", [*sam, "delete", "--config-file", str(config), "--no-prompts"], server)
             self.fail_on("after sam delete", stack.check_deleted())
+            left = stack.left_by_moto()
             self.say(
-                f"after sam delete: left exactly the Retain resources: {', '.join(sorted(stack.retained()))} "
-                f"(and what moto never deletes: {', '.join(MOTO_DOES_NOT_DELETE.values())})"
+                f"moto left {len(left)} resources CloudFormation deletes with the stack "
+                f"({', '.join(sorted(set(left.values())))}): {', '.join(sorted(left))}; deleting them"
             )
+            self.fail_on("deleting what moto left", stack.delete_left_by_moto())
+            self.fail_on(
+                "nothing but the Retain resources",
+                stack.check_deleted(moto_leaves=False) + stack.check_nothing_else_left(),
+            )
+            self.say(f"left exactly the Retain resources: {', '.join(sorted(stack.retained()))}")
+
+    def invoke_each_function(self, stack: Stack, server: MotoServer) -> list[str]:
+        """Each function once through moto's Lambda: ``GET /<name>/health`` answers 200."""
+        client = boto3.client(
+            "lambda",
+            endpoint_url=server.endpoint,
+            region_name=REGION,
+            aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            config=Config(read_timeout=300, retries={"max_attempts": 0}),
+        )
+        problems, answered = [], []
+        for name, properties in sorted(stack.of_type("AWS::Lambda::Function").items()):
+            root_path = properties.get("Environment", {}).get("Variables", {}).get("API_ROOT_PATH")
+            if not root_path:
+                continue  # the worker: no HTTP route
+            started = time.monotonic()
+            response = client.invoke(
+                FunctionName=stack.physical[name], Payload=json.dumps(moto_lambda.health_event(root_path))
+            )
+            payload = response["Payload"].read().decode()
+            try:
+                parsed = json.loads(payload)
+            except json.JSONDecodeError:
+                parsed = payload
+            problem = moto_lambda.health_problem(
+                name, {"FunctionError": response.get("FunctionError"), "Payload": parsed}
+            )
+            if problem:
+                problems.append(problem)
+            else:
+                answered.append(f"{root_path}/health ({time.monotonic() - started:.1f}s)")
+        if not problems:
+            self.say(f"invocations through moto's Lambda in Docker: 200 from {', '.join(answered)}")
+            problems = self.register_through_the_worker(stack, server, client)
+        return problems
+
+    def register_through_the_worker(self, stack: Stack, server: MotoServer, client: Any) -> list[str]:
+        """POST /users/users: the welcome e-mail goes to the deployed queue, whose event source
+        mapping runs the worker, which sends it (the account's verified sender: verified here)."""
+        users = stack.physical["UsersFunction"]
+        sender = client.get_function_configuration(FunctionName=users)["Environment"]["Variables"]["MAIL_SENDER"]
+        server.client("ses").verify_email_identity(EmailAddress=sender)
+        started = time.monotonic()
+        response = client.invoke(
+            FunctionName=users, Payload=json.dumps(moto_lambda.registration_event("jane@example.com"))
+        )
+        answer = json.loads(response["Payload"].read().decode())
+        if response.get("FunctionError") or answer.get("statusCode") != 201:
+            return [f"UsersFunction: POST /users/users answered {answer!r}, not 201"]
+        sent = server.client("ses").get_send_quota()["SentLast24Hours"]
+        runs = server.client("dynamodb").scan(TableName=stack.physical["IdempotencyTable"], Select="COUNT")["Count"]
+        if (sent, runs) != (1, 1):
+            return [
+                f"the registration's welcome e-mail did not go through the worker: {sent:g} e-mail(s) sent, "
+                f"{runs} task run(s) recorded in IdempotencyTable"
+            ]
+        self.say(
+            f"a registration reached the worker through the deployed queue: 201, the welcome e-mail sent by the "
+            f"worker ({time.monotonic() - started:.1f}s)"
+        )
+        return []
 
     def fail_on(self, check: str, problems: list[str]) -> None:
         if problems:
@@ -283,10 +391,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--built-template", type=Path, help="a `sam build` output's template.yaml (skips the build)")
     parser.add_argument("--build-dir", type=Path, default=ROOT / ".aws-sam" / "build")
     parser.add_argument("--config-env", default="default", help="the samconfig.toml environment to rehearse")
+    parser.add_argument(
+        "--invoke",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="invoke each function through moto's Lambda in Docker (default: when a Docker engine answers)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="deploy-rehearsal-") as workdir:
         try:
-            rehearsal = Rehearsal(Path(workdir), args.config_env)
+            rehearsal = Rehearsal(Path(workdir), args.config_env, invoke=args.invoke)
         except RehearsalFailed as wrong:
             print(f"deploy rehearsal: {wrong}; give --config-env one of those", file=sys.stderr)
             return 2

@@ -84,7 +84,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
-from infra.servers import parse_json_lines
+from infra.json_lines import parse_json_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS_DIR = ROOT / "infra" / "events"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -11,9 +10,11 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar, TypeVar
 
 import httpx
+
+from infra.json_lines import parse_json_lines as parse_json_lines  # its users import it from here
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,16 +107,3 @@ def eventually(probe: Callable[[], T | None], timeout: float = 30.0, what: str =
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} did not appear within {timeout:.0f}s")
         time.sleep(0.2)
-
-
-def parse_json_lines(text: str) -> list[dict[str, Any]]:
-    """JSON events from a process's output, skipping anything that is not a JSON object."""
-    events = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return events

@@ -137,7 +137,7 @@ def whole_suite(config: pytest.Config) -> bool:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """The whole suite fails when a statement of a function's role was never needed (tests/support/iam.py)."""
+    """The whole suite fails when a permission of a function's role was never needed (tests/support/iam.py)."""
     if whole_suite(session.config) and exitstatus == pytest.ExitCode.OK:
         COVERAGE.declare_every_role()
         if COVERAGE.failure():
@@ -145,11 +145,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The statements of the roles the tests ran as that no call ever needed."""
+    """The permissions (action on resource) of the roles the tests ran as that no call ever needed."""
     failure = COVERAGE.failure()
     if failure:
         fails = whole_suite(terminalreporter.config)
-        terminalreporter.section("IAM statements no test exercised" + (": the suite FAILS" if fails else ""))
+        terminalreporter.section("IAM permissions no test exercised" + (": the suite FAILS" if fails else ""))
         terminalreporter.write_line(failure)
 
 

@@ -4,6 +4,11 @@ CloudFormation on 127.0.0.1, read back, and deleted (infra/deploy_rehearsal.py).
 from __future__ import annotations
 
 import io
+import json
+import os
+import re
+import subprocess
+import sys
 import zipfile
 from functools import partial
 from pathlib import Path
@@ -15,8 +20,12 @@ import yaml
 from moto import mock_aws
 
 from infra.deploy_checks import MOTO_CANNOT_CREATE, Stack
-from infra.deploy_rehearsal import Rehearsal, RehearsalFailed, main
+from infra.deploy_rehearsal import ROOT, Rehearsal, RehearsalFailed, main
+from infra.json_lines import parse_json_lines
+from infra.moto_lambda import health_event, health_problem
+from tests.support.engine import engine_problem, require_engine
 from tests.support.fixtures import Build
+from tests.support.sam import http_functions
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -24,6 +33,13 @@ pytestmark = pytest.mark.timeout(600)
 def test_the_built_template_deploys_and_reads_back_then_leaves_only_what_it_retains(
     sam_build: Build, tmp_path: Path
 ) -> None:
+    """With a container engine, each function also answers ``GET /<name>/health`` through moto's
+    Lambda in Docker, and a registration's welcome e-mail is sent by the worker through the
+    deployed queue; without one the rehearsal says why it did not invoke them
+    (``REQUIRE_CONTAINER_ENGINE=1`` fails then, as the container tests do)."""
+    engine = engine_problem()
+    if engine is not None:
+        require_engine()  # fails with REQUIRE_CONTAINER_ENGINE=1, else the rest is still rehearsed
     rehearsal = Rehearsal(tmp_path)
     rehearsal.rehearse(sam_build.directory / "template.yaml")
     checks = [line.split(":", 1)[0] for line in rehearsal.log if line.endswith(": ok")]
@@ -36,10 +52,33 @@ def test_the_built_template_deploys_and_reads_back_then_leaves_only_what_it_reta
         "event source mappings",
         "queues",
         "log groups",
+        *(["invocations"] if engine is None else []),
         "after sam delete",
+        "deleting what moto left",
+        "nothing but the Retain resources",
     ]
+    if engine is None:
+        (invoked,) = [line for line in rehearsal.log if line.startswith("invocations through moto's Lambda")]
+        assert [part.split(" (")[0] for part in invoked.split("200 from ", 1)[1].split(", ")] == [
+            f"/{name}/health" for name in sorted(http_functions())
+        ]
+        assert any(
+            line.startswith("a registration reached the worker through the deployed queue: 201")
+            for line in rehearsal.log
+        )
+    else:
+        assert f"invocations: skipped ({engine.split(' (')[0]}" in "\n".join(rehearsal.log)
     (created,) = [line for line in rehearsal.log if line.startswith("resources: ") and "created" in line]
     assert set(MOTO_CANNOT_CREATE) == {kind for kind in MOTO_CANNOT_CREATE if f"({kind})" in created}
+    (left,) = [line for line in rehearsal.log if line.startswith("moto left ")]
+    stack = sam_build.template["Resources"]
+    policies_and_layers = sorted(
+        name
+        for name, resource in stack.items()
+        if resource["Type"] in ("AWS::IAM::ManagedPolicy", "AWS::Serverless::LayerVersion")
+    )
+    names = left.removesuffix("; deleting them").rsplit(": ", 1)[1].split(", ")
+    assert sorted(re.sub(r"[0-9a-f]{10}$", "", name) for name in names) == policies_and_layers  # SAM's version hash
     (retained,) = [line for line in rehearsal.log if "exactly the Retain resources" in line]
     assert "UsersTable" in retained
     assert "IdempotencyTable" not in retained
@@ -150,3 +189,88 @@ def test_a_variable_naming_another_table_fails_naming_the_function_and_variable(
         assert stack.check_function_environments() == [
             "UsersFunction: USERS_TABLE is 'audit-1', not UsersTable (users-1)"
         ]
+
+
+def test_only_this_stacks_policies_and_layers_may_outlive_sam_delete_and_then_are_deleted() -> None:
+    """moto deletes neither type with a stack: exactly the stack's own are allowed, then deleted;
+    any other resource left, or a policy of no resource of the stack, still fails."""
+    with mock_aws():
+        client = partial(boto3.client, region_name="us-east-1")
+        statement = {"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": "arn:aws:sqs:us-east-1:123456789012:q"}
+        document = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+        policy = client("iam").create_policy(PolicyName="s-EnqueuePolicy-1", PolicyDocument=document)["Policy"]["Arn"]
+        client("lambda").publish_layer_version(
+            LayerName="s-DepsLayer-1", Content={"ZipFile": b"PK\x05\x06" + bytes(18)}
+        )
+        queue = client("sqs").create_queue(QueueName="s-queue")["QueueUrl"]
+        template = {
+            "Resources": {
+                "EnqueuePolicy": {"Type": "AWS::IAM::ManagedPolicy"},
+                "DepsLayer": {"Type": "AWS::Lambda::LayerVersion"},
+                "Queue": {"Type": "AWS::SQS::Queue"},
+            }
+        }
+        physical = {"EnqueuePolicy": policy, "DepsLayer": "", "Queue": queue}
+        stack = Stack("s", template, client=client, physical=physical)
+        assert stack.check_deleted() == ["Queue (AWS::SQS::Queue) is still there after the stack was deleted"]
+        client("sqs").delete_queue(QueueUrl=queue)
+        assert stack.check_deleted() == []
+        assert stack.left_by_moto() == {
+            "EnqueuePolicy": "AWS::IAM::ManagedPolicy",
+            "DepsLayer": "AWS::Lambda::LayerVersion",
+        }
+        assert sorted(stack.check_deleted(moto_leaves=False)) == [
+            "DepsLayer (AWS::Lambda::LayerVersion) is still there after the stack was deleted",
+            "EnqueuePolicy (AWS::IAM::ManagedPolicy) is still there after the stack was deleted",
+        ]
+        stray = client("iam").create_policy(PolicyName="made-elsewhere", PolicyDocument=document)["Policy"]["Arn"]
+
+        assert stack.delete_left_by_moto() == []
+
+        assert stack.left_by_moto() == {}
+        assert stack.check_deleted(moto_leaves=False) == []
+        assert stack.check_nothing_else_left() == ["managed policy made-elsewhere is still there"]
+        client("iam").delete_policy(PolicyArn=stray)
+        assert stack.check_nothing_else_left() == []
+        assert stack.check_deleted() == [
+            "EnqueuePolicy (AWS::IAM::ManagedPolicy) was deleted: moto now deletes it, "
+            "take AWS::IAM::ManagedPolicy off MOTO_DOES_NOT_DELETE",
+            "DepsLayer (AWS::Lambda::LayerVersion) was deleted: moto now deletes it, "
+            "take AWS::Lambda::LayerVersion off MOTO_DOES_NOT_DELETE",
+        ]
+
+
+def test_lambda_once_serves_one_event_as_motos_lambda_containers_must(tmp_path: Path) -> None:
+    """The Lambda image's entry point, run here without Docker: Lambda's runtime client runs the
+    handler; the function's lines go to stderr, the response is the last line of stdout."""
+    event = health_event("/notifications")
+    command = [sys.executable, "-m", "infra.lambda_once", "functions/notifications/app.handler", json.dumps(event)]
+    env = {**os.environ, "LAMBDA_TASK_ROOT": str(ROOT), "AWS_LAMBDA_FUNCTION_NAME": "notifications"}
+    env |= {"API_ROOT_PATH": "/notifications", "SERVICE_NAME": "notifications"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    response = json.loads(result.stdout.splitlines()[-1])
+    assert response["statusCode"] == 200
+    assert json.loads(response["body"]) == {"status": "ok", "service": "notifications"}
+    assert health_problem("NotificationsFunction", {"Payload": response}) is None
+    logged = parse_json_lines(result.stderr)
+    assert [line["event"] for line in logged if line["event"] == "lambda_extension.registered"]  # as on Lambda
+    assert [(line["route"], line["status"]) for line in logged if line["event"] == "request.completed"] == [
+        ("/health", 200)
+    ]
+
+    failing = [sys.executable, "-m", "infra.lambda_once", "functions/notifications/app.no_such_handler", "{}"]
+    result = subprocess.run(failing, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "errorType" in json.loads(result.stdout.splitlines()[-1])
+
+
+def test_a_health_check_that_is_not_a_200_names_the_function() -> None:
+    not_found = {"statusCode": 404, "body": '{"detail":"Not Found"}'}
+    assert health_problem("UsersFunction", {"Payload": not_found}) == (
+        f"UsersFunction: GET /health answered {not_found!r}, not 200"
+    )
+    crashed = {"errorType": "ImportError", "errorMessage": "No module named 'fastapi'"}
+    assert health_problem("UsersFunction", {"FunctionError": "Unhandled", "Payload": crashed}) == (
+        f"UsersFunction: GET /health failed in the function: {crashed}"
+    )

@@ -1,12 +1,13 @@
-"""The roles template.yaml gives the functions are enough, and each of their statements is needed.
+"""The roles template.yaml gives the functions are enough, and each of their permissions is needed.
 
 Every ``tests/test_<name>.py`` already runs as its function's role (the ``state`` fixture,
 tests/support/iam.py). Here: that a role short of one statement makes the behaviour fail
 with AccessDenied, in the request and in a background task alike, and the paths those
 tests do not take (the durable enqueue, a sender other than ``MailSender``). Then, per
 function, one scenario of all its behaviours that call AWS (SCENARIOS): with the whole role it
-needs every statement, and without any one statement something is denied. A whole-suite run
-also fails when a statement was never needed (conftest's ``pytest_sessionfinish``).
+needs every grant (each action of each statement, on each of its resources), and without any
+one grant something is denied. A whole-suite run also fails when a grant was never needed
+(conftest's ``pytest_sessionfinish``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
+import functions.uploads.app as uploads_module
 from functions.items.app import app as items_app
 from functions.notifications.app import app as notifications_app
 from functions.uploads.app import app as uploads_app
@@ -35,11 +38,12 @@ from shared.settings import get_settings
 from shared.worker.poller import lambda_record
 from tests.support.aws_resources import AwsState, mocked_aws
 from tests.support.event_source import EventSourceMapping, enqueue
-from tests.support.iam import COVERAGE, Coverage, RoleGuard, RolePolicies, Statement, function_roles
+from tests.support.iam import COVERAGE, Coverage, Grant, RoleGuard, RolePolicies, function_roles, short
 from tests.support.logs import LogCapture
 from tests.support.sqs_queues import FakeLambdaContext, executor_from_settings
 
 JANE = {"name": "Jane Doe", "email": "jane@example.com"}
+MiB = 1024 * 1024
 
 
 @pytest.fixture
@@ -175,7 +179,7 @@ def test_the_worker_role_runs_the_queued_welcome_email(
 def test_the_statements_a_behaviour_needed_are_told_from_those_it_did_not(
     aws_state: AwsState, monkeypatch: pytest.MonkeyPatch, guards: list[RoleGuard]
 ) -> None:
-    """What the end-of-suite report ("IAM statements no test exercised") is made of."""
+    """What the end-of-suite report ("IAM permissions no test exercised") is made of."""
     role = RolePolicies.of("UsersFunction")
     guards.append(guard := run_as(role, monkeypatch))
     with TestClient(users_app) as client:
@@ -190,7 +194,42 @@ def test_the_statements_a_behaviour_needed_are_told_from_those_it_did_not(
     assert unused == {"EnqueueDurableTasksPolicy"}
 
 
-# --- every statement is needed: each function's behaviours, run with one statement removed ---
+def test_an_action_the_code_never_calls_is_reported_though_its_statement_was_used(
+    aws_state: AwsState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted per action on each resource: whole-table CRUD would pass a count of statements on one PutItem.
+
+    (The broadened role is the test's own: it stays out of the suite's coverage.)
+    """
+    role = RolePolicies.of("UsersFunction")
+    policy = role.naming(aws_state.settings.users_table)
+    [statement] = role.inline[policy]["Statement"]
+    broad = RolePolicies(
+        role.function,
+        {
+            **role.inline,
+            policy: {
+                **role.inline[policy],
+                "Statement": [{**statement, "Action": [*statement["Action"], "dynamodb:Scan"]}],
+            },
+        },
+        role.managed,
+    )
+    guard = run_as(broad, monkeypatch)
+    try:
+        users(task_queue(), monkeypatch)
+    finally:
+        guard.uninstall()
+    assert guard.failure() is None
+    assert {str(grant) for grant in set(broad.grants()) - guard.used} == {
+        f"UsersFunction: {policy}: StoreUsers dynamodb:Scan on table/{aws_state.settings.users_table}"
+    }
+    assert {grant.statement() for grant in guard.used} >= {
+        grant.statement() for grant in broad.grants() if grant.policy == policy
+    }
+
+
+# --- every grant is needed: each function's behaviours, run with one action on one resource removed ---
 
 Scenario = Callable[[str, pytest.MonkeyPatch], None]
 """Runs every behaviour of a function that calls AWS, given the task queue's URL."""
@@ -243,7 +282,30 @@ def uploads(queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
             client.get(f"/uploads/{created.get('id', '0' * 32)}")
             client.get(created.get("task_url", f"/tasks/{'0' * 32}"))  # the status table (TrackTasks)
 
+    def too_large_and_unrecorded() -> None:
+        """A multipart upload past the limit (aborted), and an object whose record could not be written (deleted)."""
+        with monkeypatch.context() as patch:
+            patch.setenv("UPLOAD_MAX_BYTES", str(5 * MiB))
+            patch.setenv("UPLOAD_PART_BYTES", str(5 * MiB))
+            get_settings.cache_clear()
+            with TestClient(uploads_app, raise_server_exceptions=False) as client:
+                client.post("/uploads", files={"file": ("big.txt", b"y" * (5 * MiB + 1), "text/plain")})
+        get_settings.cache_clear()
+        with monkeypatch.context() as patch:
+            patch.setattr(uploads_module, "_table", ThrottledTable)
+            with TestClient(uploads_app, raise_server_exceptions=False) as client:
+                client.post("/uploads", files={"file": ("pic.png", png(), "image/png")})
+
     http_behaviours(uploads_app, queue, monkeypatch, "files.process_upload", run)
+    too_large_and_unrecorded()
+
+
+class ThrottledTable:
+    """The uploads table refusing the record's write, as DynamoDB does when throttled."""
+
+    def put_item(self, **_: Any) -> None:
+        error: Any = {"Error": {"Code": "ThrottlingException", "Message": "slow down"}, "ResponseMetadata": {}}
+        raise ClientError(error, "PutItem")
 
 
 def worker(queue: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -309,7 +371,7 @@ def task_queue() -> str:
 
 
 @pytest.mark.parametrize("function", sorted(function_roles()))
-def test_each_scenario_needs_every_statement_of_its_role_and_no_other(
+def test_each_scenario_needs_every_action_on_every_resource_of_its_role_and_no_other(
     aws_state: AwsState, monkeypatch: pytest.MonkeyPatch, guards: list[RoleGuard], function: str
 ) -> None:
     role = RolePolicies.of(function)
@@ -317,46 +379,59 @@ def test_each_scenario_needs_every_statement_of_its_role_and_no_other(
     guards.append(guard := run_as(role, monkeypatch))
     scenario_for(function)(queue, monkeypatch)
     assert guard.failure() is None
-    unused = sorted(map(str, set(role.statements()) - guard.used))
+    unused = sorted(map(str, set(role.grants()) - guard.used))
     assert unused == [], f"no behaviour of {function} needed these: remove them, or add the behaviour to SCENARIOS"
 
 
-def every_statement() -> list[Any]:
+def every_grant() -> list[Any]:
     return [
-        pytest.param(statement, id=f"{statement.role}-{statement.policy}-{statement.index}")
+        pytest.param(grant, id=f"{grant.role}-{grant.policy}-{grant.index}-{grant.action}-{short(grant.resource)}")
         for function in sorted(function_roles())
-        for statement in RolePolicies.of(function).statements()
+        for grant in RolePolicies.of(function).grants()
     ]
 
 
-@pytest.mark.parametrize("statement", every_statement())
-def test_without_any_one_statement_its_function_is_denied_something(
-    aws_state: AwsState, monkeypatch: pytest.MonkeyPatch, guards: list[RoleGuard], statement: Statement
+@pytest.mark.parametrize("grant", every_grant())
+def test_without_any_one_action_on_any_one_resource_its_function_is_denied_something(
+    aws_state: AwsState, monkeypatch: pytest.MonkeyPatch, guards: list[RoleGuard], grant: Grant
 ) -> None:
-    role = RolePolicies.of(statement.role)
+    """Each statement less one of its actions (or one action less one of its resources): the rest stays."""
+    role = RolePolicies.of(grant.role)
     queue = task_queue()
-    guard = run_as(role.without_statement(statement), monkeypatch)
+    guard = run_as(role.without_grant(grant), monkeypatch)
     try:
-        scenario_for(statement.role)(queue, monkeypatch)
+        scenario_for(grant.role)(queue, monkeypatch)
     except Exception as error:  # a denied call may end the scenario early: what matters is that it was denied
         print(f"the scenario stopped: {error!r}")
     finally:
         guard.uninstall()
-    assert guard.denied, f"{statement}: nothing of {statement.role} failed without it; remove it from template.yaml"
+    assert guard.denied, f"{grant}: nothing of {grant.role} failed without it; remove it from template.yaml"
 
 
-def test_a_statement_no_test_needed_fails_the_whole_suite() -> None:
-    """conftest's pytest_sessionfinish fails a whole-suite run with this message, naming the statement."""
+def test_a_permission_no_test_needed_fails_the_whole_suite() -> None:
+    """conftest's pytest_sessionfinish fails a whole-suite run with this message, naming the action and resource."""
     coverage = Coverage()
     coverage.declare_every_role()
     *needed, unneeded = sorted(coverage.declared, key=str)
     coverage.used = set(needed)
     failure = coverage.failure()
     assert failure is not None
-    assert failure.startswith("1 IAM statement(s) of template.yaml no test exercised")
+    assert failure.startswith("1 IAM permission(s) of template.yaml no test exercised (action on resource)")
     assert failure.endswith(f"\n  {unneeded}")
     coverage.used.add(unneeded)
     assert coverage.failure() is None
+
+
+def test_one_grant_removed_leaves_the_rest_of_its_statement() -> None:
+    statement = {"Sid": "S", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"], "Resource": ["r1", "r2"]}
+    role = RolePolicies("F", {"P": {"Version": "2012-10-17", "Statement": [statement]}}, {})
+    [get_r1, get_r2, put_r1, put_r2] = role.grants()
+    assert (get_r1.action, get_r1.resource) == ("s3:GetObject", "r1")
+
+    less = role.without_grant(get_r1)
+
+    assert {(g.action, g.resource) for g in less.grants()} == {(g.action, g.resource) for g in (get_r2, put_r1, put_r2)}
+    assert [s["Sid"] for s in less.inline["P"]["Statement"]] == ["S", "SRest"]  # Sids stay unique in a policy
 
 
 # --- the task status table (docs/task-status.md) ----------------------------------------------
@@ -368,7 +443,7 @@ def test_without_the_status_statement_an_upload_is_still_accepted_and_processed_
     """Status writes are best-effort: denied, they are logged (and counted), failing neither request nor task."""
     role = RolePolicies.of("UploadsFunction")
     [status_statement] = [s for s in role.statements() if s.text.startswith("TrackTasks ")]
-    guards.append(guard := run_as(role.without_statement(status_statement), monkeypatch))
+    guards.append(guard := run_as(role.replacing(status_statement, []), monkeypatch))
     with TestClient(uploads_app) as client:
         response = client.post("/uploads", files={"file": ("pic.png", png(), "image/png")})
         assert response.status_code == 202

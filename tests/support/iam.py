@@ -16,6 +16,11 @@ call's action after the call. ``decide`` fills that in as AWS does: the table AR
 a batch or transaction, with the action AWS checks for each transaction item), the sender's
 identity ARN and ``ses:FromAddress``, ``sqs:SendMessage`` for ``SendMessageBatch``.
 
+What allowed each call is recorded per ``Grant``: one action of one statement on one of its
+resources. Every grant of a role must be used by some test (``Coverage``, conftest), and
+tests/test_iam.py removes each in turn: a statement cannot hold an action, or a resource, that
+no code calls.
+
 The function's code runs on TestClient's threads; the test's own calls on the main thread
 (setting up data, reading back results) are authenticated but not authorized.
 """
@@ -108,6 +113,15 @@ class LocalArns:
         return {key: self.resolve(value) for key, value in node.items()}
 
 
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def short(resource: str) -> str:
+    """``table/<name>``, ``<bucket>/uploads/*``, ``<queue>``, ``identity/*``: what tells resources apart."""
+    return resource.rsplit(":", 1)[-1]
+
+
 @dataclass(frozen=True)
 class Statement:
     role: str
@@ -117,13 +131,42 @@ class Statement:
 
     @classmethod
     def of(cls, role: str, policy: str, index: int, statement: dict[str, Any]) -> Statement:
-        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
-        names = [resource.rsplit(":", 1)[-1] for resource in resources]
+        actions, resources = as_list(statement["Action"]), as_list(statement["Resource"])
+        names = [short(resource) for resource in resources]
         return cls(role, policy, index, f"{statement.get('Sid', '')} {','.join(actions)} on {','.join(names)}".strip())
 
     def __str__(self) -> str:
         return f"{self.role}: {self.policy}: {self.text}"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One action on one resource, as one statement of a role allows it: the unit that must be needed.
+
+    A statement is too broad when any of its actions, or any of its resources, is one no
+    behaviour calls: counting statements would let ``[GetItem, Scan]`` pass on one ``GetItem``.
+    """
+
+    role: str
+    policy: str
+    index: int
+    action: str
+    resource: str
+    sid: str = field(compare=False, default="")
+
+    @classmethod
+    def each(cls, role: str, policy: str, index: int, statement: dict[str, Any]) -> list[Grant]:
+        return [
+            cls(role, policy, index, action, resource, statement.get("Sid", ""))
+            for action in as_list(statement["Action"])
+            for resource in as_list(statement["Resource"])
+        ]
+
+    def statement(self) -> Statement:
+        return Statement(self.role, self.policy, self.index)
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.policy}: {self.sid} {self.action} on {short(self.resource)}".replace("  ", " ")
 
 
 @dataclass(frozen=True)
@@ -161,21 +204,39 @@ class RolePolicies:
             {name: doc for name, doc in self.managed.items() if name != policy},
         )
 
-    def without_statement(self, statement: Statement) -> RolePolicies:
-        """The same role less one statement (less its policy, when that was the policy's only one)."""
+    def without_grant(self, grant: Grant) -> RolePolicies:
+        """The same role less one action on one resource; the rest of its statement stays."""
+        assert grant in self.grants(), grant
+        (original,) = [
+            s
+            for name, document in {**self.inline, **self.managed}.items()
+            for i, s in enumerate(document["Statement"])
+            if (name, i) == (grant.policy, grant.index)
+        ]
+        actions = [action for action in as_list(original["Action"]) if action != grant.action]
+        resources = [resource for resource in as_list(original["Resource"]) if resource != grant.resource]
+        rest = [{**original, "Action": actions}] if actions else []
+        if resources:  # the removed action, still on the statement's other resources (Sids are unique per policy)
+            sid = {"Sid": original["Sid"] + "Rest"} if "Sid" in original else {}
+            rest.append({**original, **sid, "Action": grant.action, "Resource": resources})
+        return self.replacing(grant.statement(), rest)
 
-        def drop(policies: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def replacing(self, statement: Statement, replacement: list[dict[str, Any]]) -> RolePolicies:
+        """The same role with ``replacement`` (maybe none) for one statement; a policy left empty goes."""
+
+        def replace(policies: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             kept = {}
             for name, document in policies.items():
                 statements = [
-                    s for i, s in enumerate(document["Statement"]) if (name, i) != (statement.policy, statement.index)
+                    new
+                    for i, s in enumerate(document["Statement"])
+                    for new in (replacement if (name, i) == (statement.policy, statement.index) else [s])
                 ]
                 if statements:
                     kept[name] = {**document, "Statement": statements}
             return kept
 
-        assert statement in self.statements(), statement
-        return RolePolicies(self.function, drop(self.inline), drop(self.managed))
+        return RolePolicies(self.function, replace(self.inline), replace(self.managed))
 
     def naming(self, text: str) -> str:
         """The one policy whose statements mention ``text`` (e.g. a table's local name)."""
@@ -187,6 +248,14 @@ class RolePolicies:
             Statement.of(self.function, name, index, statement)
             for name, document in {**self.inline, **self.managed}.items()
             for index, statement in enumerate(document["Statement"])
+        ]
+
+    def grants(self) -> list[Grant]:
+        return [
+            grant
+            for name, document in {**self.inline, **self.managed}.items()
+            for index, statement in enumerate(document["Statement"])
+            for grant in Grant.each(self.function, name, index, statement)
         ]
 
 
@@ -239,7 +308,7 @@ class RoleGuard:
 
     policies: RolePolicies | None = None
     denied: list[Denial] = field(default_factory=list)
-    used: set[Statement] = field(default_factory=set)
+    used: set[Grant] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def install(self, policies: RolePolicies, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -308,7 +377,14 @@ class RoleGuard:
                 if result == PermissionResult.DENIED:
                     return False
                 if result == PermissionResult.PERMITTED:
-                    allowed_by.append(Statement.of(self.policies.function, name, index, statement))
+                    allowed_by += [
+                        grant
+                        for grant in Grant.each(self.policies.function, name, index, statement)
+                        if IAMPolicyStatement(
+                            {**statement, "Action": grant.action, "Resource": grant.resource}
+                        ).is_action_permitted(action, resource, incoming_condition_values=context)
+                        == PermissionResult.PERMITTED
+                    ]
         with self.lock:
             self.used.update(allowed_by)
         return bool(allowed_by)
@@ -341,34 +417,35 @@ def function_roles(translated: dict[str, Any] | None = None) -> list[str]:
 
 
 class Coverage:
-    """Across the session: which statements of the roles the tests ran as were ever used."""
+    """Across the session: which grants (action on resource) of the roles the tests ran as were ever used."""
 
     def __init__(self) -> None:
-        self.declared: set[Statement] = set()
-        self.used: set[Statement] = set()
+        self.declared: set[Grant] = set()
+        self.used: set[Grant] = set()
 
     def add(self, guard: RoleGuard) -> None:
         if guard.policies is not None:
-            self.declared.update(guard.policies.statements())
+            self.declared.update(guard.policies.grants())
             self.used.update(guard.used)
 
     def declare_every_role(self, translated: dict[str, Any] | None = None) -> None:
-        """Count every function's role, also one no test ran as: the whole suite must use each statement."""
+        """Count every function's role, also one no test ran as: the whole suite must use each grant."""
         for function in function_roles(translated):
-            self.declared.update(RolePolicies.of(function, translated).statements())
+            self.declared.update(RolePolicies.of(function, translated).grants())
 
-    def unused(self) -> list[Statement]:
+    def unused(self) -> list[Grant]:
         return sorted(self.declared - self.used, key=str)
 
     def failure(self) -> str | None:
-        """Why the suite fails: a statement no behaviour needed is too broad, or its behaviour is untested."""
+        """Why the suite fails: a grant no behaviour needed is too broad, or its behaviour is untested."""
         unused = self.unused()
         if not unused:
             return None
-        lines = "\n".join(f"  {statement}" for statement in unused)
+        lines = "\n".join(f"  {grant}" for grant in unused)
         return (
-            f"{len(unused)} IAM statement(s) of template.yaml no test exercised: remove each, or test the "
-            f"behaviour that needs it under the function's role (tests/support/iam.py):\n{lines}"
+            f"{len(unused)} IAM permission(s) of template.yaml no test exercised (action on resource): remove each "
+            f"from its statement, or test the behaviour that needs it under the function's role "
+            f"(tests/support/iam.py):\n{lines}"
         )
 
 
