@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from functions.notifications.app import app as notifications_app
+from infra.lifecycle_check import orphans
 from infra.servers import ServerProcess, parse_json_lines
 from shared import aws
 from shared.background.sqs import SqsBackend
@@ -100,7 +102,7 @@ def test_sigterm_finishes_the_message_in_hand_and_leaves_the_rest_in_the_queue(
     tasks = [QueuedTask(sqs_tasks.slow, (str(out), f"s{i}", 1.0), {}, "tests.durable.slow") for i in range(4)]
     asyncio.run(SqsBackend.from_settings().dispatch(tasks))
 
-    worker = start_worker(durable)
+    worker = start_worker(durable, WORKER_CONCURRENCY="1")  # one in hand, three received and waiting
     try:
         wait_for(lambda: len(events(worker, "task.started")) == 1, worker)
     finally:
@@ -217,7 +219,7 @@ def test_a_sync_task_still_running_when_its_message_would_reappear_ends_the_work
     out = tmp_path / "stuck.txt"
     tasks = send_side_effect_tasks(out, seconds=30.0, count=2)
 
-    worker = start_worker(durable, TASK_TIMEOUT_SECONDS="1", WORKER_BATCH_SIZE="10")
+    worker = start_worker(durable, TASK_TIMEOUT_SECONDS="1", WORKER_BATCH_SIZE="10", WORKER_CONCURRENCY="1")
     try:
         returncode = worker.process.wait(timeout=20)
         output = worker.output()
@@ -245,7 +247,7 @@ def test_sigterm_waits_for_a_task_in_hand_only_for_the_shutdown_grace_period(
     out = tmp_path / "grace.txt"
     tasks = send_side_effect_tasks(out, seconds=30.0, count=3)
 
-    worker = start_worker(durable, SHUTDOWN_GRACE_SECONDS="0.5")
+    worker = start_worker(durable, SHUTDOWN_GRACE_SECONDS="0.5", WORKER_CONCURRENCY="1")
     try:
         wait_for(lambda: len(events(worker, "task.started")) == 1, worker)
     finally:
@@ -341,3 +343,38 @@ def test_sigterm_during_the_pause_after_a_failed_poll_stops_the_worker_at_once(
     assert len(logs.named("worker.receive_failed")) == 1
     assert logs.named("worker.stopped")
     assert stats.succeeded == stats.failed == 0
+
+
+def test_two_concurrent_workers_drain_one_queue_and_run_each_task_once(durable: DurableAws, tmp_path: Path) -> None:
+    """Scaling out: two ``python -m functions.worker`` processes, each running ten messages side by
+    side, share 300 tasks: each runs exactly once, and both logs show every run ending once."""
+    out = tmp_path / "runs.txt"
+    count = 300
+    workers = [start_worker(durable, module="functions.worker", WORKER_CONCURRENCY="10") for _ in range(2)]
+    outputs: list[tuple[int, str]] = []
+    try:
+        for worker in workers:
+            wait_for(lambda worker=worker: bool(events(worker, "worker.started")), worker)
+        tasks = [
+            QueuedTask(sqs_tasks.timed_wait, (str(out), f"t{i}", 0.05), {}, "tests.durable.timed_wait")
+            for i in range(count)
+        ]
+        asyncio.run(SqsBackend.from_settings().dispatch(tasks))
+        deadline = time.monotonic() + 180
+        while len(sqs_tasks.lines(out)) < count and time.monotonic() < deadline:
+            for worker in workers:
+                assert worker.process.poll() is None, f"a worker exited early:\n{worker.output()}"
+            time.sleep(0.1)
+        time.sleep(0.5)  # room for a second run to show up, if there were one
+    finally:
+        outputs = [stop(worker) for worker in workers]
+
+    assert [returncode for returncode, _ in outputs] == [0, 0], [output[-3000:] for _, output in outputs]
+    runs = Counter(line.split()[0] for line in sqs_tasks.lines(out))
+    assert runs == Counter({f"t{i}": 1 for i in range(count)}), "each task ran exactly once"
+    succeeded = [len(events(output, "task.succeeded")) for _, output in outputs]
+    assert sum(succeeded) == count
+    assert min(succeeded) > 0, f"both workers took part: {succeeded}"
+    assert sqs_tasks.most_at_once(list(sqs_tasks.runs(out).values())) > 1, "tasks ran side by side"
+    assert orphans([output.splitlines() for _, output in outputs]) == [], "every run ended once, in both logs"
+    assert durable.depth() == {"visible": 0, "in_flight": 0}
