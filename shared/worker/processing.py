@@ -22,6 +22,7 @@ import contextvars
 import functools
 import importlib
 import json
+import os
 import pkgutil
 import time
 from collections.abc import Callable
@@ -155,9 +156,14 @@ class Worker:
         # Configured once here: Powertools configures it on a call's first use, which two
         # messages' threads could otherwise race through.
         self.persistence_store.configure(self.idempotency, None, IDEMPOTENCY_KEY_PREFIX)
-        # The idempotency store's calls (blocking boto3) run here, one thread per running message;
-        # the task itself runs on the batch's event loop (a def task in a thread of its own).
+        # Powertools' idempotent_function is synchronous (blocking boto3 calls around the task): it
+        # runs here, one thread per running message, and the task itself on the batch's event loop
+        # (a def task in a thread of its own).
         self._threads = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="worker-message")
+        if os.environ.get("LAMBDA_TASK_ROOT"):
+            # On Lambda, Powertools runs each batch on this thread's current loop (one that outlives
+            # a freeze); set here, Python 3.12 has no implicit loop to warn about at the first batch.
+            asyncio.set_event_loop(asyncio.new_event_loop())
         self._stuck: TaskStuck | None = None
         self.last_response: PartialItemFailureResponse = {"batchItemFailures": []}
 
