@@ -125,6 +125,33 @@ def test_sigterm_finishes_the_message_in_hand_and_leaves_the_rest_in_the_queue(
     assert remaining == {task.task_id for task in tasks} - {succeeded["task_id"]}
 
 
+def test_sigterm_finishes_every_message_in_hand_and_releases_those_not_started(
+    durable: DurableAws, tmp_path: Path
+) -> None:
+    """With two messages side by side, SIGTERM lets both finish and starts none of the others."""
+    out = tmp_path / "slow.txt"
+    tasks = [QueuedTask(sqs_tasks.slow, (str(out), f"s{i}", 1.0), {}, "tests.durable.slow") for i in range(5)]
+    asyncio.run(SqsBackend.from_settings().dispatch(tasks))
+
+    worker = start_worker(durable, WORKER_CONCURRENCY="2")
+    try:
+        wait_for(lambda: len(events(worker, "task.started")) == 2, worker)
+    finally:
+        returncode, output = stop(worker)
+
+    assert returncode == 0
+    started = sorted(line.split()[1] for line in sqs_tasks.lines(out) if line.startswith("started"))
+    finished = sorted(line.split()[1] for line in sqs_tasks.lines(out) if line.startswith("finished"))
+    assert len(started) == 2
+    assert finished == started, "both tasks in hand finished"
+    assert [line.split()[0] for line in sqs_tasks.lines(out)][:2] == ["started", "started"], "side by side"
+    assert len(events(output, "task.succeeded")) == 2
+    assert events(output, "task.cancelled") == []
+    [stopped] = events(output, "worker.stopped")
+    assert (stopped["succeeded"], stopped["failed"], stopped["released"]) == (2, 0, 3)
+    assert durable.depth() == {"visible": 3, "in_flight": 0}, "the three never started are visible again at once"
+
+
 @pytest.mark.tasks_may_be_lost(
     "by design: the worker is stopped while the failed message waits in SQS for its redelivery (in the queue, not lost)"
 )
