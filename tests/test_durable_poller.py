@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -18,7 +20,7 @@ from fastapi.testclient import TestClient
 
 from functions.notifications.app import app as notifications_app
 from infra.lifecycle_check import orphans
-from infra.servers import ServerProcess, parse_json_lines
+from infra.servers import ROOT, ServerProcess, parse_json_lines
 from shared import aws
 from shared.background.sqs import SqsBackend
 from shared.background.task import QueuedTask
@@ -370,6 +372,43 @@ def test_sigterm_during_the_pause_after_a_failed_poll_stops_the_worker_at_once(
     assert len(logs.named("worker.receive_failed")) == 1
     assert logs.named("worker.stopped")
     assert stats.succeeded == stats.failed == 0
+
+
+SIGNAL_DURING_A_LOG_LINE = """
+import signal, sys
+from shared.logs import configure_logging, get_logger
+from shared.worker.poller import Poller
+
+class Stream:
+    # Delivers SIGTERM while a line is being written: structlog holds the stream's lock then.
+    def write(self, text):
+        sys.stdout.write(text)
+        if "batch line" in text:
+            signal.raise_signal(signal.SIGTERM)
+    def flush(self):
+        sys.stdout.flush()
+
+configure_logging("worker", stream=Stream())
+poller = Poller(None, "http://127.0.0.1:9/000000000000/q")
+poller.install_signal_handlers()
+get_logger("test").info("batch line")
+print("the handler returned", flush=True)
+"""
+
+
+def test_a_signal_landing_while_a_line_is_written_does_not_deadlock_the_worker() -> None:
+    """The handler logs nothing itself: the main thread may hold the log stream's lock when it runs."""
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNAL_DURING_A_LOG_LINE],
+        cwd=ROOT,
+        env={**os.environ, "LOG_FORMAT": "json"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "the handler returned" in result.stdout
 
 
 def test_two_concurrent_workers_drain_one_queue_and_run_each_task_once(durable: DurableAws, tmp_path: Path) -> None:

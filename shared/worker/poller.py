@@ -116,6 +116,9 @@ class Poller:
         self._in_hand: dict[str, MessageTypeDef] = {}
         self._unstarted: list[MessageTypeDef] = []
         self._grace_timer: threading.Timer | None = None
+        self._stop_signal: str | None = None
+        self._stop_requested = threading.Event()
+        self._stop_handled = threading.Event()
         self.stats = PollStats()
 
     @classmethod
@@ -133,17 +136,28 @@ class Poller:
         )
 
     def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
-        """The signal handler: abandon a poll (or a pause) now, give a task in hand its grace period."""
+        """The signal handler: abandon a poll (or a pause) now; ``_on_stop``, a thread, does the rest.
+
+        A handler runs on the main thread between two bytecodes, maybe while that thread holds the
+        log stream's lock (it writes the batch's lines): a line logged here could deadlock the process.
+        """
         if not self._stopping:
-            log.info("worker.stopping", signal=signal.Signals(signum).name if signum else None)
-        self._stopping = True
+            self._stop_signal = signal.Signals(signum).name if signum else None
+            self._stopping = True
+            self._stop_requested.set()
         if self._waiting:
             self._waiting = False
             raise PollInterrupted
-        if self._in_hand and self._grace_timer is None:
+
+    def _on_stop(self) -> None:
+        """Once stopped: log it, and give the tasks in hand their grace period."""
+        self._stop_requested.wait()
+        log.info("worker.stopping", signal=self._stop_signal)
+        if self._in_hand:
             self._grace_timer = threading.Timer(self.shutdown_grace_seconds, self._grace_exceeded)
             self._grace_timer.daemon = True
             self._grace_timer.start()
+        self._stop_handled.set()
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
@@ -152,6 +166,7 @@ class Poller:
     # --- the loop --------------------------------------------------------------------
 
     def run(self) -> PollStats:
+        threading.Thread(target=self._on_stop, name="worker-stop", daemon=True).start()
         inspected = self._reach_queue()
         if inspected is None:  # stopped before the queue could be reached
             self._finish()
@@ -208,6 +223,8 @@ class Poller:
         return True
 
     def _finish(self) -> None:
+        if self._stop_requested.is_set():
+            self._stop_handled.wait(timeout=5)  # its worker.stopping line first, its grace timer known
         if self._grace_timer is not None:
             self._grace_timer.cancel()
         self.worker.close()
