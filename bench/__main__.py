@@ -21,7 +21,17 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import artifacts, cold_start, container, handoff, lambda_runtime, metrics_cost, task_overhead, task_status
+from bench import (
+    artifacts,
+    cold_start,
+    container,
+    handoff,
+    lambda_runtime,
+    metrics_cost,
+    task_overhead,
+    task_status,
+    worker,
+)
 from bench.env import ROOT, progress
 from bench.model import Section, Target
 from bench.report import plot, render_markdown, results_block, update_results_doc
@@ -36,6 +46,7 @@ MEASUREMENTS = (
     "artifacts",
     "metrics",
     "handoff",
+    "worker",
     "task_status",
 )
 
@@ -60,12 +71,13 @@ class Counts:
     metrics_imports: int
     handoff_invocations: int
     handoff_rounds: int
+    worker_rounds: int
     status_requests: int
     status_rounds: int
 
 
-FULL = Counts(40, 2, 5, 2.0, 0.5, (8, 1), 12, True, None, 1000, 5, 100, 10, 500, 7, 15, 10, 3, 30, 4)
-QUICK = Counts(1, 1, 1, 0.3, 0.1, (2,), 1, False, ["functions.notifications.app"], 50, 2, 5, 1, 20, 2, 2, 1, 1, 3, 1)
+FULL = Counts(40, 2, 5, 2.0, 0.5, (8, 1), 12, True, None, 1000, 5, 100, 10, 500, 7, 15, 10, 3, 7, 30, 4)
+QUICK = Counts(1, 1, 1, 0.3, 0.1, (2,), 1, False, ["functions.notifications.app"], 50, 2, 5, 1, 20, 2, 2, 1, 1, 1, 3, 1)
 
 
 def _runners(counts: Counts, workdir: Path, build: bool) -> dict[str, Callable[[], Section]]:
@@ -103,6 +115,7 @@ def _runners(counts: Counts, workdir: Path, build: bool) -> dict[str, Callable[[
             server_cpu_us=measured.get("server_cpu_us"),
         ),
         "handoff": lambda: handoff.measure(workdir, counts.handoff_invocations, counts.handoff_rounds),
+        "worker": lambda: worker.measure(workdir, counts.worker_rounds),
         "task_status": lambda: task_status.measure(workdir, counts.status_requests, counts.status_rounds),
     }
 

@@ -245,7 +245,7 @@ def _section(
     spread = statistics.pstdev(samples["tracking off"]["before"]) if len(samples["tracking off"]["before"]) > 1 else 0
     targets = [
         Target(
-            "(8a) store writes before the response, per request",
+            "(9a) store writes before the response, per request",
             "at most 1, batched for several tracked tasks",
             ", ".join(f"{variant}: {fmt(count, 1)} BatchWriteItem" for variant, count in writes_before.items()),
             all(count <= 1 for count in writes_before.values()),
@@ -253,7 +253,7 @@ def _section(
             "as its response starts; every later step is one UpdateItem after the response",
         ),
         Target(
-            "(8b) untracked requests unchanged",
+            "(9b) untracked requests unchanged",
             f"not slower than tracking off beyond noise ({UNTRACKED_NOISE:.0%} of its median, or 1 std dev)",
             f"{fmt(untracked, 2)} ms vs {fmt(base_before, 2)} ms before the response; "
             f"DynamoDB calls: {_calls_cell(calls.get('untracked tasks', {}))}",
@@ -263,7 +263,7 @@ def _section(
     ]
     return Section(
         key="task_status",
-        title="8. Task status: the cost of tracking a task",
+        title="9. Task status: the cost of tracking a task",
         intro=(
             f"{requests} requests per variant and round, {rounds} rounds, variants interleaved "
             "(bench/task_status.py). Before the response: what the client waits for (the one batch of queued "

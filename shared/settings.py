@@ -266,6 +266,9 @@ class Settings(BaseModel):
     task_modules: str = Field("shared.tasks", description="Modules/packages the worker imports to register tasks.")
     worker_wait_seconds: int = Field(20, ge=0, le=20, description="Long-poll wait; bounds the worker's SIGTERM delay.")
     worker_batch_size: int = Field(10, ge=1, le=10, description="Messages per ReceiveMessage in the container worker.")
+    worker_concurrency: int = Field(
+        10, ge=1, le=100, description="Messages of a batch the worker runs side by side; 1: one at a time."
+    )
 
     # --- users, uploads, items (functions/users, uploads, items) -----------------
     mail_backend: Literal["ses", "log"] = Field(

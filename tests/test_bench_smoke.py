@@ -55,7 +55,9 @@ def test_quick_bench_writes_every_table_the_plot_and_the_results_doc_block(tmp_p
         "## 7. Zero silent loss",
         "**Fault injection",
         "**Handoff latency",
-        "## 8. Task status",
+        "## 8. Worker",
+        "**A batch of 10 tasks in `Worker.handle`",
+        "## 9. Task status",
         "![latency distributions](results.png)",
     ):
         assert heading in report, heading
@@ -68,15 +70,26 @@ def test_quick_bench_writes_every_table_the_plot_and_the_results_doc_block(tmp_p
         "(6a)",
         "(6b)",
         "(7)",
-        "(8a)",
-        "(8b)",
+        "(8) worker",
+        "(9a)",
+        "(9b)",
     ):
         assert f"| {target}" in report, target
     assert "could not run" not in report
     assert "not built: skipped (--no-sam)" in report
     assert (output / "results.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     raw = json.loads((output / "raw" / "results.json").read_text())
-    keys = ["lambda", "container", "cold_start", "task_overhead", "artifacts", "metrics", "handoff", "task_status"]
+    keys = [
+        "lambda",
+        "container",
+        "cold_start",
+        "task_overhead",
+        "artifacts",
+        "metrics",
+        "handoff",
+        "worker",
+        "task_status",
+    ]
     assert [section["key"] for section in raw] == keys
 
     updated = doc.read_text()

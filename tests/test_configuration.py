@@ -129,6 +129,11 @@ def run(command: list[str], **env: str) -> subprocess.CompletedProcess[str]:
             "WORKER_BATCH_SIZE='50'",
         ),
         (["-m", "shared.worker"], {}, "TASK_QUEUE_URL is not set"),
+        (
+            ["-m", "functions.worker"],
+            {"TASK_QUEUE_URL": QUEUE, "WORKER_CONCURRENCY": "0"},
+            "WORKER_CONCURRENCY='0'",
+        ),
         (["-m", "shared.entrypoint"], {"FUNCTION": "user"}, "FUNCTION='user': expected all or one of items,"),
         (["-m", "shared.entrypoint"], {"PORT": "http"}, "PORT='http': expected a port number"),
         (["-m", "shared.serve", "notifications"], {"PORT": "99999"}, "PORT='99999': expected a port number"),

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from functions.notifications.app import app as notifications_app
-from infra.servers import ServerProcess, parse_json_lines
+from infra.lifecycle_check import orphans
+from infra.servers import ROOT, ServerProcess, parse_json_lines
 from shared import aws
 from shared.background.sqs import SqsBackend
 from shared.background.task import QueuedTask
@@ -102,7 +106,7 @@ def test_sigterm_finishes_the_message_in_hand_and_leaves_the_rest_in_the_queue(
     tasks = [QueuedTask(sqs_tasks.slow, (str(out), f"s{i}", 1.0), {}, "tests.durable.slow") for i in range(4)]
     asyncio.run(SqsBackend.from_settings().dispatch(tasks))
 
-    worker = start_worker(durable)
+    worker = start_worker(durable, WORKER_CONCURRENCY="1")  # one in hand, three received and waiting
     try:
         wait_for(lambda: len(events(worker, "task.running")) == 1, worker)
     finally:
@@ -123,6 +127,33 @@ def test_sigterm_finishes_the_message_in_hand_and_leaves_the_rest_in_the_queue(
     assert stopped["released"] == len(released)
     remaining = {body["task_id"] for body in durable.bodies()}
     assert remaining == {task.task_id for task in tasks} - {succeeded["task_id"]}
+
+
+def test_sigterm_finishes_every_message_in_hand_and_releases_those_not_started(
+    durable: DurableAws, tmp_path: Path
+) -> None:
+    """With two messages side by side, SIGTERM lets both finish and starts none of the others."""
+    out = tmp_path / "slow.txt"
+    tasks = [QueuedTask(sqs_tasks.slow, (str(out), f"s{i}", 1.0), {}, "tests.durable.slow") for i in range(5)]
+    asyncio.run(SqsBackend.from_settings().dispatch(tasks))
+
+    worker = start_worker(durable, WORKER_CONCURRENCY="2")
+    try:
+        wait_for(lambda: len(events(worker, "task.started")) == 2, worker)
+    finally:
+        returncode, output = stop(worker)
+
+    assert returncode == 0
+    started = sorted(line.split()[1] for line in sqs_tasks.lines(out) if line.startswith("started"))
+    finished = sorted(line.split()[1] for line in sqs_tasks.lines(out) if line.startswith("finished"))
+    assert len(started) == 2
+    assert finished == started, "both tasks in hand finished"
+    assert [line.split()[0] for line in sqs_tasks.lines(out)][:2] == ["started", "started"], "side by side"
+    assert len(events(output, "task.succeeded")) == 2
+    assert events(output, "task.cancelled") == []
+    [stopped] = events(output, "worker.stopped")
+    assert (stopped["succeeded"], stopped["failed"], stopped["released"]) == (2, 0, 3)
+    assert durable.depth() == {"visible": 3, "in_flight": 0}, "the three never started are visible again at once"
 
 
 @pytest.mark.tasks_may_be_lost(
@@ -219,7 +250,7 @@ def test_a_sync_task_still_running_when_its_message_would_reappear_ends_the_work
     out = tmp_path / "stuck.txt"
     tasks = send_side_effect_tasks(out, seconds=30.0, count=2)
 
-    worker = start_worker(durable, TASK_TIMEOUT_SECONDS="1", WORKER_BATCH_SIZE="10")
+    worker = start_worker(durable, TASK_TIMEOUT_SECONDS="1", WORKER_BATCH_SIZE="10", WORKER_CONCURRENCY="1")
     try:
         returncode = worker.process.wait(timeout=20)
         output = worker.output()
@@ -247,7 +278,7 @@ def test_sigterm_waits_for_a_task_in_hand_only_for_the_shutdown_grace_period(
     out = tmp_path / "grace.txt"
     tasks = send_side_effect_tasks(out, seconds=30.0, count=3)
 
-    worker = start_worker(durable, SHUTDOWN_GRACE_SECONDS="0.5")
+    worker = start_worker(durable, SHUTDOWN_GRACE_SECONDS="0.5", WORKER_CONCURRENCY="1")
     try:
         wait_for(lambda: len(events(worker, "task.running")) == 1, worker)
     finally:
@@ -343,3 +374,75 @@ def test_sigterm_during_the_pause_after_a_failed_poll_stops_the_worker_at_once(
     assert len(logs.named("worker.receive_failed")) == 1
     assert logs.named("worker.stopped")
     assert stats.succeeded == stats.failed == 0
+
+
+SIGNAL_DURING_A_LOG_LINE = """
+import signal, sys
+from shared.logs import configure_logging, get_logger
+from shared.worker.poller import Poller
+
+class Stream:
+    # Delivers SIGTERM while a line is being written: structlog holds the stream's lock then.
+    def write(self, text):
+        sys.stdout.write(text)
+        if "batch line" in text:
+            signal.raise_signal(signal.SIGTERM)
+    def flush(self):
+        sys.stdout.flush()
+
+configure_logging("worker", stream=Stream())
+poller = Poller(None, "http://127.0.0.1:9/000000000000/q")
+poller.install_signal_handlers()
+get_logger("test").info("batch line")
+print("the handler returned", flush=True)
+"""
+
+
+def test_a_signal_landing_while_a_line_is_written_does_not_deadlock_the_worker() -> None:
+    """The handler logs nothing itself: the main thread may hold the log stream's lock when it runs."""
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNAL_DURING_A_LOG_LINE],
+        cwd=ROOT,
+        env={**os.environ, "LOG_FORMAT": "json"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "the handler returned" in result.stdout
+
+
+def test_two_concurrent_workers_drain_one_queue_and_run_each_task_once(durable: DurableAws, tmp_path: Path) -> None:
+    """Scaling out: two ``python -m functions.worker`` processes, each running ten messages side by
+    side, share 300 tasks: each runs exactly once, and both logs show every run ending once."""
+    out = tmp_path / "runs.txt"
+    count = 300
+    workers = [start_worker(durable, module="functions.worker", WORKER_CONCURRENCY="10") for _ in range(2)]
+    outputs: list[tuple[int, str]] = []
+    try:
+        for worker in workers:
+            wait_for(lambda worker=worker: bool(events(worker, "worker.started")), worker)
+        tasks = [
+            QueuedTask(sqs_tasks.timed_wait, (str(out), f"t{i}", 0.05), {}, "tests.durable.timed_wait")
+            for i in range(count)
+        ]
+        asyncio.run(SqsBackend.from_settings().dispatch(tasks))
+        deadline = time.monotonic() + 180
+        while len(sqs_tasks.lines(out)) < count and time.monotonic() < deadline:
+            for worker in workers:
+                assert worker.process.poll() is None, f"a worker exited early:\n{worker.output()}"
+            time.sleep(0.1)
+        time.sleep(0.5)  # room for a second run to show up, if there were one
+    finally:
+        outputs = [stop(worker) for worker in workers]
+
+    assert [returncode for returncode, _ in outputs] == [0, 0], [output[-3000:] for _, output in outputs]
+    runs = Counter(line.split()[0] for line in sqs_tasks.lines(out))
+    assert runs == Counter({f"t{i}": 1 for i in range(count)}), "each task ran exactly once"
+    succeeded = [len(events(output, "task.succeeded")) for _, output in outputs]
+    assert sum(succeeded) == count
+    assert min(succeeded) > 0, f"both workers took part: {succeeded}"
+    assert sqs_tasks.most_at_once(list(sqs_tasks.runs(out).values())) > 1, "tasks ran side by side"
+    assert orphans([output.splitlines() for _, output in outputs]) == [], "every run ended once, in both logs"
+    assert durable.depth() == {"visible": 0, "in_flight": 0}

@@ -256,6 +256,7 @@ class SqsBackend:
         # A send runs in anyio's thread pool, and anyio imports its asyncio backend at its first use
         # there (tens of ms, as get_async_backend does): loaded now, the first send does not wait for it.
         import anyio._backends._asyncio  # noqa: F401  (a static import: the layer check follows it)
+
         client = self._client()
         if not connect:
             return

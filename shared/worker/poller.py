@@ -1,13 +1,14 @@
 """The worker as a long-running process, for container deployments.
 
-Long-polls the queue (``ReceiveMessage`` with ``WaitTimeSeconds``) and runs each message
-through the same ``Worker`` as the Lambda handler: succeeded messages are deleted, failed
-ones left to come back after their visibility timeout (and, after ``maxReceiveCount``
-receives, to the dead-letter queue). Scale out by running more processes.
+Long-polls the queue (``ReceiveMessage`` with ``WaitTimeSeconds``) and runs each batch
+through the same ``Worker`` as the Lambda handler, up to ``WORKER_CONCURRENCY`` messages side
+by side: succeeded messages are deleted, failed ones left to come back after their visibility
+timeout (and, after ``maxReceiveCount`` receives, to the dead-letter queue). Scale out by
+running more processes.
 
-SIGTERM (or SIGINT, Ctrl-C): a long poll in progress is abandoned at once; the message in hand
-gets ``SHUTDOWN_GRACE_SECONDS`` to finish (then ``task.cancelled`` and the process ends
-anyway, its message coming back after its visibility timeout); the messages received but
+SIGTERM (or SIGINT, Ctrl-C): a long poll in progress is abandoned at once; the messages in hand
+get ``SHUTDOWN_GRACE_SECONDS`` to finish (then ``task.cancelled`` and the process ends
+anyway, their messages coming back after their visibility timeout); the messages received but
 not started are made visible again at once, and the process exits 0. SQS unreachable
 at start-up is retried with the same backoff as a failed poll (``worker.start_failed``).
 """
@@ -19,11 +20,12 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import aws
@@ -111,9 +113,12 @@ class Poller:
         self._poll_client = poll_client
         self._stopping = False
         self._waiting = False
-        self._in_hand: MessageTypeDef | None = None
+        self._in_hand: dict[str, MessageTypeDef] = {}
         self._unstarted: list[MessageTypeDef] = []
         self._grace_timer: threading.Timer | None = None
+        self._stop_signal: str | None = None
+        self._stop_requested = threading.Event()
+        self._stop_handled = threading.Event()
         self.stats = PollStats()
 
     @classmethod
@@ -131,17 +136,28 @@ class Poller:
         )
 
     def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
-        """The signal handler: abandon a poll (or a pause) now, give a task in hand its grace period."""
+        """The signal handler: abandon a poll (or a pause) now; ``_on_stop``, a thread, does the rest.
+
+        A handler runs on the main thread between two bytecodes, maybe while that thread holds the
+        log stream's lock (it writes the batch's lines): a line logged here could deadlock the process.
+        """
         if not self._stopping:
-            log.info("worker.stopping", signal=signal.Signals(signum).name if signum else None)
-        self._stopping = True
+            self._stop_signal = signal.Signals(signum).name if signum else None
+            self._stopping = True
+            self._stop_requested.set()
         if self._waiting:
             self._waiting = False
             raise PollInterrupted
-        if self._in_hand is not None and self._grace_timer is None:
+
+    def _on_stop(self) -> None:
+        """Once stopped: log it, and give the tasks in hand their grace period."""
+        self._stop_requested.wait()
+        log.info("worker.stopping", signal=self._stop_signal)
+        if self._in_hand:
             self._grace_timer = threading.Timer(self.shutdown_grace_seconds, self._grace_exceeded)
             self._grace_timer.daemon = True
             self._grace_timer.start()
+        self._stop_handled.set()
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
@@ -150,6 +166,7 @@ class Poller:
     # --- the loop --------------------------------------------------------------------
 
     def run(self) -> PollStats:
+        threading.Thread(target=self._on_stop, name="worker-stop", daemon=True).start()
         inspected = self._reach_queue()
         if inspected is None:  # stopped before the queue could be reached
             self._finish()
@@ -206,6 +223,8 @@ class Poller:
         return True
 
     def _finish(self) -> None:
+        if self._stop_requested.is_set():
+            self._stop_handled.wait(timeout=5)  # its worker.stopping line first, its grace timer known
         if self._grace_timer is not None:
             self._grace_timer.cancel()
         self.worker.close()
@@ -220,21 +239,19 @@ class Poller:
         )
 
     def _grace_exceeded(self) -> None:
-        """SHUTDOWN_GRACE_SECONDS after SIGTERM, the task in hand still runs: stop waiting for it."""
-        message = self._in_hand
-        if message is not None:
+        """SHUTDOWN_GRACE_SECONDS after SIGTERM, tasks in hand still run: stop waiting for them."""
+        for message in list(self._in_hand.values()):
             fields: dict[str, Any] = {"message_id": message["MessageId"]}
             try:
                 body = json.loads(message["Body"])
                 fields.update(task=body.get("task"), task_id=body.get("task_id"), request_id=body.get("request_id"))
             except (ValueError, AttributeError):
                 pass
+            if not lifecycle.is_open(str(fields.get("task_id"))):
+                continue  # it ended already
             fields.update(backend="sqs", started=True, grace_s=self.shutdown_grace_seconds)
             consequence = "the worker exits without it; the message comes back after its visibility timeout"
-            if lifecycle.is_open(str(fields.get("task_id"))):
-                lifecycle.end("task.cancelled", fields, level="error", consequence=consequence)
-            else:
-                log.error("task.cancelled", **fields, consequence=consequence)
+            lifecycle.end("task.cancelled", fields, level="error", consequence=consequence)
         self._exit(0, "shutdown grace period exceeded")
 
     def _exit(self, code: int, reason: str) -> None:
@@ -296,30 +313,40 @@ class Poller:
             self._waiting = False
         return list(response.get("Messages", []))
 
-    def _process(self, messages: Sequence[MessageTypeDef], queue_arn: str, deadline: VisibilityDeadline) -> None:
-        done: list[MessageTypeDef] = []
-        self._unstarted = list(messages)
-        for message in messages:
-            if self._stopping:
-                self._release(self._unstarted)
+    def may_start(self, message_id: str) -> bool:
+        """The worker's gate (``shared.worker.batch``): no message starts once the worker is stopping."""
+        if self._stopping:
+            return False
+        for index, message in enumerate(self._unstarted):
+            if message["MessageId"] == message_id:
+                self._in_hand[message_id] = self._unstarted.pop(index)
                 break
-            self._unstarted.pop(0)
-            self._in_hand = message
-            record = lambda_record(message, queue_arn, self.region)
-            try:
-                response = self.worker.handle({"Records": [record]}, deadline)
-            except TaskStuck:
-                self._delete(done)
-                raise
-            finally:
-                self._in_hand = None
-            if response["batchItemFailures"]:
-                self.stats.failed += 1
-            else:
-                self.stats.succeeded += 1
-                done.append(message)
-        self._unstarted = []
+        return True
+
+    def _process(self, messages: Sequence[MessageTypeDef], queue_arn: str, deadline: VisibilityDeadline) -> None:
+        """Run a batch; delete what succeeded, release at once what never started."""
+        if not messages:  # a long poll that found nothing
+            return
+        self._unstarted = list(messages)
+        records = [lambda_record(message, queue_arn, self.region) for message in messages]
+        try:
+            response = self.worker.handle({"Records": records}, deadline, gate=self)
+        except TaskStuck:
+            self._delete(self._succeeded(self._in_hand.values(), self.worker.last_response))
+            raise  # the process ends: _exit releases the messages never started
+        started, self._in_hand = list(self._in_hand.values()), {}
+        unstarted, self._unstarted = self._unstarted, []
+        done = self._succeeded(started, response)
+        self.stats.succeeded += len(done)
+        self.stats.failed += len(started) - len(done)
+        if unstarted:
+            self._release(unstarted)
         self._delete(done)
+
+    @staticmethod
+    def _succeeded(messages: Iterable[MessageTypeDef], response: PartialItemFailureResponse) -> list[MessageTypeDef]:
+        failed = {failure["itemIdentifier"] for failure in response["batchItemFailures"]}
+        return [message for message in messages if message["MessageId"] not in failed]
 
     def _delete(self, messages: Sequence[MessageTypeDef]) -> None:
         # A message not deleted comes back; its task is recorded as completed, so
@@ -346,6 +373,8 @@ class Poller:
 
         Should this fail, they still come back once their visibility timeout ends.
         """
+        if not messages:
+            return
         message_ids = [m["MessageId"] for m in messages]
         try:
             self._client().change_message_visibility_batch(

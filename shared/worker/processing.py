@@ -1,8 +1,10 @@
-"""Run task messages from SQS: one message at a time, each at most once to completion.
+"""Run task messages from SQS: a batch's messages side by side, each at most once to completion.
 
-Two Powertools utilities do the hard parts. The batch processor reports only the
-messages that failed (``batchItemFailures``), so a failing task never sends its
-neighbours back to the queue. The idempotency utility records each ``task_id`` in
+Two Powertools utilities do the hard parts. The async batch processor runs a batch's messages
+on one event loop and reports only the messages that failed (``batchItemFailures``), so a
+failing task never sends its neighbours back to the queue; ``shared.worker.batch`` bounds how
+many run at once (``WORKER_CONCURRENCY``; 1: one at a time, in order) and keeps a FIFO
+message group's messages in order. The idempotency utility records each ``task_id`` in
 DynamoDB, so SQS's at-least-once delivery never runs a task's side effects twice:
 a task that completed is skipped when its message comes back, a failed one is
 forgotten so that the next receive retries it.
@@ -17,16 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import importlib
 import json
+import os
 import pkgutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import structlog
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch import AsyncBatchProcessor, EventType, async_process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.idempotency import (
@@ -50,6 +55,7 @@ from shared.background.sqs import BACKEND_NAME, TaskMessage
 from shared.background.task import QueuedTask
 from shared.logs import get_logger
 from shared.settings import Settings, get_settings, module_names
+from shared.worker.batch import BatchTurns, StartGate
 
 log = get_logger("shared.worker")
 
@@ -122,9 +128,11 @@ class Worker:
         persistence_store: BasePersistenceLayer | None = None,
         max_receives: int | None = None,
         service: str = "worker",
+        concurrency: int | None = None,
     ) -> None:
         settings = settings or get_settings()
         self.service = service
+        self.concurrency = concurrency or settings.worker_concurrency
         import_task_modules(settings.task_modules)
         self.max_receives = max_receives or settings.task_max_receives
         self.deadline_margin_s = settings.lambda_deadline_margin_ms / 1000
@@ -145,27 +153,52 @@ class Worker:
             config=self.idempotency,
             key_prefix=IDEMPOTENCY_KEY_PREFIX,
         )
-        self._runner = asyncio.Runner()
+        # Configured once here: Powertools configures it on a call's first use, which two
+        # messages' threads could otherwise race through.
+        self.persistence_store.configure(self.idempotency, None, IDEMPOTENCY_KEY_PREFIX)
+        # Powertools' idempotent_function is synchronous (blocking boto3 calls around the task): it
+        # runs here, one thread per running message, and the task itself on the batch's event loop
+        # (a def task in a thread of its own).
+        self._threads = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="worker-message")
+        if os.environ.get("LAMBDA_TASK_ROOT"):
+            # On Lambda, Powertools runs each batch on this thread's current loop (one that outlives
+            # a freeze); set here, Python 3.12 has no implicit loop to warn about at the first batch.
+            asyncio.set_event_loop(asyncio.new_event_loop())
         self._stuck: TaskStuck | None = None
+        self.last_response: PartialItemFailureResponse = {"batchItemFailures": []}
         status_store.install(settings)  # tracked tasks' steps (docs/task-status.md)
 
     def close(self) -> None:
-        self._runner.close()
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     # --- a batch -----------------------------------------------------------------------
 
-    def handle(self, event: dict[str, Any], context: RemainingTime) -> PartialItemFailureResponse:
-        """Process an SQS event; returns the ids of the messages SQS should deliver again."""
+    def handle(
+        self, event: dict[str, Any], context: RemainingTime, gate: StartGate | None = None
+    ) -> PartialItemFailureResponse:
+        """Process an SQS event; returns the ids of the messages SQS should deliver again.
+
+        Up to ``concurrency`` messages run side by side (``shared.worker.batch``); ``gate``
+        may refuse to start the next one (the container worker stopping): it is reported failed.
+        Powertools' ``AsyncBatchProcessor`` runs the batch on an event loop of its own.
+        """
         # In-progress idempotency records expire with the invocation (or the visibility
         # timeout), so a message whose worker died is retried instead of blocked.
         self.idempotency.register_lambda_context(cast(LambdaContext, context))
-        processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-        response = process_partial_response(
+        turns = BatchTurns(event.get("Records", []), self.concurrency, gate, halt=lambda: self._stuck is not None)
+
+        async def record_handler(record: SQSRecord, lambda_context: RemainingTime) -> None:
+            async with turns.turn(record.message_id):
+                await self.process_record(record, lambda_context)
+
+        processor = AsyncBatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+        response = async_process_partial_response(
             event=event,
-            record_handler=self.process_record,
+            record_handler=record_handler,
             processor=processor,
             context=cast(LambdaContext, context),
         )
+        self.last_response = response
         stuck, self._stuck = self._stuck, None
         if stuck is not None:
             # Its thread would run on into the next batch and beside its own retry.
@@ -174,7 +207,7 @@ class Worker:
 
     # --- one message -------------------------------------------------------------------
 
-    def process_record(self, record: SQSRecord, lambda_context: RemainingTime) -> None:
+    async def process_record(self, record: SQSRecord, lambda_context: RemainingTime) -> None:
         """Run one message's task; raise so the batch processor reports it as failed."""
         attempt = receive_count(record)
         deadline = time.monotonic() + lambda_context.get_remaining_time_in_millis() / 1000 - self.deadline_margin_s
@@ -200,15 +233,21 @@ class Worker:
             tracing.active(trace),
         ):
             try:
-                result = self._run_once(
-                    key={"task_id": message.task_id}, message=message, func=func, attempt=attempt, deadline=deadline
+                result = await self._in_thread(
+                    self._run_once,
+                    key={"task_id": message.task_id},
+                    message=message,
+                    func=func,
+                    attempt=attempt,
+                    deadline=deadline,
+                    loop=asyncio.get_running_loop(),
                 )
             except IdempotencyAlreadyInProgressError:
                 lifecycle.end("task.in_progress_elsewhere", fields, level="warning", message_id=record.message_id)
                 self._dead_letter_if_last(record, attempt, fields)
                 raise
             except TaskStuck as exc:
-                self._stuck = exc
+                self._stuck = self._stuck or exc
                 raise
             except Exception as exc:
                 if not isinstance(exc, TaskFailed):
@@ -219,6 +258,13 @@ class Worker:
                 raise
             if isinstance(result, _Duplicate):
                 lifecycle.end("task.duplicate", fields, message_id=record.message_id, completed=result.stored)
+
+    async def _in_thread(self, call: Callable[..., Any], **kwargs: Any) -> Any:
+        """``call`` in one of the worker's threads, in a copy of this context (its log keys, its trace)."""
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads, functools.partial(context.run, call, **kwargs)
+        )
 
     def _decode(self, record: SQSRecord) -> tuple[TaskMessage, Callable[..., Any]]:
         try:
@@ -238,9 +284,19 @@ class Worker:
             ) from None
 
     def _execute(
-        self, *, key: dict[str, str], message: TaskMessage, func: Callable[..., Any], attempt: int, deadline: float
+        self,
+        *,
+        key: dict[str, str],
+        message: TaskMessage,
+        func: Callable[..., Any],
+        attempt: int,
+        deadline: float,
+        loop: asyncio.AbstractEventLoop,
     ) -> dict[str, Any]:
-        """The idempotent unit: returns normally when the task succeeded or failed permanently."""
+        """The idempotent unit, in a worker thread: the task runs on ``loop``, the batch's event loop.
+
+        Returns normally when the task succeeded or failed permanently.
+        """
         timeout = task_options(func).timeout
         queued = QueuedTask(
             func=func,
@@ -252,9 +308,9 @@ class Worker:
             timeout=timeout if timeout is not None else self.default_timeout,
             tracked=message.tracked,
         )
-        # A fresh copy: the runner would otherwise reuse its first run's context (and request_id).
+        # Scheduled from this thread, the run gets a copy of its context: this message's log keys.
         run = run_task(queued, BACKEND_NAME, deadline, finish_sync=True)
-        outcome = self._runner.run(run, context=contextvars.copy_context())
+        outcome = asyncio.run_coroutine_threadsafe(run, loop).result()
         if outcome == "failed":
             raise TaskFailed(f"task {message.task!r} ({message.task_id}) failed on attempt {attempt}")
         if outcome == "failed_permanently":

@@ -64,3 +64,52 @@ def refuse(path: str, label: str) -> None:
     """Fails the way a bad input does: running it again cannot help."""
     _append(path, f"refused {label}")
     raise PermanentTaskError(f"bad input {label}")
+
+
+def _timed(path: str, label: str, started: float) -> None:
+    """One line per run: its label, when it started and when it ended (``time.monotonic``)."""
+    _append(path, f"{label} {started} {time.monotonic()}")
+
+
+@task("tests.durable.timed_wait")
+async def timed_wait(path: str, label: str, seconds: float) -> None:
+    """An I/O-bound task: it awaits, as a call to SES, S3 or DynamoDB through an async client would."""
+    started = time.monotonic()
+    await asyncio.sleep(seconds)
+    _timed(path, label, started)
+
+
+@task("tests.durable.timed_block")
+def timed_block(path: str, label: str, seconds: float) -> None:
+    """A ``def`` task that blocks its thread, as a call through boto3 would."""
+    started = time.monotonic()
+    time.sleep(seconds)
+    _timed(path, label, started)
+
+
+@task("tests.durable.timed_explode")
+async def timed_explode(path: str, label: str, seconds: float) -> None:
+    started = time.monotonic()
+    await asyncio.sleep(seconds)
+    _timed(path, label, started)
+    raise RuntimeError(f"poison message {label}")
+
+
+def runs(path: Path) -> dict[str, tuple[float, float]]:
+    """What the timed tasks wrote: label -> (start, end)."""
+    found: dict[str, tuple[float, float]] = {}
+    for line in lines(path):
+        label, started, ended = line.split()
+        assert label not in found, f"{label} ran twice"
+        found[label] = (float(started), float(ended))
+    return found
+
+
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The largest number of intervals that overlap at one moment."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    return peak
