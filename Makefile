@@ -17,7 +17,7 @@ export SAM_CLI_TELEMETRY ?= 0
 export UV_PYTHON_DOWNLOADS := never
 SYNC_HINT := make: could not install the lock (see above); after editing pyproject.toml, run `make lock`
 
-.PHONY: test lint run bench deploy deploy-rehearsal clean sam-build sam-build-ready sam-local lock upgrade sync sync-sam function
+.PHONY: test test-fast lint run bench deploy deploy-rehearsal clean sam-build sam-build-ready sam-local lock upgrade sync sync-sam function
 
 $(UV):
 	$(PYTHON) -m venv $(UV_VENV)
@@ -35,12 +35,22 @@ sync-sam: | $(UV)
 # finalizer that fails; formatting its error parses again, nested, which CPython 3.11 (seen on
 # 3.11.7; cpython#106905) reports as "AST constructor recursion depth mismatch": an INTERNALERROR
 # that hides the failing test. Without column ranges, formatting a traceback parses nothing.
+#
+# The tests run on TEST_WORKERS processes (pytest-xdist): most of a test's time is spent waiting on
+# a server, a container or a grace period, so more workers than cores keep both cores busy. A file
+# runs whole on one worker (tests/support/workers.py); --durations: the slowest tests, to keep it fast.
+TEST_WORKERS ?= 4
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 test: sync sync-sam $(LAMBDA_READY) ## run the whole suite (lint, types, import layers, tests)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -X no_debug_ranges -m pytest
+	$(PY) -X no_debug_ranges -m pytest $(PYTEST_PARALLEL)
+
+# The inner loop: everything but the tests marked slow (builds, containers, whole-project runs).
+test-fast: sync sync-sam $(LAMBDA_READY) ## the suite without the slow tests (-m "not slow"): minutes less, CI runs all
+	$(PY) -X no_debug_ranges -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 lint: sync ## ruff, mypy, and the import layers (pyproject.toml's importlinter contracts)
 	$(VENV)/bin/ruff check .

@@ -33,7 +33,7 @@ from tests.support.iam import COVERAGE, RoleGuard, RolePolicies
 from tests.support.logs import LogCapture
 from tests.support.sam import function_folders, logical_id
 
-pytest_plugins = ["tests.support.fixtures", "tests.support.lifecycle"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.lifecycle", "tests.support.workers"]
 
 # Before any app is imported: tests reconfigure logging, so loggers must not keep the first configuration.
 configure_logging("tests", cache_loggers=False)
@@ -137,7 +137,12 @@ def whole_suite(config: pytest.Config) -> bool:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """The whole suite fails when a permission of a function's role was never needed (tests/support/iam.py)."""
+    """The whole suite fails when a permission of a function's role was never needed (tests/support/iam.py).
+
+    Under xdist, judged on the controller once every worker sent what its tests used (tests/support/workers.py).
+    """
+    if hasattr(session.config, "workerinput"):  # an xdist worker
+        return
     if whole_suite(session.config) and exitstatus == pytest.ExitCode.OK:
         COVERAGE.declare_every_role()
         if COVERAGE.failure():
@@ -146,18 +151,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """The permissions (action on resource) of the roles the tests ran as that no call ever needed."""
-    failure = COVERAGE.failure()
+    failure = None if hasattr(terminalreporter.config, "workerinput") else COVERAGE.failure()
     if failure:
         fails = whole_suite(terminalreporter.config)
         terminalreporter.section("IAM permissions no test exercised" + (": the suite FAILS" if fails else ""))
         terminalreporter.write_line(failure)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The schemathesis fuzz runs first, in an interpreter no other test has touched.
-
-    Hypothesis reads lambdas' source with ``ast.parse`` while it generates; on CPython 3.11
-    the AST constructor's recursion counter is shared by threads and can be left off by
-    earlier tests' threads (python/cpython#106905), which made it fail as flaky late in a run.
-    """
-    items.sort(key=lambda item: not item.nodeid.startswith("tests/test_openapi_fuzz.py"))

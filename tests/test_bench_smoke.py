@@ -14,6 +14,8 @@ from bench.model import Section, Target
 from bench.report import BENCH_END, BENCH_START, results_block, update_results_doc
 from infra.servers import ROOT
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves it out
+
 DOC = f"# Benchmarks\n\n## Latest\n\n{BENCH_START}\nstale table\n{BENCH_END}\n\n## After\n"
 
 

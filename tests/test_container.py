@@ -30,6 +30,8 @@ from tests.support.moto_server import LocalAws, running_moto
 from tests.support.pillow_check import PILLOW_CHECK
 from tests.support.sam import ROOT, function_folders
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves it out
+
 SITE_PACKAGES = "/opt/venv/lib/python3.12/site-packages"
 NOTIFICATION = "notification for foo@example.com: some notification\n"
 # The services the code calls, whose models the image keeps but for their prose.

@@ -22,6 +22,8 @@ from tests.support.engine import docker, unique_name
 from tests.support.moto_server import LocalAws
 from tests.support.sam import ROOT
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves it out
+
 COMPOSE_FILE = ROOT / "infra" / "docker-compose.yml"
 # docker compose stop's default: SIGTERM, then SIGKILL after 10 s.
 GRACE_S = 10

@@ -27,7 +27,7 @@ from tests.support.engine import engine_problem, require_engine
 from tests.support.fixtures import Build
 from tests.support.sam import http_functions
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 
 def test_the_built_template_deploys_and_reads_back_then_leaves_only_what_it_retains(

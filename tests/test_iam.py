@@ -41,6 +41,7 @@ from tests.support.event_source import EventSourceMapping, enqueue
 from tests.support.iam import COVERAGE, Coverage, Grant, RoleGuard, RolePolicies, function_roles, short
 from tests.support.logs import LogCapture
 from tests.support.sqs_queues import FakeLambdaContext, executor_from_settings
+from tests.support.workers import COVERAGE_OUTPUT, receive
 
 JANE = {"name": "Jane Doe", "email": "jane@example.com"}
 MiB = 1024 * 1024
@@ -420,6 +421,30 @@ def test_a_permission_no_test_needed_fails_the_whole_suite() -> None:
     assert failure.endswith(f"\n  {unneeded}")
     coverage.used.add(unneeded)
     assert coverage.failure() is None
+
+
+def test_under_xdist_a_grant_no_worker_needed_fails_the_suite_and_one_any_worker_needed_does_not() -> None:
+    """Each worker sends what its tests used; the controller merges them all before it judges (workers.py)."""
+    every = Coverage()
+    every.declare_every_role()
+    *needed, unneeded = sorted(every.declared, key=str)
+    first, second = Coverage(), Coverage()
+    first.declared, first.used = set(every.declared), set(needed[::2])
+    second.declared, second.used = {unneeded, *needed[1::2]}, set(needed[1::2])
+    assert first.failure() is not None and second.failure() is not None  # neither worker alone used all
+
+    controller, images = Coverage(), set[str]()
+    for worker in (first, second):
+        receive({COVERAGE_OUTPUT: worker.export(), "exitstatus": 0}, controller, images)
+
+    assert controller.declared == every.declared
+    failure = controller.failure()
+    assert failure is not None and failure.endswith(f"\n  {unneeded}") and failure.startswith("1 IAM permission(s)")
+    third = Coverage()
+    third.declared = third.used = {unneeded}
+    receive({COVERAGE_OUTPUT: third.export()}, controller, images)
+    assert controller.failure() is None
+    assert not images
 
 
 def test_one_grant_removed_leaves_the_rest_of_its_statement() -> None:

@@ -1,9 +1,11 @@
 """``make function``: a scaffolded function passes every template and function check of the suite at once.
 
-The function is scaffolded into a copy of the project, where the suite's own checks run
-whole (the template, the generic function checks, resources, IAM, the OpenAPI fuzz and the
-function's generated test), not a subset chosen for it. A name that cannot work is refused
-in one line before anything is written, and a failure part-way leaves nothing behind.
+The function is scaffolded into a copy of the project, where the suite's own checks run (the
+template, the generic function checks, resources, IAM, the OpenAPI fuzz, `sam build`, ``make
+run`` and the function's generated test), not a subset chosen for it: every test of those
+modules but the ones that check one of the functions already there, which the suite itself
+runs on the same code (tests/support/new_function.py). A name that cannot work is refused in
+one line before anything is written, and a failure part-way leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ FUNCTION_CHECKS = [
     "tests/test_sam_build.py",
     "tests/test_local_stack.py",
 ]
-"""Every test module that checks each function or the whole template: all of it runs on the scaffolded copy."""
+"""Every test module that checks each function or the whole template: they run on the scaffolded copy,
+less the tests of the functions that were there before (tests/support/new_function.py)."""
 
 
 def project_copy(tmp_path: Path, *, with_sam: bool = True) -> Path:
@@ -69,7 +72,8 @@ def pytest_in(project: Path, *args: str, timeout: float = 900) -> subprocess.Com
     )
 
 
-@pytest.mark.timeout(1800)  # the suite's template and function checks, whole: minutes on 2 cores
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # the suite's template and function checks: minutes on 2 cores
 def test_a_function_with_a_table_passes_every_template_and_function_check(tmp_path: Path) -> None:
     project = project_copy(tmp_path)
     written = scaffold("probe_orders", table=True, root=project)  # a name no project has yet
@@ -85,21 +89,27 @@ def test_a_function_with_a_table_passes_every_template_and_function_check(tmp_pa
     assert stack.wiring()["PROBE_ORDERS_TABLE"] == "ProbeOrdersTable"
     assert {"Ref": "SendMailPolicy"} in stack.resources["ProbeOrdersFunction"]["Properties"]["Policies"]
 
-    result = pytest_in(project, "-v", "tests/test_probe_orders.py", *FUNCTION_CHECKS, timeout=1700)
+    # On two workers, as `make test` runs the suite; -rA lists every test that passed.
+    checks = ["-rA", "-n", "2", "--dist", "loadfile", "-p", "tests.support.new_function", "--new-function"]
+    result = pytest_in(project, *checks, "probe_orders", "tests/test_probe_orders.py", *FUNCTION_CHECKS, timeout=1700)
 
     assert result.returncode == 0, result.stdout[-5000:]
     assert " skipped" not in result.stdout.splitlines()[-1], "every check ran"
-    for test in (
-        "tests/test_probe_orders.py::test_create_confirms_by_email PASSED",
-        "tests/test_template.py::test_function_error_and_throttle_alarms_cover_every_function PASSED",
-        "tests/test_template.py::test_outputs_give_the_api_and_any_docs_url_points_at_its_function PASSED",
-        "tests/test_functions.py::test_each_function_serves_its_health_as_itself[probe_orders] PASSED",
-        "tests/test_resources.py::test_docker_compose_names_every_resource_that_settings_has_no_default_for PASSED",
-        "tests/test_openapi_fuzz.py::test_probe_orders_schema PASSED",
-        "tests/test_sam_build.py::test_each_function_with_its_layers_stays_under_30_mb PASSED",
-        "tests/test_local_stack.py::test_make_run_serves_every_function_and_runs_their_background_work PASSED",
-    ):
-        assert test in result.stdout
+    passed = {line.removeprefix("PASSED ") for line in result.stdout.splitlines() if line.startswith("PASSED ")}
+    assert {
+        "tests/test_probe_orders.py::test_create_confirms_by_email",
+        "tests/test_template.py::test_function_error_and_throttle_alarms_cover_every_function",
+        "tests/test_template.py::test_outputs_give_the_api_and_any_docs_url_points_at_its_function",
+        "tests/test_template.py::test_cfn_lint_reports_nothing",
+        "tests/test_functions.py::test_each_function_serves_its_health_as_itself[probe_orders]",
+        "tests/test_resources.py::test_docker_compose_names_every_resource_that_settings_has_no_default_for",
+        "tests/test_iam.py::test_each_scenario_needs_every_action_on_every_resource_of_its_role_and_no_other"
+        "[ProbeOrdersFunction]",
+        "tests/test_openapi_fuzz.py::test_probe_orders_schema",
+        "tests/test_sam_build.py::test_each_function_with_its_layers_stays_under_30_mb",
+        "tests/test_local_stack.py::test_make_run_serves_every_function_and_runs_their_background_work",
+    } <= passed
+    assert not {test for test in passed if "[UsersFunction" in test or "test_users_" in test}, "the suite runs those"
 
 
 def entrypoint(project: Path, port: int, output: Path, **env: str) -> subprocess.Popen[bytes]:

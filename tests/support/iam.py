@@ -417,7 +417,11 @@ def function_roles(translated: dict[str, Any] | None = None) -> list[str]:
 
 
 class Coverage:
-    """Across the session: which grants (action on resource) of the roles the tests ran as were ever used."""
+    """Across the run: which grants (action on resource) of the roles the tests ran as were ever used.
+
+    Under pytest-xdist each worker counts its own tests and sends ``export()`` when its session
+    ends; the controller ``merge``s them all before it judges (tests/support/workers.py).
+    """
 
     def __init__(self) -> None:
         self.declared: set[Grant] = set()
@@ -427,6 +431,23 @@ class Coverage:
         if guard.policies is not None:
             self.declared.update(guard.policies.grants())
             self.used.update(guard.used)
+
+    def export(self) -> dict[str, list[list[str | int]]]:
+        """Plain data a pytest-xdist worker sends to the controller, which judges the whole run."""
+
+        def rows(grants: set[Grant]) -> list[list[str | int]]:
+            return [[g.role, g.policy, g.index, g.action, g.resource, g.sid] for g in sorted(grants, key=str)]
+
+        return {"declared": rows(self.declared), "used": rows(self.used)}
+
+    def merge(self, exported: dict[str, list[list[str | int]]]) -> None:
+        """Add what one worker's tests declared and used (``export``)."""
+
+        def grants(rows: list[list[str | int]]) -> set[Grant]:
+            return {Grant(str(r), str(p), int(i), str(a), str(res), str(sid)) for r, p, i, a, res, sid in rows}
+
+        self.declared.update(grants(exported["declared"]))
+        self.used.update(grants(exported["used"]))
 
     def declare_every_role(self, translated: dict[str, Any] | None = None) -> None:
         """Count every function's role, also one no test ran as: the whole suite must use each grant."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cfnlint.decode import cfn_yaml
+from filelock import FileLock
+
+from infra.template import load
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -49,9 +52,12 @@ def run_sam(args: list[str], config_dir: Path, timeout: float = 600) -> subproce
 
 
 def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
-    """A CloudFormation template (short intrinsic tags included) as plain data."""
-    template: dict[str, Any] = cfn_yaml.load(str(path))
-    return template
+    """A CloudFormation template (short intrinsic tags included) as plain data.
+
+    infra.template's loader, not cfn-lint's: importing cfn-lint takes seconds (sympy), paid by
+    every pytest process that imports this (each xdist worker); test_template.py runs cfn-lint itself.
+    """
+    return load(path)
 
 
 def logical_id(function: str) -> str:
@@ -119,5 +125,22 @@ def translate(parameters: dict[str, str] | None = None) -> dict[str, Any]:
 
 @cache
 def translated_template() -> dict[str, Any]:
-    """``translate()`` with the parameters' defaults, once per session."""
-    return translate()
+    """``translate()`` with the parameters' defaults, once per run.
+
+    Under pytest-xdist the first worker writes it to a file of this run (``run_file``) that the
+    others read: the SAM translator takes seconds, and tests are collected with it (test_iam.py).
+    """
+    path = run_file("translated.json")
+    if path is None:
+        return translate()
+    with FileLock(f"{path}.lock"):
+        if not path.exists():
+            path.write_text(json.dumps(translate()))
+    translated: dict[str, Any] = json.loads(path.read_text())
+    return translated
+
+
+def run_file(name: str, run: str | None = None) -> Path | None:
+    """A file every worker of this pytest-xdist run shares (None without xdist); removed by workers.py."""
+    run = run or os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    return Path(tempfile.gettempdir(), f"fbt-test-{run}-{name}") if run else None
