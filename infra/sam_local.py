@@ -52,7 +52,10 @@ def local_template(build_dir: Path) -> Path:
     variables = template["Globals"]["Function"].setdefault("Environment", {}).setdefault("Variables", {})
     variables["AWS_ENDPOINT_URL"] = ""
     path = build_dir / LOCAL_TEMPLATE
-    path.write_text(yaml.safe_dump(template, sort_keys=False))
+    # Written aside, then renamed: a `sam local` already reading it (the tests share one build) sees it whole.
+    written = path.with_name(f".{LOCAL_TEMPLATE}.{os.getpid()}")
+    written.write_text(yaml.safe_dump(template, sort_keys=False))
+    written.replace(path)
     return path
 
 

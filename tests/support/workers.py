@@ -35,6 +35,7 @@ LONGEST_FIRST = [
     "tests/test_scaffold.py",
     "tests/test_container_sam.py",  # makes the session's sam build (test_sam_build, test_deploy_rehearsal wait)
     "tests/test_bench_smoke.py",
+    "tests/test_container_sam_api.py",
     "tests/test_container.py",  # makes the session's image (test_container_compose waits)
     "tests/test_local_stack.py",
     "tests/test_template.py",
