@@ -107,7 +107,7 @@ def test_a_broken_reference_fails_the_rehearsal_naming_the_resource(sam_build: B
             "Fn::GetAtt": ["TaskQueues", "Arn"]
         }
 
-    rehearsal = Rehearsal(tmp_path)
+    rehearsal = Rehearsal(tmp_path, invoke=False)  # it fails before any invocation: no images for moto's Lambda
     with pytest.raises(RehearsalFailed) as failure:
         rehearsal.rehearse(broken_copy(sam_build, tmp_path / "copy", misspell_the_queue))
     assert str(failure.value) == (
