@@ -90,7 +90,8 @@ def test_a_function_with_a_table_passes_every_template_and_function_check(tmp_pa
     assert {"Ref": "SendMailPolicy"} in stack.resources["ProbeOrdersFunction"]["Properties"]["Policies"]
 
     # On two workers, as `make test` runs the suite; -rA lists every test that passed.
-    checks = ["-rA", "-n", "2", "--dist", "loadfile", "-p", "tests.support.new_function", "--new-function"]
+    checks = ["-rA", "-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"]
+    checks += ["-p", "tests.support.new_function", "--new-function"]
     result = pytest_in(project, *checks, "probe_orders", "tests/test_probe_orders.py", *FUNCTION_CHECKS, timeout=1700)
 
     assert result.returncode == 0, result.stdout[-5000:]
