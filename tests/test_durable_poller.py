@@ -139,7 +139,7 @@ def test_sigterm_finishes_every_message_in_hand_and_releases_those_not_started(
 
     worker = start_worker(durable, WORKER_CONCURRENCY="2")
     try:
-        wait_for(lambda: len(events(worker, "task.started")) == 2, worker)
+        wait_for(lambda: len(events(worker, "task.running")) == 2, worker)
     finally:
         returncode, output = stop(worker)
 
