@@ -33,7 +33,8 @@ from tests.support.fixtures import Build
 from tests.support.moto_server import LocalAws
 from tests.support.sam import logical_id, run_sam
 
-pytestmark = pytest.mark.slow  # `make test-fast` leaves it out
+# The module's invocations are one fixture: minutes when the suite's other workers share the cores.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # `make test-fast` leaves it out
 
 # Every HTTP event of infra/events (every front door: HTTP API, REST API, ALB, Function URL),
 # with the function its name starts with: a new function's events need no edit here.

@@ -63,9 +63,12 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 
 def pytest_in(project: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """A pytest run of its own in ``project``: not one of this run's xdist workers (their files are this run's)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_XDIST_")}
     return subprocess.run(
         [sys.executable, "-X", "no_debug_ranges", "-m", "pytest", "-p", "no:cacheprovider", "-rfEs", *args],
         cwd=project,
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,

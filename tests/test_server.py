@@ -80,7 +80,8 @@ def test_sigterm_lets_in_flight_tasks_finish(tmp_path: Path) -> None:
     log_file = tmp_path / "slow.log"
     with slow_server(log_file) as server:
         for name in ("a", "b", "c"):
-            response = httpx.post(f"{server.base_url}/slow/{name}", params={"tasks": 2, "seconds": 0.5}, timeout=10)
+            # 3 s each: on a loaded machine (the suite's other workers) all three are in flight at the SIGTERM.
+            response = httpx.post(f"{server.base_url}/slow/{name}", params={"tasks": 2, "seconds": 3}, timeout=10)
             assert response.json() == {"queued": 2}
         assert not log_file.exists()
         exit_code, output = stop_with_sigterm(server)

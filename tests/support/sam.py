@@ -6,6 +6,7 @@ telemetry off and its weekly version check already done, so it never reaches the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -130,7 +131,7 @@ def translated_template() -> dict[str, Any]:
     Under pytest-xdist the first worker writes it to a file of this run (``run_file``) that the
     others read: the SAM translator takes seconds, and tests are collected with it (test_iam.py).
     """
-    path = run_file("translated.json")
+    path = run_file(f"translated-{hashlib.sha256(TEMPLATE.read_bytes()).hexdigest()[:16]}.json")
     if path is None:
         return translate()
     with FileLock(f"{path}.lock"):
@@ -140,7 +141,10 @@ def translated_template() -> dict[str, Any]:
     return translated
 
 
-def run_file(name: str, run: str | None = None) -> Path | None:
+RUN_FILES = "fbt-test-{run}-"
+
+
+def run_file(name: str) -> Path | None:
     """A file every worker of this pytest-xdist run shares (None without xdist); removed by workers.py."""
-    run = run or os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    return Path(tempfile.gettempdir(), f"fbt-test-{run}-{name}") if run else None
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    return Path(tempfile.gettempdir(), RUN_FILES.format(run=run) + name) if run else None

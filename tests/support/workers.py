@@ -17,17 +17,17 @@ worker runs it any more. Without xdist the same hooks run in the one process.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.fixtures import IMAGE_OUTPUT, remove_image
 from tests.support.iam import COVERAGE, Coverage
-from tests.support.sam import run_file
+from tests.support.sam import RUN_FILES
 
 COVERAGE_OUTPUT = "iam_coverage"
-SHARED_FILES = ["translated.json"]
-"""tests/support/sam.py's ``run_file``s, removed when the run ends."""
 
 FUZZ = "tests/test_openapi_fuzz.py"
 LONGEST_FIRST = [
@@ -101,7 +101,5 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         remove_image(tag)
     _images.clear()
     for run in _runs:
-        for name in SHARED_FILES:
-            for path in (run_file(name, run), run_file(f"{name}.lock", run)):
-                assert path is not None
-                path.unlink(missing_ok=True)
+        for path in Path(tempfile.gettempdir()).glob(RUN_FILES.format(run=run) + "*"):
+            path.unlink(missing_ok=True)
