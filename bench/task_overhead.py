@@ -177,27 +177,27 @@ def measure(workdir: Path, requests: int = 2000, rounds: int = 7) -> Section:
     os.environ["LOG_FORMAT"] = "json"
     os.environ["NOTIFICATION_LOG_PATH"] = str(workdir / "notifications.log")
     get_settings.cache_clear()
-    with open(os.devnull, "w") as devnull:
-        configure_logging("bench", stream=devnull)
-        from bench.baselines import bare_app
-        from functions.notifications.app import app as notifications
+    devnull = open(os.devnull, "w")  # noqa: SIM115 (lives as long as logging: later sections log to it)
+    configure_logging("bench", stream=devnull)
+    from bench.baselines import bare_app
+    from functions.notifications.app import app as notifications
 
-        executor = build_executor()
-        tasks: list[Variant] = []
-        for group, func in (("async def", _noop_async), ("def (thread pool)", _noop_sync)):
-            tasks += [
-                Variant(PLAIN, group, _plain(func)),
-                Variant(LAYER, group, _template(func, executor)),
-                Variant(QUIET, group, _template(func, executor), logging.WARNING),
-            ]
-        whole = [
-            Variant("bare FastAPI, plain BackgroundTasks", "request", _asgi(bare_app.app)),
-            Variant("template: functions.notifications", "request", _asgi(notifications)),
-            Variant("template, logs off (LOG_LEVEL=WARNING)", "request", _asgi(notifications), logging.WARNING),
+    executor = build_executor()
+    tasks: list[Variant] = []
+    for group, func in (("async def", _noop_async), ("def (thread pool)", _noop_sync)):
+        tasks += [
+            Variant(PLAIN, group, _plain(func)),
+            Variant(LAYER, group, _template(func, executor)),
+            Variant(QUIET, group, _template(func, executor), logging.WARNING),
         ]
-        asyncio.run(_measure(tasks, requests, rounds))
-        asyncio.run(_measure(whole, max(requests // 4, 10), rounds))
-        per_line_us, heaviest = profile_log_line(max(requests, 100))
+    whole = [
+        Variant("bare FastAPI, plain BackgroundTasks", "request", _asgi(bare_app.app)),
+        Variant("template: functions.notifications", "request", _asgi(notifications)),
+        Variant("template, logs off (LOG_LEVEL=WARNING)", "request", _asgi(notifications), logging.WARNING),
+    ]
+    asyncio.run(_measure(tasks, requests, rounds))
+    asyncio.run(_measure(whole, max(requests // 4, 10), rounds))
+    per_line_us, heaviest = profile_log_line(max(requests, 100))
     get_settings.cache_clear()
     section = _section(tasks, whole, requests, rounds)
     listed = ", ".join(f"{name} {share:.0f}%" for name, share in heaviest)

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from shared import error_bodies, pydantic_v1_check, task_status
+from shared import error_bodies, pydantic_v1_check
 from shared.allow import method_not_allowed
 from shared.background.install import install as install_task_layer
 from shared.body_limit import BodyLimitMiddleware
@@ -76,6 +76,8 @@ def create_app(
         app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     settings = get_settings()
     if settings.track_tasks if track_tasks is None else track_tasks:
+        from shared import task_status  # its models and store: only a function that tracks pays at cold start
+
         task_status.install(app, settings)
     app.add_middleware(RequestIdMiddleware, service=service)
     if not {Exception, 500} & app.exception_handlers.keys():  # the user's own catch-all wins

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -21,8 +22,9 @@ from fastapi.responses import PlainTextResponse
 from fastapi.testclient import TestClient
 
 import shared.logs
+from infra.servers import eventually
 from shared.app import create_app
-from shared.background import TaskRejected, task
+from shared.background import TaskRejected, running, task
 from shared.background.inline import InlineBackend
 from shared.background.install import TaskRoute, install
 from shared.background.task import QueuedTask
@@ -162,6 +164,25 @@ async def slow_async(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
+def noticed(logs: LogCapture, task_name: str) -> bool:
+    return bool(logs.named("task.running", task=f"{__name__}.{task_name}"))
+
+
+async def async_until_noticed(logs: LogCapture) -> None:
+    """Runs until its own task.running is written (30 s at most): long enough on any machine."""
+    for _ in range(600):
+        if noticed(logs, "async_until_noticed"):
+            return
+        await asyncio.sleep(0.05)
+
+
+def blocking_until_noticed(logs: LogCapture) -> None:
+    for _ in range(600):
+        if noticed(logs, "blocking_until_noticed"):
+            return
+        threading.Event().wait(0.05)
+
+
 def test_a_task_still_running_after_the_notice_interval_says_so_once(
     logs: LogCapture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -172,31 +193,65 @@ def test_a_task_still_running_after_the_notice_interval_says_so_once(
 
     @app.post("/slow")
     async def slow(background_tasks: BackgroundTasks) -> dict[str, str]:
-        background_tasks.add_task(slow_async, 0.7)
-        background_tasks.add_task(blocking_sleepy, 0.7)
+        background_tasks.add_task(async_until_noticed, logs)
+        background_tasks.add_task(blocking_until_noticed, logs)
         background_tasks.add_task(succeed, [], 1)
+        return {"status": "ok"}
+
+    @app.post("/brief")
+    async def brief(background_tasks: BackgroundTasks) -> dict[str, str]:
+        background_tasks.add_task(slow_async, 0.5)
+        background_tasks.add_task(blocking_sleepy, 0.5)
         return {"status": "ok"}
 
     with TestClient(app) as client:
         client.post("/slow", headers={"X-Request-ID": "req-slow"})
 
     running = logs.named("task.running")
-    assert sorted(e["task"] for e in running) == [f"{__name__}.blocking_sleepy", f"{__name__}.slow_async"]
+    noticed_tasks = sorted(e["task"] for e in running)
+    assert noticed_tasks == [f"{__name__}.async_until_noticed", f"{__name__}.blocking_until_noticed"]
     for line in running:
         assert line["request_id"] == "req-slow" and line["level"] == "info"
-        assert 0.2 <= line["running_s"] < 0.7 and line["notice_after_s"] == 0.2
+        assert line["running_s"] >= 0.2 and line["notice_after_s"] == 0.2
         [end] = logs.named("task.succeeded", task_id=line["task_id"])
         assert end["started_at"] == line["started_at"]
     for line in running:  # the notice comes before the task's end, never after it
         order = [e["event"] for e in logs.events if e.get("task_id") == line["task_id"]]
         assert order == ["task.queued", "task.running", "task.succeeded"]
+    assert len(logs.named("task.succeeded")) == 3, "the quick task wrote no notice"
 
     monkeypatch.setenv("TASK_RUNNING_NOTICE_SECONDS", "0")  # 0: never
     get_settings.cache_clear()
     with TestClient(app) as client:
-        client.post("/slow")
-    assert len(logs.named("task.succeeded")) == 6
+        client.post("/brief")
+    assert len(logs.named("task.succeeded")) == 5
     assert len(logs.named("task.running")) == 2
+
+
+def test_the_notices_outlive_a_line_that_cannot_be_written_and_a_wrong_setting_meanwhile(
+    logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The notices' thread survives a failed line and reads no settings: it once died of either, silently."""
+    monkeypatch.setenv("TASK_RUNNING_NOTICE_SECONDS", "0.1")
+    get_settings.cache_clear()
+
+    class Unwritable:
+        def __repr__(self) -> str:
+            raise RuntimeError("cannot be rendered")
+
+    fields = {"task": "t", "backend": "inline", "attempt": 1}
+    running.watch({**fields, "task_id": "unwritable", "detail": Unwritable()})
+    running.watch({**fields, "task_id": "first"})
+    eventually(lambda: logs.named("task.running", task_id="first"), timeout=30, what="the notice after a failed one")
+    assert not logs.named("task.running", task_id="unwritable")
+
+    monkeypatch.setenv("UPLOAD_PART_BYTES", "1")  # wrong while the thread waits: none of its concern
+    get_settings.cache_clear()
+    time.sleep(0.5)  # past the interval: a thread that reads the settings when it wakes has read them
+    monkeypatch.delenv("UPLOAD_PART_BYTES")
+    get_settings.cache_clear()
+    running.watch({**fields, "task_id": "second"})
+    eventually(lambda: logs.named("task.running", task_id="second"), timeout=30, what="the next notice")
 
 
 def test_task_started_is_written_at_debug(logs: LogCapture, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,11 +6,11 @@ covers only a sync task past its own timeout; this covers every task that has st
 ended, on every backend and thread.
 
 One daemon thread, started with the first task, holds a heap of due times; ``watch`` adds one
-(the runner, at the start), ``forget`` removes it (``lifecycle.end``, at the end). The thread
-never needs waking for a new task: each of its idle waits lasts at most the notice interval,
-so it is awake again before the newest task is due. It logs in the task's own context (its
+(the runner, at the start) and wakes the thread when it is due before the thread would wake;
+``forget`` removes it (``lifecycle.end``, at the end). It logs in the task's own context (its
 request id and trace id on the line), holding the lock ``forget`` takes: the notice is never
-written after the task's end.
+written after the task's end. The thread reads no settings and survives a line it cannot
+write: a notice is not worth losing every later one.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import heapq
 import itertools
+import math
 import os
 import threading
 import time
@@ -38,7 +39,7 @@ class _Notices:
         self._watched: dict[str, tuple[int, dict[str, Any], contextvars.Context, float, float]] = {}
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
-        self._wakes_at = 0.0
+        self._wakes_at = math.inf
 
     def watch(self, fields: dict[str, Any]) -> None:
         """The task ``fields`` names has started: note it if it is still running after the interval."""
@@ -54,7 +55,7 @@ class _Notices:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="task-running-notices", daemon=True)
                 self._thread.start()
-            elif due < self._wakes_at:  # the interval was shortened since the thread went to sleep
+            elif due < self._wakes_at:  # due before the thread wakes (idle, or a shorter interval now)
                 self._lock.notify()
 
     def forget(self, task_id: str) -> None:
@@ -86,15 +87,15 @@ class _Notices:
                     if watched is not None and watched[0] == order:  # not ended, not a later run of it
                         self._notify(*watched[1:])
                         del self._watched[task_id]  # after the line: an end meanwhile waits for the lock
-                idle = get_settings().task_running_notice_seconds or 60.0
-                wait = self._due[0][0] - now if self._due else idle
-                self._wakes_at = now + wait
-                self._lock.wait(wait)
+                self._wakes_at = self._due[0][0] if self._due else math.inf
+                self._lock.wait(self._wakes_at - now if self._due else None)
 
     @staticmethod
     def _notify(fields: dict[str, Any], context: contextvars.Context, started: float, after: float) -> None:
         running_s = round(time.monotonic() - started, 3)
-        with contextlib.suppress(OSError, ValueError):  # the log stream is closed: the process is ending
+        # The log stream closed (the process is ending), or the line could not be rendered: this
+        # notice is lost, never the thread that writes the next ones.
+        with contextlib.suppress(Exception):
             context.run(log.info, RUNNING, **fields, running_s=running_s, notice_after_s=after)
 
 
