@@ -394,8 +394,13 @@ def test_a_worker_exiting_3_is_restarted_and_the_stack_keeps_serving(start_stack
         "worker",
     ]
     [request] = [e for e in named(stack, "task.enqueued") if e.get("request_id") == response.headers["x-request-id"]]
-    ran = [e for e in named(stack, "task.succeeded") if e["task_id"] == request["task_id"]]
-    assert len(ran) == 1, "the request after the restart got its durable task run"
+    # Its end line follows the notification it wrote: wait for the line, not only for the effect.
+    ran = eventually(
+        lambda: [e for e in named(stack, "task.succeeded") if e["task_id"] == request["task_id"]],
+        timeout=30,
+        what="the end line of the task after the restart",
+    )
+    assert len(ran) == 1, "the request after the restart got its durable task run, once"
 
     os.killpg(stack.process.pid, signal.SIGTERM)  # as `kill`, or a process manager, would stop it
     stack.process.wait(90)
