@@ -162,7 +162,10 @@ def run(build_dir: Path, name: str, host: str, port: int, aws_port: int, sam: Pa
         write_env_vars(build_dir, endpoint, queues)
         print(f"sam_local: local AWS (moto) at {aws_url}, the functions reach it at {endpoint}", flush=True)
         print(f"sam_local: try: curl -X POST http://{host}:{port}/notifications/send-notification/foo@example.com")
-        sam_process = subprocess.Popen(start_api_command(build_dir, name, host, port, sam), cwd=ROOT)  # noqa: S603
+        # SAM's own AWS call (STS, for the account id) goes to moto too: nothing leaves this machine.
+        sam_env = {**os.environ, **FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": aws_url}
+        command = start_api_command(build_dir, name, host, port, sam)
+        sam_process = subprocess.Popen(command, cwd=ROOT, env=sam_env)  # noqa: S603
         try:
             return sam_process.wait()
         except KeyboardInterrupt:

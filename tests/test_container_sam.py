@@ -87,9 +87,10 @@ def invoke(network: Network, sam_build: Build, tmp_path_factory: pytest.TempPath
         args = ["local", "invoke", function, "--template", str(template), "--event", str(event)]
         args += ["--env-vars", str(env_vars), "--docker-network", network.name, "--skip-pull-image"]
         started = time.monotonic()
-        result = run_sam(args, directory / "config", timeout=300)
+        result = run_sam(args, directory / "config", timeout=300, aws_endpoint=network.aws.endpoint)
         print(f"sam local invoke {function} {event.name}: {time.monotonic() - started:.1f}s")
         assert result.returncode == 0, result.stdout + result.stderr
+        assert "No current session found" not in result.stderr, "SAM's STS call went somewhere other than moto"
         return Invoked(
             json.loads(result.stdout.strip().splitlines()[-1]), parse_json_lines(result.stderr), result.stderr
         )

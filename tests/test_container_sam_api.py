@@ -42,6 +42,7 @@ def sam_local_api(docker_engine: None, sam_build: Build, tmp_path: Path) -> Iter
         yield server, LocalAws(f"http://127.0.0.1:{aws_port}", {})
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(60) == 0, server.output()
+        assert "No current session found" not in server.output(), "SAM's STS call went somewhere other than moto"
         assert docker("ps", "--all", "--quiet", "--filter", f"name={name}").stdout.strip() == ""
         assert docker("network", "ls", "--quiet", "--filter", f"name={name}").stdout.strip() == ""
     finally:

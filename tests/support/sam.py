@@ -1,7 +1,8 @@
 """SAM CLI and template.yaml for the packaging tests.
 
 SAM CLI lives in its own venv (``.venv-sam``, installed by ``make``); here it runs with
-telemetry off and its weekly version check already done, so it never reaches the network.
+telemetry off, its weekly version check already done and its AWS calls sent to 127.0.0.1, so it
+never reaches the network.
 """
 
 from __future__ import annotations
@@ -30,10 +31,25 @@ LAMBDA_RUNTIME = ROOT / ".venv-lambda" / "runtime"
 TRANSLATE = ROOT / "infra" / "sam-cli" / "translate.py"
 
 
-def sam_environment(config_dir: Path) -> dict[str, str]:
+NOWHERE = "http://127.0.0.1:9"
+"""A local port nothing answers on: a SAM call to AWS is refused at once, never sent off the machine."""
+
+
+def sam_environment(config_dir: Path, aws_endpoint: str = NOWHERE) -> dict[str, str]:
+    """SAM CLI's variables: its own config directory, no telemetry, AWS at ``aws_endpoint``.
+
+    `sam local invoke` asks STS for the account id before each invocation; sent to AWS from a
+    machine without its credentials, botocore retried it for 8 s before SAM used the default.
+    Against moto's server (``aws_endpoint``) it is answered at once; against ``NOWHERE``, one
+    refused attempt.
+    """
     config_dir.mkdir(parents=True, exist_ok=True)
     (config_dir / "metadata.json").write_text(json.dumps({"lastVersionCheck": time.time(), "telemetryEnabled": False}))
-    return {**os.environ, "__SAM_CLI_APP_DIR": str(config_dir), "SAM_CLI_TELEMETRY": "0"}
+    variables = {**os.environ, "__SAM_CLI_APP_DIR": str(config_dir), "SAM_CLI_TELEMETRY": "0"}
+    variables["AWS_ENDPOINT_URL"] = aws_endpoint
+    if aws_endpoint == NOWHERE:
+        variables["AWS_MAX_ATTEMPTS"] = "1"
+    return variables
 
 
 SAM_HINT = "SAM CLI's venv (.venv-sam) is not installed: run `make sync-sam` (or `make test`, which installs it)"
@@ -45,11 +61,12 @@ def require_sam() -> None:
         pytest.fail(SAM_HINT, pytrace=False)
 
 
-def run_sam(args: list[str], config_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_sam(
+    args: list[str], config_dir: Path, timeout: float = 600, aws_endpoint: str = NOWHERE
+) -> subprocess.CompletedProcess[str]:
     require_sam()
-    return subprocess.run(
-        [str(SAM), *args], cwd=ROOT, env=sam_environment(config_dir), capture_output=True, text=True, timeout=timeout
-    )
+    env = sam_environment(config_dir, aws_endpoint)
+    return subprocess.run([str(SAM), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
