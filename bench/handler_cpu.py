@@ -1,4 +1,4 @@
-"""CPU time of one warm Lambda handler call, in-process: ``python -m bench.handler_cpu HANDLER``.
+"""CPU time of one warm Lambda handler call, in-process: ``python -m bench.handler_cpu HANDLER [CALLS]``.
 
 Prints JSON ``{"us": ...}``: the median over rounds of the process CPU time per
 ``handler(event, context)`` call of ``GET /health`` (the HTTP API event of section 1),
@@ -32,22 +32,22 @@ class Context:
         return 30_000
 
 
-def main(spec: str) -> None:
+def main(spec: str, calls: int = CALLS) -> None:
     real_stdout = sys.stdout
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the handler's log lines, for the process's life
     module, _, attribute = spec.rpartition(".")
     handler: Any = getattr(importlib.import_module(module), attribute)
     event, context = health_event(load_event(EVENT)), Context()
-    for _ in range(CALLS):
+    for _ in range(calls):
         assert handler(event, context)["statusCode"] == 200
     rounds = []
     for _ in range(ROUNDS):
         started = time.process_time()
-        for _ in range(CALLS):
+        for _ in range(calls):
             handler(event, context)
-        rounds.append((time.process_time() - started) / CALLS * 1e6)
+        rounds.append((time.process_time() - started) / calls * 1e6)
     print(json.dumps({"us": statistics.median(rounds)}), file=real_stdout)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], *(int(argument) for argument in sys.argv[2:3]))

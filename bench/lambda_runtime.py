@@ -141,7 +141,14 @@ def _stop(variants: list[Variant]) -> None:
             variant.environment = None
 
 
-def measure(workdir: Path, invocations: int = 20, warmup: int = 2) -> Section:
+def measure(
+    workdir: Path,
+    invocations: int = 20,
+    warmup: int = 2,
+    *,
+    handler_cpu_calls: int = 400,
+    handler_cpu_repetitions: int = 3,
+) -> Section:
     variants = _variants()
     event = load_event(EVENT)
     progress(f"lambda: starting {len(variants)} runtime-client environments (awslambdaric + emulator)")
@@ -159,28 +166,28 @@ def measure(workdir: Path, invocations: int = 20, warmup: int = 2) -> Section:
     for variant in variants:
         _split_responses(variant, invocations, warmup)
     progress("lambda: handler CPU per call, in-process")
-    return _section(variants, invocations, warmup, _handlers_cpu_us())
+    return _section(variants, invocations, warmup, _handlers_cpu_us(handler_cpu_repetitions, handler_cpu_calls))
 
 
 QUIET = "template, LOG_LEVEL=WARNING"
 """The template's handler without its request.completed line (in-process CPU only)."""
 
 
-def _handlers_cpu_us(repetitions: int = 3) -> dict[str, float]:
+def _handlers_cpu_us(repetitions: int, calls: int) -> dict[str, float]:
     """In-process CPU per warm call of each handler: the median of fresh interpreters, taking turns."""
     runs: dict[str, tuple[str, str]] = {TEMPLATE: (HANDLERS[TEMPLATE], "INFO"), PLAIN: (HANDLERS[PLAIN], "INFO")}
     runs[QUIET] = (HANDLERS[TEMPLATE], "WARNING")
     samples: dict[str, list[float]] = {label: [] for label in runs}
     for _ in range(repetitions):
         for label, (handler, log_level) in runs.items():
-            samples[label].append(_handler_cpu_us(handler, log_level))
+            samples[label].append(_handler_cpu_us(handler, calls, log_level))
     return {label: median(values) for label, values in samples.items()}
 
 
-def _handler_cpu_us(handler: str, log_level: str = "INFO") -> float:
+def _handler_cpu_us(handler: str, calls: int, log_level: str = "INFO") -> float:
     """``bench.handler_cpu`` in a fresh interpreter: CPU microseconds per warm ``GET /health`` call."""
     completed = subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
-        [sys.executable, "-m", "bench.handler_cpu", handler],
+        [sys.executable, "-m", "bench.handler_cpu", handler, str(calls)],
         cwd=ROOT,
         env={**os.environ, "LOG_LEVEL": log_level, "PYTHONPATH": str(ROOT)},
         capture_output=True,
