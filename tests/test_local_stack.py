@@ -297,6 +297,7 @@ def undrained(output: str) -> list[str]:
     return orphans([output.splitlines()])
 
 
+@pytest.mark.not_per_function
 def test_ctrl_c_stops_the_functions_first_and_the_worker_drains_what_they_handed_off(
     start_stack: StackFactory, tmp_path: Path
 ) -> None:
@@ -334,6 +335,7 @@ def test_ctrl_c_stops_the_functions_first_and_the_worker_drains_what_they_handed
     assert "Traceback" not in output
 
 
+@pytest.mark.not_per_function
 def test_ctrl_c_reports_each_task_still_in_the_queue_as_lost(start_stack: StackFactory, tmp_path: Path) -> None:
     """The worker cannot finish them (the FIFO stays unread): each message moto holds is one task.lost line."""
     log = fifo(tmp_path)
@@ -362,6 +364,7 @@ def test_ctrl_c_reports_each_task_still_in_the_queue_as_lost(start_stack: StackF
     assert "local_stack: stopped (exit 0)" in stack.output()
 
 
+@pytest.mark.not_per_function
 @pytest.mark.timeout(240)
 def test_a_worker_exiting_3_is_restarted_and_the_stack_keeps_serving(start_stack: StackFactory, tmp_path: Path) -> None:
     """A sync durable task outlives its message's visibility: the worker exits 3, as documented, and comes back."""
@@ -409,6 +412,7 @@ def test_a_worker_exiting_3_is_restarted_and_the_stack_keeps_serving(start_stack
     assert orphans([stack.output().splitlines()]) == []
 
 
+@pytest.mark.not_per_function
 def test_ctrl_c_in_a_terminal_ends_make_run_itself_with_exit_0(start_stack: StackFactory) -> None:
     """Typed ^C reaches the stack alone (it holds the terminal's foreground): make exits with its status.
 

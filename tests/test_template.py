@@ -325,6 +325,7 @@ def test_functions_emit_metrics_in_the_namespace_the_alarms_watch(template: dict
     assert variables["POWERTOOLS_METRICS_NAMESPACE"] == STACK_NAMESPACE
 
 
+@pytest.mark.not_per_function
 def test_every_alarm_notifies_the_topic(translated: dict[str, Any]) -> None:
     alarms = _alarms(translated)
     assert set(alarms) == {
@@ -349,6 +350,7 @@ def test_every_alarm_notifies_the_topic(translated: dict[str, Any]) -> None:
     assert properties == {"TopicArn": {"Ref": "AlarmTopic"}, "Protocol": "email", "Endpoint": "ops@example.com"}
 
 
+@pytest.mark.not_per_function
 def test_queue_alarms_are_on_the_metrics_aws_recommends(translated: dict[str, Any]) -> None:
     """DLQ: visible messages (a redrive does not count in NumberOfMessagesSent); queue: oldest message age."""
     alarms = _alarms(translated)
@@ -365,6 +367,7 @@ def test_queue_alarms_are_on_the_metrics_aws_recommends(translated: dict[str, An
     assert str(overridden["Threshold"]) == "120"
 
 
+@pytest.mark.not_per_function
 def test_failure_rate_alarm_divides_failures_by_runs_of_the_emitted_metrics(translated: dict[str, Any]) -> None:
     from shared.metrics import names
 

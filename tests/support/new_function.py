@@ -6,7 +6,9 @@ that were there before: a test named for one (``test_users_schema``, ``test_item
 or parametrized by one (``[users]``, ``[ItemsFunction-...]``, ``[items-http-api]``). Those run
 on exactly the same code in the suite itself; a new function cannot change what they find.
 Every other test runs: each one parametrized by the new function, and each one that goes over
-every function or the whole template (the template's checks, `sam build`, ``make run``, ...).
+every function or the whole template (the template's checks, `sam build`, ``make run``, ...),
+except those marked ``not_per_function``: what they check (Ctrl-C, a worker's restart, an
+alarm's parameters) is the same whichever functions exist, and the suite runs them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ OF_THE_OTHERS = {"test_the_fuzz_reached_storage"}
 
 
 def of_another_function(item: pytest.Item, others: set[str]) -> bool:
-    if getattr(item, "originalname", item.name) in OF_THE_OTHERS:
+    if getattr(item, "originalname", item.name) in OF_THE_OTHERS or item.get_closest_marker("not_per_function"):
         return True
     names = others | {logical_id(name) for name in others}
     callspec = getattr(item, "callspec", None)
