@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow  # `make test-fast` leaves it out
 DOC = f"# Benchmarks\n\n## Latest\n\n{BENCH_START}\nstale table\n{BENCH_END}\n\n## After\n"
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(1000)  # minutes when the suite's other workers share the cores
 def test_quick_bench_writes_every_table_the_plot_and_the_results_doc_block(tmp_path: Path) -> None:
     doc = tmp_path / "docs" / "benchmarks.md"
     doc.parent.mkdir()
@@ -31,7 +31,7 @@ def test_quick_bench_writes_every_table_the_plot_and_the_results_doc_block(tmp_p
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=380,
+        timeout=900,
     )
 
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]

@@ -27,7 +27,8 @@ from tests.support.fixtures import Build
 from tests.support.moto_server import LocalAws
 from tests.support.sam import sam_environment
 
-pytestmark = pytest.mark.slow  # `make test-fast` leaves it out
+# Its setup waits for the session's `sam build` (another worker may be making it): minutes under load.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # `make test-fast` leaves it out
 
 
 @pytest.fixture

@@ -41,6 +41,9 @@ from tests.support.sam import (
 
 REGION = "us-east-1"
 
+# The first test's setup makes (or waits for) the session's `sam build`: minutes on a loaded machine.
+pytestmark = pytest.mark.timeout(600)
+
 
 @pytest.fixture
 def build(sam_build: Build) -> Build:
