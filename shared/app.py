@@ -13,9 +13,9 @@ from starlette.exceptions import HTTPException
 from shared import error_bodies, pydantic_v1_check
 from shared.allow import method_not_allowed
 from shared.background.install import install as install_task_layer
-from shared.body_limit import BodyLimitMiddleware
-from shared.json_body import InvalidJsonBody, StrictJsonMiddleware
+from shared.json_body import InvalidJsonBody
 from shared.logs import ensure_logging_configured
+from shared.request_body import RequestBodyMiddleware
 from shared.request_id import RequestIdMiddleware
 from shared.root_path import RootPathMiddleware
 from shared.settings import get_settings
@@ -71,9 +71,7 @@ def create_app(
     # Where FastAPI(routes=...) puts them, first; the task layer takes them over at start-up,
     # as it does routes of included routers.
     app.router.routes[:0] = routes
-    app.add_middleware(StrictJsonMiddleware)
-    if max_body_bytes is not None:
-        app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(RequestBodyMiddleware, max_bytes=max_body_bytes)
     settings = get_settings()
     if settings.track_tasks if track_tasks is None else track_tasks:
         from shared import task_status  # its models and store: only a function that tracks pays at cold start

@@ -14,8 +14,7 @@ import math
 import re
 from email.message import Message as MimeHeader
 
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive
 
 
 class InvalidJsonBody(json.JSONDecodeError):
@@ -109,35 +108,29 @@ def check_json_body(body: bytes) -> None:
             raise InvalidJsonBody(problem, text, position)
 
 
-class StrictJsonMiddleware:
-    """Checks a JSON body (``check_json_body``) when the app reads it, from inside ``receive``:
-    the error reaches the app's exception handlers (and FastAPI's body reading) as a request error.
-    A request whose body is never read costs nothing."""
+def checked_receive(receive: Receive) -> Receive:
+    """``receive``, checking the whole body (``check_json_body``) when the app first reads it.
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    From inside ``receive``, the error reaches the app's exception handlers (and FastAPI's
+    body reading) as a request error. A request whose body is never read costs nothing.
+    """
+    checked = False
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_json_content_type(Headers(scope=scope).get("content-type")):
-            await self.app(scope, receive, send)
-            return
-        checked = False
+    async def receive_checked() -> Message:
+        nonlocal checked
+        if checked:
+            return await receive()
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return message  # the client went away: nothing to check
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        checked = True
+        body = b"".join(chunks)
+        check_json_body(body)
+        return {"type": "http.request", "body": body, "more_body": False}
 
-        async def receive_checked() -> Message:
-            nonlocal checked
-            if checked:
-                return await receive()
-            chunks: list[bytes] = []
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return message  # the client went away: nothing to check
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    break
-            checked = True
-            body = b"".join(chunks)
-            check_json_body(body)
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, receive_checked, send)
+    return receive_checked

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 import anyio.to_thread
 from fastapi import BackgroundTasks, FastAPI, HTTPException, Path, Request, status
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -48,7 +48,13 @@ State = Literal[
 ]
 
 
+# Built at the first status request (or OpenAPI document), not at the function's cold start.
+_DEFERRED = ConfigDict(defer_build=True)
+
+
 class TaskError(BaseModel):
+    model_config = _DEFERRED
+
     type: str | None
     """The exception's class name; None when the task ended without one (a timeout, a loss)."""
     message: str
@@ -56,6 +62,8 @@ class TaskError(BaseModel):
 
 
 class TaskStatus(BaseModel):
+    model_config = _DEFERRED
+
     task_id: str
     task: str
     state: State

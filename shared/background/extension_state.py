@@ -17,7 +17,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from shared import metrics
@@ -44,28 +43,38 @@ calling it (an event that is not JSON), the environment is released after this, 
 the deadline; a handler starting even later runs its jobs before returning instead."""
 
 
-@dataclass(frozen=True)
+# Plain classes, not dataclasses: defined at every Lambda cold start, where a dataclass costs a millisecond.
 class Deferred:
-    job: Job
-    context: contextvars.Context
-    deadline: float | None
-    label: str
+    __slots__ = ("context", "deadline", "job", "label")
+
+    def __init__(self, job: Job, context: contextvars.Context, deadline: float | None, label: str) -> None:
+        self.job = job
+        self.context = context
+        self.deadline = deadline
+        self.label = label
 
 
-@dataclass(frozen=True)
 class Watched:
     """A sync task running on the runner thread, and what to log if it still runs at the deadline."""
 
-    deadline: float
-    on_expiry: Callable[[], str]
-    context: contextvars.Context
+    __slots__ = ("context", "deadline", "on_expiry")
+
+    def __init__(self, deadline: float, on_expiry: Callable[[], str], context: contextvars.Context) -> None:
+        self.deadline = deadline
+        self.on_expiry = on_expiry
+        self.context = context
 
 
-@dataclass(frozen=True)
 class Invocation:
-    request_id: str
-    deadline: float | None
-    post_response: bool
+    __slots__ = ("deadline", "post_response", "request_id")
+
+    def __init__(self, request_id: str, deadline: float | None, post_response: bool) -> None:
+        self.request_id = request_id
+        self.deadline = deadline
+        self.post_response = post_response
+
+    def __repr__(self) -> str:
+        return f"Invocation({self.request_id!r}, deadline={self.deadline!r}, post_response={self.post_response})"
 
 
 def lambda_entry_point() -> Callable[..., Any] | None:

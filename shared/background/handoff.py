@@ -29,7 +29,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
@@ -80,14 +79,19 @@ def reset() -> None:
     _shutdown_deadline = _grace_s = None
 
 
-@dataclass(frozen=True)
 class Decision:
     """Why a task goes to the queue instead of starting here, and the numbers that decided it."""
 
-    reason: str
-    numbers: dict[str, Any]
-    send_by: float | None = None
-    """Monotonic time by which the send must be done (Lambda: the real deadline, less a reserve)."""
+    __slots__ = ("numbers", "reason", "send_by")
+
+    def __init__(self, reason: str, numbers: dict[str, Any], send_by: float | None = None) -> None:
+        self.reason = reason
+        self.numbers = numbers
+        self.send_by = send_by
+        """Monotonic time by which the send must be done (Lambda: the real deadline, less a reserve)."""
+
+    def __repr__(self) -> str:
+        return f"Decision(reason={self.reason!r}, numbers={self.numbers!r}, send_by={self.send_by!r})"
 
 
 def _seconds(value: float | None) -> float | None:

@@ -8,7 +8,6 @@ the executor reads. Endpoints still pass the function itself to ``add_task``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -16,12 +15,24 @@ F = TypeVar("F", bound=Callable[..., Any])
 _ATTRIBUTE = "__task_options__"
 
 
-@dataclass(frozen=True)
 class TaskOptions:
-    name: str | None = None
-    timeout: float | None = None
-    at_most_once: bool = False
-    tracked: bool = False
+    """What ``@task`` declared about a function (a plain class: defined at every cold start)."""
+
+    __slots__ = ("at_most_once", "name", "timeout", "tracked")
+
+    def __init__(
+        self, name: str | None = None, timeout: float | None = None, at_most_once: bool = False, tracked: bool = False
+    ) -> None:
+        self.name = name
+        self.timeout = timeout
+        self.at_most_once = at_most_once
+        self.tracked = tracked
+
+    def __repr__(self) -> str:
+        return (
+            f"TaskOptions(name={self.name!r}, timeout={self.timeout!r}, "
+            f"at_most_once={self.at_most_once}, tracked={self.tracked})"
+        )
 
 
 _registry: dict[str, Callable[..., Any]] = {}

@@ -18,7 +18,6 @@ import json
 import random
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -146,13 +145,15 @@ def message_size(body: str, attributes: dict[str, MessageAttributeValueTypeDef])
     return size
 
 
-@dataclass(frozen=True)
 class _Entry:
-    task: QueuedTask
-    name: str
-    body: str
-    size: int
-    trace_header: str | None = None
+    __slots__ = ("body", "name", "size", "task", "trace_header")
+
+    def __init__(self, task: QueuedTask, name: str, body: str, size: int, trace_header: str | None = None) -> None:
+        self.task = task
+        self.name = name
+        self.body = body
+        self.size = size
+        self.trace_header = trace_header
 
     def request(self) -> SendMessageBatchRequestEntryTypeDef:
         entry: SendMessageBatchRequestEntryTypeDef = {

@@ -19,16 +19,18 @@ import contextvars
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared import aws
 from shared.background import lifecycle
 from shared.background.task import take_result
 from shared.logs import bound, get_logger, mask_emails
 from shared.settings import Settings, running_on_lambda
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 log = get_logger("shared.background")
 
@@ -244,6 +246,9 @@ class StatusRecorder:
         item = {**common, **values}
         if not on_worker and self.in_background and asyncio._get_running_loop() is not None:
             if self._writer is None:
+                # Only a server writes off the event loop: a Lambda cold start skips the thread pool's import.
+                from concurrent.futures import ThreadPoolExecutor
+
                 self._writer = ThreadPoolExecutor(1, thread_name_prefix="task-status")
             try:
                 self._writer.submit(contextvars.copy_context().run, self._write, fields, seq, state, item)

@@ -7,7 +7,6 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from starlette._utils import is_async_callable
@@ -77,33 +76,68 @@ def _fastapi_tasks_call() -> Callable[..., Any] | None:
     return None if module is None else module.BackgroundTasks.__call__
 
 
-@dataclass
 class QueuedTask:
-    func: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    name: str
-    task_id: str = field(default_factory=new_id)
-    attempt: int = 1
-    timeout: float | None = None
-    is_async: bool | None = None  # None: worked out from ``func`` (Starlette's tasks know already)
-    own_call: Callable[[], Awaitable[None]] | None = None
-    """A ``BackgroundTask`` subclass's own ``__call__``: run instead of ``func``, as Starlette would."""
-    fastapi_span: bool = False
-    """Queued through FastAPI's ``BackgroundTasks``: run inside its ``fastapi.background_task`` span."""
-    tracked: bool = False
-    """Its status is recorded for the client (``shared.background.status_store``); what it returns is kept."""
-    origin: Callable[..., Any] = field(init=False, repr=False)
-    """The function queued (``func`` is a wrapper keeping its result when the task is tracked)."""
-    queued_at: float = field(default_factory=time.monotonic)
-    """When it was queued (``time.monotonic``): its terminal line's ``wait_ms`` counts from here."""
+    """One task given to the layer: what to call, how, and its identity.
 
-    def __post_init__(self) -> None:
-        if self.is_async is None:
-            self.is_async = is_async_callable(self.func)
-        self.origin = self.func
-        if self.tracked and self.own_call is None:
-            self.func = _keeping_result(self.func, self.task_id, self.is_async)
+    A plain class (not a dataclass): every function imports it at cold start, and one is
+    built per task, so both its definition and its construction are kept cheap.
+    """
+
+    __slots__ = (
+        "args",
+        "attempt",
+        "fastapi_span",
+        "func",
+        "is_async",
+        "kwargs",
+        "name",
+        "origin",
+        "own_call",
+        "queued_at",
+        "task_id",
+        "timeout",
+        "tracked",
+    )
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        name: str,
+        task_id: str | None = None,
+        attempt: int = 1,
+        timeout: float | None = None,
+        is_async: bool | None = None,
+        own_call: Callable[[], Awaitable[None]] | None = None,
+        fastapi_span: bool = False,
+        tracked: bool = False,
+        queued_at: float | None = None,
+    ) -> None:
+        self.args = args
+        self.kwargs = kwargs
+        self.name = name
+        self.task_id: str = task_id or new_id()
+        self.attempt = attempt
+        self.timeout = timeout
+        self.is_async: bool = is_async_callable(func) if is_async is None else is_async
+        self.own_call = own_call
+        """A ``BackgroundTask`` subclass's own ``__call__``: run instead of ``func``, as Starlette would."""
+        self.fastapi_span = fastapi_span
+        """Queued through FastAPI's ``BackgroundTasks``: run inside its ``fastapi.background_task`` span."""
+        self.tracked = tracked
+        """Its status is recorded for the client (``shared.background.status_store``); what it returns is kept."""
+        self.origin = func
+        """The function queued (``func`` is a wrapper keeping its result when the task is tracked)."""
+        self.func = _keeping_result(func, self.task_id, self.is_async) if tracked and own_call is None else func
+        self.queued_at: float = time.monotonic() if queued_at is None else queued_at
+        """When it was queued (``time.monotonic``): its terminal line's ``wait_ms`` counts from here."""
+
+    def __repr__(self) -> str:
+        return (
+            f"QueuedTask(name={self.name!r}, task_id={self.task_id!r}, attempt={self.attempt}, "
+            f"timeout={self.timeout!r}, tracked={self.tracked})"
+        )
 
     @classmethod
     def from_starlette(
