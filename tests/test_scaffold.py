@@ -109,7 +109,7 @@ def test_a_function_with_a_table_passes_every_template_and_function_check(tmp_pa
         "tests/test_resources.py::test_docker_compose_names_every_resource_that_settings_has_no_default_for",
         "tests/test_iam.py::test_each_scenario_needs_every_action_on_every_resource_of_its_role_and_no_other"
         "[ProbeOrdersFunction]",
-        "tests/test_openapi_fuzz.py::test_probe_orders_schema",
+        "tests/test_openapi_fuzz.py::test_probe_orders_schema[POST /probe_orders]",
         "tests/test_sam_build.py::test_each_function_with_its_layers_stays_under_30_mb",
         "tests/test_local_stack.py::test_make_run_serves_every_function_and_runs_their_background_work",
     } <= passed

@@ -18,6 +18,7 @@ worker runs it any more. Without xdist the same hooks run in the one process.
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +60,42 @@ def is_worker(config: pytest.Config) -> bool:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The schemathesis fuzz first, in an interpreter no other test has touched; then the longest files.
+    """Each test its own id; the fuzz first, in an interpreter no other test has touched; then the longest files.
 
     Hypothesis reads lambdas' source with ``ast.parse`` while it generates; on CPython 3.11
     the AST constructor's recursion counter is shared by threads and can be left off by
     earlier tests' threads (python/cpython#106905), which made it fail as flaky late in a run.
     Under xdist the fuzz file is the first one handed out: its worker runs it first.
     """
+    give_each_test_its_own_id(items)
     rank = {path: index for index, path in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.partition("::")[0], len(rank)))
+
+
+def _set_id(item: pytest.Item, nodeid: str) -> None:
+    """pytest has no public way to rename a collected test; a version where this stops working
+    is caught by the repeated-id check right after it."""
+    if hasattr(item, "_id"):  # pytest 9: a NodeId
+        item._id = type(item._id).parse(nodeid)
+    else:
+        item._nodeid = nodeid
+
+
+def give_each_test_its_own_id(items: list[pytest.Item]) -> None:
+    """xdist hands tests out by id: of several tests sharing one, it runs the first and reports nothing of the others.
+
+    schemathesis gives each operation's test of a schema the schema test's own id
+    (``test_items_schema``, once per operation): each gets its operation's label, as
+    schemathesis's own lazy fixture does (``test_items_schema[POST /items]``). Any other
+    repeated id stops the run before it starts, naming it.
+    """
+    for item in items:
+        label = getattr(item, "operation_label", None)
+        if label and not item.nodeid.endswith("]"):
+            _set_id(item, f"{item.nodeid}[{label}]")
+    repeated = sorted(nodeid for nodeid, count in Counter(item.nodeid for item in items).items() if count > 1)
+    if repeated:
+        raise pytest.UsageError(f"tests sharing an id (pytest-xdist would run one of each): {', '.join(repeated)}")
 
 
 _runs: set[str] = set()
