@@ -74,12 +74,13 @@ class Counts:
     worker_rounds: int
     status_requests: int
     status_rounds: int
-    handler_cpu_calls: int = 400
-    """Section 1's in-process handler CPU: calls per round (5 rounds, 3 fresh interpreters each)."""
-    handler_cpu_repetitions: int = 3
+    handler_cpu_calls: int
+    """Section 1's in-process handler CPU: calls per round (5 rounds per fresh interpreter)."""
+    handler_cpu_repetitions: int
+    """Section 1's in-process handler CPU: fresh interpreters per handler."""
 
 
-FULL = Counts(40, 2, 5, 2.0, 0.5, (8, 1), 12, True, None, 1000, 5, 100, 10, 500, 7, 15, 10, 3, 7, 30, 4)
+FULL = Counts(40, 2, 5, 2.0, 0.5, (8, 1), 12, True, None, 1000, 5, 100, 10, 500, 7, 15, 10, 3, 7, 30, 4, 400, 3)
 QUICK = Counts(
     1, 1, 1, 0.3, 0.1, (2,), 1, False, ["functions.notifications.app"], 50, 2, 5, 1, 20, 2, 2, 1, 1, 1, 3, 1, 20, 1
 )

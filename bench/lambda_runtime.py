@@ -146,8 +146,8 @@ def measure(
     invocations: int = 20,
     warmup: int = 2,
     *,
-    handler_cpu_calls: int = 400,
-    handler_cpu_repetitions: int = 3,
+    handler_cpu_calls: int,
+    handler_cpu_repetitions: int,
 ) -> Section:
     variants = _variants()
     event = load_event(EVENT)

@@ -117,7 +117,7 @@ class QueuedTask:
         self.args = args
         self.kwargs = kwargs
         self.name = name
-        self.task_id: str = task_id or new_id()
+        self.task_id: str = new_id() if task_id is None else task_id
         self.attempt = attempt
         self.timeout = timeout
         self.is_async: bool = is_async_callable(func) if is_async is None else is_async
