@@ -368,15 +368,20 @@ class Rehearsal:
         if response.get("FunctionError") or answer.get("statusCode") != 201:
             return [f"UsersFunction: POST /users/users answered {answer!r}, not 201"]
         sent = server.client("ses").get_send_quota()["SentLast24Hours"]
-        runs = server.client("dynamodb").scan(TableName=stack.physical["IdempotencyTable"], Select="COUNT")["Count"]
-        if (sent, runs) != (1, 1):
+        items = server.client("dynamodb").scan(TableName=stack.physical["IdempotencyTable"])["Items"]
+        statuses = sorted(item.get("status", {}).get("S", "?") for item in items)
+        # The welcome e-mail is durable: one run. The audit record runs in the function, unless
+        # moto's synchronous worker invocation used up so much of the deadline that it was
+        # handed off too (the deadline rule): then the worker ran it as a second task.
+        if sent != 1 or len(statuses) not in (1, 2) or set(statuses) != {"COMPLETED"}:
             return [
                 f"the registration's welcome e-mail did not go through the worker: {sent:g} e-mail(s) sent, "
-                f"{runs} task run(s) recorded in IdempotencyTable"
+                f"task runs recorded in IdempotencyTable: {statuses or 'none'}"
             ]
+        also = "" if len(statuses) == 1 else "; its audit record was handed off near the deadline and run there too"
         self.say(
             f"a registration reached the worker through the deployed queue: 201, the welcome e-mail sent by the "
-            f"worker ({time.monotonic() - started:.1f}s)"
+            f"worker{also} ({time.monotonic() - started:.1f}s)"
         )
         return []
 
