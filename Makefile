@@ -24,12 +24,19 @@ $(UV):
 	$(UV_VENV)/bin/python -m pip install --quiet uv==$(UV_VERSION)
 
 # Always run (a no-op in milliseconds when in sync): .venv holds exactly uv.lock, whatever was installed by hand.
+# The first sync after a change of the lock also compiles every installed module (--compile-bytecode),
+# so no process compiles them again: with PYTHONDONTWRITEBYTECODE set, each one would, every time.
 sync: | $(UV) ## install exactly uv.lock into .venv
-	@$(UV) sync --locked --quiet --python $(PYTHON) || { echo "$(SYNC_HINT)" >&2; exit 2; }
+	@$(UV) sync --locked --quiet $(call compile_once,$(VENV),uv.lock) --python $(PYTHON) || { echo "$(SYNC_HINT)" >&2; exit 2; }
+	@touch $(VENV)/.bytecode
 
 sync-sam: | $(UV)
 	@UV_PROJECT_ENVIRONMENT=$(CURDIR)/$(SAM_VENV) $(UV) sync --locked --quiet --project infra/sam-cli \
-		--python $(PYTHON) || { echo "$(SYNC_HINT)" >&2; exit 2; }
+		$(call compile_once,$(SAM_VENV),infra/sam-cli/uv.lock) --python $(PYTHON) || { echo "$(SYNC_HINT)" >&2; exit 2; }
+	@touch $(SAM_VENV)/.bytecode
+
+# --compile-bytecode unless venv $(1) was compiled after lock $(2) last changed.
+compile_once = $$(test $(1)/.bytecode -nt $(2) || echo --compile-bytecode)
 
 # -X no_debug_ranges: a garbage collection inside pytest's parse of a test's source can run a
 # finalizer that fails; formatting its error parses again, nested, which CPython 3.11 (seen on
@@ -39,7 +46,12 @@ sync-sam: | $(UV)
 # The tests run on TEST_WORKERS processes (pytest-xdist): most of a test's time is spent waiting on
 # a server, a container or a grace period, so more workers than cores keep both cores busy. A file
 # runs whole on one worker (tests/support/workers.py); --durations: the slowest tests, to keep it fast.
+#
+# The suite starts some 200 Python processes (servers, CLIs, workers): each one compiles the project's
+# modules and pytest rewrites every test module in each worker unless their bytecode is cached, so
+# the tests run with PYTHONDONTWRITEBYTECODE unset (__pycache__ is ignored by git, Docker and sam build).
 TEST_WORKERS ?= 4
+test test-fast: export PYTHONDONTWRITEBYTECODE :=
 PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 test: sync sync-sam $(LAMBDA_READY) ## run the whole suite (lint, types, import layers, tests)
 	$(VENV)/bin/ruff check .

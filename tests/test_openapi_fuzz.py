@@ -40,8 +40,11 @@ from schemathesis.specs.openapi.checks import (
 
 from infra.durable_resources import create_task_queues
 from shared.settings import get_settings
+from tests.support import regex_strategies
 from tests.support.aws_resources import AwsState, mocked_aws
 from tests.support.sam import function_folders
+
+regex_strategies.install()  # before schemathesis collects this module's tests
 
 CHECKS = [
     not_a_server_error,
