@@ -3,7 +3,8 @@
 Writes ``bench/results.md`` (tables, targets and why), ``bench/results.png`` (the
 distributions), ``bench/raw/results.json`` (every sample) and the table between the
 bench markers of ``docs/benchmarks.md``. ``--quick`` runs each measurement with tiny counts (a smoke run
-of the harness: its numbers mean nothing). Exits 1 if a measurement could not run.
+of the harness: its numbers mean nothing), into ``bench/quick/``, and leaves the document alone.
+Exits 1 if a measurement could not run.
 """
 
 from __future__ import annotations
@@ -148,6 +149,16 @@ def _load_average() -> str:
         return "n/a"
 
 
+def destinations(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """Where the results go, and the document whose bench block is rewritten (None: none).
+
+    A quick run's numbers mean nothing: by default it overwrites neither the results nor the document.
+    """
+    output: Path = args.output or (ROOT / "bench" / "quick" if args.quick else ROOT / "bench")
+    results_doc: Path | None = args.results_doc or (None if args.quick else RESULTS_DOC)
+    return output, None if args.no_results_doc else results_doc
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny counts: checks the harness, not the numbers")
@@ -157,12 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip `sam build`: no artifact sizes; cold start imports this checkout in the dev venv (not judged)",
     )
-    parser.add_argument("--output", type=Path, default=ROOT / "bench", help="where results.md and results.png go")
+    parser.add_argument(
+        "--output", type=Path, help="where results.md and results.png go (bench/; bench/quick/ with --quick)"
+    )
     parser.add_argument(
         "--results-doc",
         type=Path,
-        default=RESULTS_DOC,
-        help="document whose bench block (between the bench markers) is rewritten",
+        help=f"document whose bench block (between the bench markers) is rewritten ({RESULTS_DOC.relative_to(ROOT)}; "
+        "none with --quick, whose numbers mean nothing)",
     )
     parser.add_argument("--no-results-doc", action="store_true", help="leave the results document alone")
     args = parser.parse_args(argv)
@@ -172,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown measurements {unknown}; choose from {MEASUREMENTS}")
     counts = QUICK if args.quick else FULL
+    output, results_doc = destinations(args)
     started = time.monotonic()
     load_before = _load_average()
     sections: list[Section] = []
@@ -191,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                 sections.append(_failed(name, error))
     elapsed = time.monotonic() - started
 
-    args.output.mkdir(parents=True, exist_ok=True)
-    plot_path = args.output / "results.png"
+    output.mkdir(parents=True, exist_ok=True)
+    plot_path = output / "results.png"
     plotted = plot(sections, plot_path)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
@@ -202,15 +216,15 @@ def main(argv: list[str] | None = None) -> int:
         f"took {elapsed:.0f} s. Variants ran side by side and took turns in one run, so read the ratios: "
         "absolute numbers depend on the machine and on whatever else it was running."
     )
-    results = args.output / "results.md"
+    results = output / "results.md"
     results.write_text(render_markdown(sections, header, plot_path.name if plotted else None))
-    raw = args.output / "raw"
+    raw = output / "raw"
     raw.mkdir(exist_ok=True)
     (raw / "results.json").write_text(json.dumps([asdict(section) for section in sections], indent=1))
     progress(f"wrote {results}" + (f" and {plot_path}" if plotted else ""))
-    if not args.no_results_doc:
+    if results_doc is not None:
         summary = f"Measured on {when} ({machine}, load average {load_before}); `make bench` reproduces it."
-        progress(update_results_doc(args.results_doc, results_block(sections, summary, results, args.results_doc)))
+        progress(update_results_doc(results_doc, results_block(sections, summary, results, results_doc)))
     for section in sections:
         for target in section.targets:
             progress(f"{target.verdict.strip('*'):>12}  {target.name}: {target.measured}")

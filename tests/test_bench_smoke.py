@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench.__main__ import RESULTS_DOC
+from bench.__main__ import RESULTS_DOC, destinations
 from bench.model import Section, Target
 from bench.report import BENCH_END, BENCH_START, results_block, update_results_doc
 from infra.servers import ROOT
@@ -121,3 +123,15 @@ def test_make_bench_writes_its_table_into_docs_benchmarks_not_the_readme() -> No
     section = Section("lambda", "1. Lambda", "", targets=[Target("(1a) x", "goal", "1.0x", True, "")])
     block = results_block([section], "Measured.", ROOT / "bench" / "results.md", RESULTS_DOC)
     assert "[bench/results.md](../bench/results.md)" in block and "| (1a) x | goal | 1.0x | met |" in block
+
+
+def test_a_quick_run_overwrites_neither_the_results_nor_the_document_unless_told() -> None:
+    """``python -m bench --quick`` (numbers that mean nothing) writes into bench/quick/ and leaves docs alone."""
+
+    def parsed(quick: bool, output: Path | None = None, doc: Path | None = None, no_doc: bool = False) -> Any:
+        return argparse.Namespace(quick=quick, output=output, results_doc=doc, no_results_doc=no_doc)
+
+    assert destinations(parsed(quick=False)) == (ROOT / "bench", RESULTS_DOC)
+    assert destinations(parsed(quick=True)) == (ROOT / "bench" / "quick", None)
+    assert destinations(parsed(quick=True, output=Path("out"), doc=Path("d.md"))) == (Path("out"), Path("d.md"))
+    assert destinations(parsed(quick=False, no_doc=True)) == (ROOT / "bench", None)
