@@ -89,13 +89,11 @@ class LambdaHandler:
         """Mangum's reading of ``event``; raise ``InvalidEventError`` (and log it) unless it can serve it."""
         if not isinstance(event, dict):
             problem = f"the event is a JSON {type(event).__name__}, not an object"
-            keys: list[str] = []
         else:
-            keys = sorted(str(key) for key in event)[:30]
             try:
                 adapter = self.adapter.infer(event, context)
             except RuntimeError:
-                problem = f"no known event shape has these top-level keys: {keys}"
+                problem = f"no known event shape has these top-level keys: {_top_keys(event)}"
             else:
                 try:
                     adapter.scope  # noqa: B018 - building the scope and body reads every field Mangum needs
@@ -106,8 +104,13 @@ class LambdaHandler:
                     shape = next(mangum_class, type(adapter)).__name__
                     problem = f"malformed {shape} event: {type(exc).__name__}: {exc}"
         message = f"Unsupported event: this function serves HTTP requests from {SUPPORTED_EVENTS} ({problem})"
-        log.error("lambda.invalid_event", error=message, event_keys=keys)
+        log.error("lambda.invalid_event", error=message, event_keys=_top_keys(event))
         raise InvalidEventError(message)
+
+
+def _top_keys(event: Any) -> list[str]:
+    """An event's first 30 top-level keys, sorted, for a refusal (only a refusal reads them)."""
+    return sorted(str(key) for key in event)[:30] if isinstance(event, dict) else []
 
 
 def make_handler(app: ASGI, **mangum_options: Any) -> LambdaHandler:
