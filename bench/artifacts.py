@@ -38,11 +38,18 @@ class Artifact:
     is_layer: bool = False
 
 
-def function_layers(template: Path) -> dict[str, list[str]]:
-    """Each function's layers (``Globals.Function.Layers`` then its own), by logical id."""
+def read_template(template: Path) -> dict[str, Any]:
+    """A SAM template with its short-form tags (``!Ref``), read by cfn-lint, imported here: a second of
+    start-up that only the sections reading a template pay, not every importer of the bench."""
     from cfnlint.decode.cfn_yaml import loads  # type: ignore[import-untyped]
 
-    document = loads(template.read_text())
+    document: dict[str, Any] = loads(template.read_text())
+    return document
+
+
+def function_layers(template: Path) -> dict[str, list[str]]:
+    """Each function's layers (``Globals.Function.Layers`` then its own), by logical id."""
+    document = read_template(template)
     inherited = document.get("Globals", {}).get("Function", {}).get("Layers", [])
     layers: dict[str, list[str]] = {}
     for name, resource in document.get("Resources", {}).items():

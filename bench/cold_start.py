@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cfnlint.decode.cfn_yaml import loads  # type: ignore[import-untyped]
-
 from bench import artifacts
 from bench.env import PYTHON, ROOT, child_env, progress
 from bench.lambda_runtime import health_event
@@ -111,7 +109,7 @@ class Layout:
 
 def function_modules() -> list[str]:
     """Each function's handler module, as ``template.yaml`` names it (the worker's is not its app.py)."""
-    return sorted(_functions_of(loads((ROOT / "template.yaml").read_text())))
+    return sorted(_functions_of(artifacts.read_template(ROOT / "template.yaml")))
 
 
 # --- where the modules come from ----------------------------------------------------------
@@ -182,7 +180,7 @@ def deployed_layout(workdir: Path, names: list[str]) -> Layout | str:
         return how
     precompile(RUNTIME)  # `prepare` does it; a stand-in installed before it did would compile boto3 at every import
     build = artifacts.build_directory(workdir)
-    template = loads((build / "template.yaml").read_text())
+    template = artifacts.read_template(build / "template.yaml")
     deployed = _functions_of(template)
     layers = artifacts.function_layers(build / "template.yaml")
     runtime_path = [str(build / f"{SHARED_LAYER}Layer" / "python"), str(RUNTIME)]
