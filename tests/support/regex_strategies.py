@@ -15,7 +15,6 @@ install fails at once, naming it, instead of silently costing the time again.
 
 from __future__ import annotations
 
-import re._constants
 from typing import Any
 
 from hypothesis.strategies._internal import regex as hypothesis_regex
@@ -26,7 +25,7 @@ _classes: dict[tuple[Any, ...], Any] = {}
 
 def _class_built_once(codes: Any, context: Any, is_unicode: bool, *, alphabet: Any) -> Any:
     """hypothesis's ``_strategy``, reusing what it built for an identical character class (``[...]``)."""
-    if not (isinstance(codes, tuple) and codes[0] == re._constants.IN):
+    if not (isinstance(codes, tuple) and getattr(codes[0], "name", None) == "IN"):  # sre: IN is [...]
         return _build(codes, context, is_unicode, alphabet=alphabet)
     key = (repr(codes[1]), int(context.flags), is_unicode, repr(alphabet))
     if key not in _classes:
