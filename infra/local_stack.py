@@ -42,7 +42,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -124,6 +123,33 @@ class Child:
         return self.process.returncode
 
 
+class StopRequest:
+    """A request to stop, set by a signal handler and waited for by the main thread: a polled attribute.
+
+    Not a ``threading.Event``: a handler runs on the main thread between two bytecodes, maybe while
+    that thread holds the Event's own lock inside ``wait()``, and ``set()`` would then wait for that
+    lock forever (``make run`` ignored SIGTERM so, about one run in three on a loaded machine).
+    """
+
+    POLL_S = 0.05
+
+    def __init__(self) -> None:
+        self._requested = False
+
+    def set(self) -> None:
+        self._requested = True
+
+    def is_set(self) -> bool:
+        return self._requested
+
+    def wait(self, timeout: float) -> bool:
+        """True as soon as it is set, False after ``timeout`` seconds without."""
+        deadline = time.monotonic() + timeout
+        while not self._requested and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, self.POLL_S))
+        return self._requested
+
+
 @dataclass
 class LocalStack:
     host: str
@@ -135,8 +161,8 @@ class LocalStack:
     visibility_s: float | None = None
     """The local task queue's visibility timeout, when not the template's (capped at 60 s)."""
     children: list[Child] = field(default_factory=list)
-    stopping: threading.Event = field(default_factory=threading.Event)
-    hurry: threading.Event = field(default_factory=threading.Event)
+    stopping: StopRequest = field(default_factory=StopRequest)
+    hurry: StopRequest = field(default_factory=StopRequest)
     """A second signal while stopping: stop waiting for the queue to drain."""
 
     @property

@@ -424,3 +424,24 @@ def test_ctrl_c_in_a_terminal_ends_make_run_itself_with_exit_0(start_stack: Stac
     assert stack.process.returncode == 0, output
     assert "local_stack: stopped (exit 0)" in output
     assert "Interrupt" not in output and "Traceback" not in output
+
+
+@pytest.mark.not_per_function
+def test_a_stop_signal_ends_the_stacks_wait_and_a_second_one_hurries_it() -> None:
+    """The handler only sets a flag the main thread polls: no lock it could be holding (a
+    ``threading.Event`` here left ``make run`` deaf to SIGTERM, one run in three under load)."""
+    from infra.local_stack import LocalStack
+
+    stack = LocalStack("127.0.0.1", free_port(), free_port())
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        stack.handle_signals()
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGHUP)).start()  # as a closed terminal would
+        assert stack.stopping.wait(60), "the wait ended on the signal"
+        assert not stack.hurry.is_set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stack.hurry.wait(60), "a second signal: stop waiting for the queue to drain"
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    assert not {"_cond", "_lock"} & set(vars(stack.stopping)), "a signal handler must not need a lock"
