@@ -23,6 +23,7 @@ from typing import Any
 
 from bench.env import PYTHON, ROOT, child_env, progress
 from bench.model import Section, Table, Target, fmt
+from infra.template import load as load_template
 
 LIMIT_MB = 30.0
 IMAGE_LIMIT_MB = 60.0
@@ -38,18 +39,9 @@ class Artifact:
     is_layer: bool = False
 
 
-def read_template(template: Path) -> dict[str, Any]:
-    """A SAM template with its short-form tags (``!Ref``), read by cfn-lint, imported here: a second of
-    start-up that only the sections reading a template pay, not every importer of the bench."""
-    from cfnlint.decode.cfn_yaml import loads  # type: ignore[import-untyped]
-
-    document: dict[str, Any] = loads(template.read_text())
-    return document
-
-
 def function_layers(template: Path) -> dict[str, list[str]]:
     """Each function's layers (``Globals.Function.Layers`` then its own), by logical id."""
-    document = read_template(template)
+    document = load_template(template)
     inherited = document.get("Globals", {}).get("Function", {}).get("Layers", [])
     layers: dict[str, list[str]] = {}
     for name, resource in document.get("Resources", {}).items():

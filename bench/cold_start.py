@@ -40,6 +40,7 @@ from bench.env import PYTHON, ROOT, child_env, progress
 from bench.lambda_runtime import health_event
 from bench.model import Distribution, Section, Table, Target, fmt, fmt_ratio, median, percentile, ratio
 from infra.runtime_api import RuntimeApiEmulator, RuntimeClientProcess, load_event
+from infra.template import load as load_template
 
 BASELINE = "bench.baselines.hello"
 BASELINE_FILES = ("bench/__init__.py", "bench/baselines/__init__.py", "bench/baselines/hello.py")
@@ -109,7 +110,7 @@ class Layout:
 
 def function_modules() -> list[str]:
     """Each function's handler module, as ``template.yaml`` names it (the worker's is not its app.py)."""
-    return sorted(_functions_of(artifacts.read_template(ROOT / "template.yaml")))
+    return sorted(_functions_of(load_template(ROOT / "template.yaml")))
 
 
 # --- where the modules come from ----------------------------------------------------------
@@ -180,7 +181,7 @@ def deployed_layout(workdir: Path, names: list[str]) -> Layout | str:
         return how
     precompile(RUNTIME)  # `prepare` does it; a stand-in installed before it did would compile boto3 at every import
     build = artifacts.build_directory(workdir)
-    template = artifacts.read_template(build / "template.yaml")
+    template = load_template(build / "template.yaml")
     deployed = _functions_of(template)
     layers = artifacts.function_layers(build / "template.yaml")
     runtime_path = [str(build / f"{SHARED_LAYER}Layer" / "python"), str(RUNTIME)]
