@@ -7,12 +7,13 @@ CloudWatch and ``docker logs`` collect), a readable console format for humans.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import orjson
 import structlog
@@ -21,10 +22,20 @@ from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from shared.log_context import PREFIX_LENGTH, STRUCTLOG_VARS, bound
+from shared.log_stream import LineBatcher
 from shared.metrics import count_task_events
 from shared.settings import get_settings
 
-__all__ = ["bound", "configure_logging", "ensure_logging_configured", "get_logger", "iso_now", "mask_emails"]
+__all__ = [
+    "batch_lines",
+    "bound",
+    "configure_logging",
+    "ensure_logging_configured",
+    "flush_logs",
+    "get_logger",
+    "iso_now",
+    "mask_emails",
+]
 
 
 # The local part of an address: RFC 5322's atext and dots, any non-ASCII letter (RFC 6531), and
@@ -260,6 +271,20 @@ def _use_json(log_format: str, stream: TextIO) -> bool:
 
 
 _configured = False
+_output: LineBatcher | None = None
+"""Where every line goes since the last ``configure_logging``."""
+
+
+def batch_lines(loop: asyncio.AbstractEventLoop) -> None:
+    """In a server: the lines ``loop`` prints in one iteration are written at once (``shared.log_stream``)."""
+    if _output is not None:
+        _output.bind(loop)
+
+
+def flush_logs() -> None:
+    """Write every pending line now and each later one at once: when the server's loop stops, before ``os._exit``."""
+    if _output is not None:
+        _output.unbind()
 
 
 def ensure_logging_configured(service: str | None = None) -> None:
@@ -278,16 +303,20 @@ def configure_logging(service: str | None = None, stream: TextIO | None = None, 
     Loggers keep the configuration they first met: a process that reconfigures (the tests)
     passes ``cache_loggers=False``.
     """
-    global _configured
+    global _configured, _output
     _configured = True
     settings = get_settings()
     service = service or settings.service_name
-    stream = stream or sys.stdout
+    if _output is not None:
+        _output.unbind()
+    raw = stream or sys.stdout
+    _output = LineBatcher(raw)
+    output = cast(TextIO, _output)  # the two methods loggers call, write and flush
     level = logging.getLevelNamesMapping()[settings.log_level]
 
     shared: list[Processor]
     renderer: Processor
-    if _use_json(settings.log_format, stream):
+    if _use_json(settings.log_format, raw):
         # Tracebacks as data, without local variables: they would leak task arguments.
         exceptions = structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
         shared, renderer = [_Prepare(service, exceptions)], _masked_json
@@ -298,11 +327,11 @@ def configure_logging(service: str | None = None, stream: TextIO | None = None, 
         # Task events are counted before the level filters them out: metrics do not depend on LOG_LEVEL.
         processors=[count_task_events, _drop_below_root_level, *shared, renderer],
         wrapper_class=_counting_logger(min(level, logging.INFO)),
-        logger_factory=structlog.WriteLoggerFactory(stream),
+        logger_factory=structlog.WriteLoggerFactory(output),
         cache_logger_on_first_use=cache_loggers,
     )
 
-    handler = logging.StreamHandler(stream)
+    handler = logging.StreamHandler(output)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[_rename_stdlib_logger, *shared],

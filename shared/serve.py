@@ -11,6 +11,7 @@ variable of ``shared.settings``) exits 2 with one line.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import logging
 import os
@@ -25,6 +26,7 @@ from uvicorn.config import STARTUP_FAILURE
 
 from shared.background import handoff, lifecycle
 from shared.background.runner import threads_still_running
+from shared.logs import batch_lines, flush_logs
 from shared.settings import ConfigurationError, exit_on_configuration_error, get_settings, port_number
 
 
@@ -37,6 +39,7 @@ class Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        batch_lines(asyncio.get_running_loop())  # one write per loop iteration under load (shared.log_stream)
         handoff.current().log_ready()
         handoff.current().warm_up_in_background()  # long-lived: create the SQS client now, not at SIGTERM
 
@@ -126,7 +129,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     server = Server(config)
     logging.getLogger("uvicorn.error").addFilter(_GraceEndIsNoError(server))
-    server.run()
+    try:
+        server.run()
+    finally:
+        flush_logs()
     if not server.started:
         sys.exit(STARTUP_FAILURE)
     if threads_still_running():

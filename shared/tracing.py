@@ -23,6 +23,8 @@ from typing import Any
 
 import structlog
 
+from shared.ids import new_id
+
 XRAY_ENV = "_X_AMZN_TRACE_ID"
 _TRACEPARENT_HEADER = b"traceparent"
 _HEX = frozenset("0123456789abcdef")
@@ -62,12 +64,11 @@ class TraceContext:
 
 
 def _new_span_id() -> str:
-    return os.urandom(8).hex()
+    return new_id()[:16]
 
 
 def new_trace() -> TraceContext:
-    ids = os.urandom(24).hex()  # one system call for both ids
-    return TraceContext(ids[:32], ids[32:])
+    return TraceContext(new_id(), _new_span_id())
 
 
 def parse_traceparent(value: str | None) -> TraceContext | None:

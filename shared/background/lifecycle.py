@@ -28,7 +28,7 @@ from shared.background import running
 from shared.background.events import ACCEPTED, TERMINAL
 from shared.background.protocols import TaskObserver
 from shared.background.task import QueuedTask
-from shared.logs import bound, get_logger, mask_emails
+from shared.logs import bound, flush_logs, get_logger, mask_emails
 from shared.settings import get_settings
 
 log = get_logger("shared.background")
@@ -192,6 +192,7 @@ def log_lost(reason: str) -> int:
 def exit_process(code: int, reason: str) -> NoReturn:
     """End the process now (a thread cannot be stopped otherwise), after logging what it loses."""
     _at_exit(f"exit {code}: {reason}")
+    flush_logs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
