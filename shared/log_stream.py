@@ -43,19 +43,24 @@ class LineBatcher:
 
     def write(self, text: str) -> int:
         loop = self._loop
-        with self._lock:
-            self._pending.append(text)
-            if loop is None or asyncio._get_running_loop() is not loop:
-                self._write_pending()
-            elif not self._scheduled:
-                self._scheduled = True
-                loop.call_soon(self._drain)
-        return len(text)
+        if loop is not None and asyncio._get_running_loop() is loop:
+            with self._lock:
+                self._pending.append(text)
+                if not self._scheduled:
+                    self._scheduled = True
+                    loop.call_soon(self._drain)
+            return len(text)
+        if self._pending:  # lines of a loop that stopped, or of this iteration: theirs come first
+            self._drain()
+        return self.stream.write(text)
 
     def flush(self) -> None:
         """What a logger calls after each line: the loop's own lines wait for the end of its iteration."""
-        if self._loop is None or asyncio._get_running_loop() is not self._loop:
-            self._drain()
+        loop = self._loop
+        if loop is None or asyncio._get_running_loop() is not loop:
+            if self._pending:
+                self._drain()
+            self.stream.flush()
 
     def isatty(self) -> bool:
         return self.stream.isatty()

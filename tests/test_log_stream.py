@@ -74,7 +74,7 @@ def test_a_line_from_another_thread_is_written_at_once_after_the_pending_ones() 
         worker.join()
 
     asyncio.run(main())
-    assert recording.writes == ["from the loop\nfrom a thread\n"]
+    assert recording.writes == ["from the loop\n", "from a thread\n"]
     batcher.unbind()
 
 
@@ -97,7 +97,7 @@ def test_a_line_pending_when_the_loop_stops_is_written_before_the_next_line() ->
     _stop_a_loop_with_a_line_pending(batcher)
     assert recording.writes == []
     batcher.write("printed after the loop\n")  # no running loop: written at once, after the pending line
-    assert recording.writes == ["last line of the loop\nprinted after the loop\n"]
+    assert recording.writes == ["last line of the loop\n", "printed after the loop\n"]
     batcher.unbind()
 
 
