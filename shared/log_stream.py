@@ -1,15 +1,17 @@
-"""The stream every log line is written to: one write per event-loop iteration in a server.
+"""The stream every log line is written to: in a server, one write every few milliseconds.
 
 Each ``write`` to a file or a pipe is a system call that releases the GIL. In a busy server the
 event loop then waits for a thread-pool task to hand the GIL back, once per line: measured
 with uvicorn under load, the lines cost several times more than rendering them. Bound to the
-server's event loop (``bind``), the lines that loop's thread prints during one iteration are
-joined and written once, at the start of the next iteration; a line printed anywhere else
-(another thread, a stopped loop, no loop bound: Lambda, the CLIs, the tests) is written at
-once, after whatever was pending, so the order of lines is kept.
+server's event loop (``bind``), the lines that loop's thread prints are joined and written
+once, ``WRITE_DELAY_S`` after the first of them; a line printed anywhere else (another thread,
+a stopped loop, no loop bound: Lambda, the CLIs, the tests) is written at once, after whatever
+was pending, so the order of lines is kept.
 
-A line waits at most one loop iteration; ``unbind`` (the server's stop) and ``flush`` from
-outside the loop write whatever is pending, and so does the interpreter's exit.
+A line waits ``WRITE_DELAY_S`` at most while the loop runs; ``unbind`` (the server's stop) and
+a line or ``flush`` from outside the loop write whatever is pending, and so does the
+interpreter's exit. Only a kill (SIGKILL, a crash of the interpreter) loses the last few
+milliseconds of lines.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ import atexit
 import threading
 from typing import TextIO
 
+WRITE_DELAY_S = 0.005
+"""How long the loop's lines are collected: at a few hundred requests a second, a dozen lines per write."""
+
 
 class LineBatcher:
-    """A text stream around ``stream`` that, bound to a running loop, writes that loop's lines once per iteration."""
+    """A text stream around ``stream`` that, bound to a running loop, writes that loop's lines together."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
@@ -48,14 +53,14 @@ class LineBatcher:
                 self._pending.append(text)
                 if not self._scheduled:
                     self._scheduled = True
-                    loop.call_soon(self._drain)
+                    loop.call_later(WRITE_DELAY_S, self._drain)
             return len(text)
         if self._pending:  # lines of a loop that stopped, or of this iteration: theirs come first
             self._drain()
         return self.stream.write(text)
 
     def flush(self) -> None:
-        """What a logger calls after each line: the loop's own lines wait for the end of its iteration."""
+        """What a logger calls after each line: the loop's own lines wait for their batch."""
         loop = self._loop
         if loop is None or asyncio._get_running_loop() is not loop:
             if self._pending:
