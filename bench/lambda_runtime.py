@@ -4,11 +4,12 @@ The real runtime client (``awslambdaric``) serves each handler in its own proces
 the Runtime + Extensions API emulator of the tests (``infra.runtime_api``), which
 records when the response arrived and when the environment became free (the runtime and
 every extension asked for their next event: the moment Lambda could freeze it or hand out
-the next invocation, and until which it bills). All six environments run at once and take
+the next invocation, and until which it bills). All seven environments run at once and take
 turns, one invocation at a time: the template's ``make_handler`` over ``bench.template_app``
 and plain ``Mangum`` over ``bench.baselines.bare_app``, each with no task (``GET /health``),
-a task of 0 ms (the tutorial's write) and 500 ms. The event is the HTTP API (v2) one from
-``infra/events`` (path and method changed for ``/health``).
+a task of 0 ms (the tutorial's write) and 500 ms, and a diagnostic: the template with no task and
+``TASK_BACKEND=inline`` (no post-response extension), which says what the extension's release costs.
+The event is the HTTP API (v2) one from ``infra/events`` (path and method changed for ``/health``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ FREE_TARGETS = {NO_TASK: 1.1, 0: 1.3}
 NOT_DELAYED_MS = 0.5
 """(1a) is met within 1.1x or within this many ms: a 500 ms task cannot hide in less."""
 TEMPLATE = "template (make_handler)"
+WITHOUT_EXTENSION = "template, TASK_BACKEND=inline (diagnostic)"
+"""No post-response extension: tasks would run before the response. Only with no task, to price the release."""
 PLAIN = "plain Mangum"
 HANDLERS = {TEMPLATE: "bench.template_app.handler", PLAIN: "bench.baselines.bare_app.handler"}
 
@@ -57,10 +60,20 @@ class Variant:
     clock: Path | None = None
     """``bench.post_clock``'s file: when the runtime client posted each response."""
     invocations: list[Any] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    """Set for this environment only, over the bench's own."""
 
 
 def _variants() -> list[Variant]:
-    return [Variant(label, handler, task_ms) for task_ms in TASK_MS for label, handler in HANDLERS.items()]
+    variants = [Variant(label, handler, task_ms) for task_ms in TASK_MS for label, handler in HANDLERS.items()]
+    variants.append(Variant(WITHOUT_EXTENSION, HANDLERS[TEMPLATE], NO_TASK, env={"TASK_BACKEND": "inline"}))
+    return variants
+
+
+def _rows(variants: list[Variant], task_ms: int) -> list[Variant]:
+    """The environments with ``task_ms``, in table order: the template, its diagnostic if any, plain Mangum."""
+    order = (TEMPLATE, WITHOUT_EXTENSION, PLAIN)
+    return sorted((v for v in variants if v.task_ms == task_ms), key=lambda v: order.index(v.label))
 
 
 def task_label(task_ms: int) -> str:
@@ -120,6 +133,7 @@ def _start(variants: list[Variant], workdir: Path) -> None:
             "LOG_LEVEL": "INFO",
             "BENCH_HANDLER": variant.handler,
             "BENCH_POST_CLOCK": str(variant.clock),
+            **variant.env,
         }
         api = RuntimeApiEmulator(function_name="bench", timeout_s=30).start()
         process = RuntimeClientProcess(api, "bench.post_clock.handler", env=env)
@@ -218,7 +232,7 @@ def _section(variants: list[Variant], invocations: int, warmup: int, cpu_us: dic
         table = Table(f"Lambda {metric} (ms)", headers)
         for task_ms in TASK_MS:
             plain = _find(variants, PLAIN, task_ms)
-            for variant in (_find(variants, TEMPLATE, task_ms), plain):
+            for variant in _rows(variants, task_ms):
                 samples = getattr(variant, attribute)
                 row = summary_row(
                     f"{variant.label}, {task_label(task_ms)}",
@@ -252,12 +266,11 @@ def _breakdown(variants: list[Variant]) -> Table:
         ],
     )
     for task_ms in TASK_MS:
-        for label in HANDLERS:
-            variant = _find(variants, label, task_ms)
+        for variant in _rows(variants, task_ms):
             after = [free - response for free, response in zip(variant.free_ms, variant.response_ms, strict=True)]
             table.rows.append(
                 [
-                    f"{label}, {task_label(task_ms)}",
+                    f"{variant.label}, {task_label(task_ms)}",
                     fmt(median(variant.posted_ms)),
                     fmt(median(variant.api_ms)),
                     fmt(median(after)),
@@ -271,7 +284,7 @@ def _breakdown_notes() -> list[str]:
     return [
         "'hand-out to response posted': until `awslambdaric` starts posting the response (`bench.post_clock` "
         "notes the moment; one monotonic clock for every process); 'post to response recorded': the request to "
-        "the emulator (a Python server in the bench process, beside the five other environments' emulators); "
+        "the emulator (a Python server in the bench process, beside the other environments' emulators); "
         "'response to environment free': until every extension asked for its next event.",
         "The extension costs the template no hand-over: the handler's own thread sends `event/next` before it "
         "returns when no task is queued (the runner thread after the last task otherwise), and reads the INVOKE "
@@ -330,6 +343,7 @@ def _targets(variants: list[Variant], cpu_us: dict[str, float]) -> list[Target]:
 
 def _free_why_no_task(variants: list[Variant], goal: float, cpu_us: dict[str, float], met: bool) -> str:
     ours, plain = _find(variants, TEMPLATE, NO_TASK), _find(variants, PLAIN, NO_TASK)
+    without = _find(variants, WITHOUT_EXTENSION, NO_TASK)
     allowed = median(plain.free_ms) * (goal - 1)
     gap = median(ours.free_ms) - median(plain.free_ms)
     billed = [sum(math.ceil(ms) for ms in v.free_ms) / max(len(v.free_ms), 1) for v in (ours, plain)]
@@ -339,7 +353,12 @@ def _free_why_no_task(variants: list[Variant], goal: float, cpu_us: dict[str, fl
         f"template {fmt(allowed)} ms more than plain Mangum; it takes {fmt(gap)} ms more, "
         f"{fmt(median(ours.posted_ms) - median(plain.posted_ms))} ms of it in the function before the response "
         "is posted: the request id, trace id and Lambda log keys, the request.completed line, the extension's "
-        "`event/next` and INVOKE read. In-process (`bench.handler_cpu`: no extension, no Runtime API, logs to "
+        "`event/next` and INVOKE read. Without the extension (`TASK_BACKEND=inline`, a diagnostic: its tasks "
+        f"would run before the response) the template is free after {fmt(median(without.free_ms))} ms "
+        f"({fmt_ratio(ratio(median(without.free_ms), median(plain.free_ms)))}): the extension's release, one "
+        "`event/next` sent on the Extensions API's socket and one INVOKE read, costs "
+        f"{fmt(median(ours.posted_ms) - median(without.posted_ms))} ms of the function's part. "
+        "In-process (`bench.handler_cpu`: no extension, no Runtime API, logs to "
         f"/dev/null), a warm call costs {fmt(cpu_us[TEMPLATE], 1)} us of CPU against {fmt(cpu_us[PLAIN], 1)} us, "
         f"{fmt(cpu_us[QUIET], 1)} us without the request.completed line; a cold, once-per-invocation call a few "
         "times more. "
