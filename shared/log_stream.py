@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import sys
 import threading
 from typing import TextIO
 
@@ -53,7 +54,7 @@ class LineBatcher:
                 self._pending.append(text)
                 if not self._scheduled:
                     self._scheduled = True
-                    loop.call_later(WRITE_DELAY_S, self._drain)
+                    loop.call_later(WRITE_DELAY_S, self._drain_later)
             return len(text)
         if self._pending:  # lines of a loop that stopped, or of this iteration: theirs come first
             self._drain()
@@ -69,6 +70,14 @@ class LineBatcher:
 
     def isatty(self) -> bool:
         return self.stream.isatty()
+
+    def _drain_later(self) -> None:
+        """The timer's write. A stream that fails (stdout closed, a broken pipe) loses this batch, said
+        on stderr: raised here, asyncio would log it through this same stream, every few milliseconds."""
+        try:
+            self._drain()
+        except (OSError, ValueError) as exc:
+            print(f"log lines lost: the log stream failed ({type(exc).__name__}: {exc})", file=sys.stderr)
 
     def _drain(self) -> None:
         with self._lock:

@@ -276,7 +276,7 @@ _output: LineBatcher | None = None
 
 
 def batch_lines(loop: asyncio.AbstractEventLoop) -> None:
-    """In a server: the lines ``loop`` prints in one iteration are written at once (``shared.log_stream``)."""
+    """In a server: the lines ``loop`` prints are written together, a few milliseconds later (``shared.log_stream``)."""
     if _output is not None:
         _output.bind(loop)
 

@@ -10,6 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from shared.log_stream import WRITE_DELAY_S, LineBatcher
 from shared.logs import batch_lines, configure_logging, flush_logs, get_logger
 
@@ -152,3 +154,27 @@ asyncio.run(main())
     assert done.returncode == 3, done.stderr
     events = [json.loads(line)["event"] for line in done.stdout.splitlines() if line.startswith("{")]
     assert "pending.line" in events, done.stdout
+
+
+class Broken(Recording):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_broken_stream_loses_the_batch_with_one_line_on_stderr_not_an_error_loop(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    batcher = LineBatcher(Broken())  # type: ignore[arg-type]
+    errors: list[dict[str, object]] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        batcher.bind(loop)
+        batcher.write("cannot be written\n")
+        await asyncio.sleep(WRITE_DELAY_S * 4)
+
+    asyncio.run(main())
+    batcher._loop = None  # unbound without the final write, which would raise to its caller as any write does
+    assert errors == []  # asyncio's handler would log the error through the same broken stream
+    assert "log lines lost: the log stream failed (BrokenPipeError" in capsys.readouterr().err
