@@ -51,8 +51,10 @@ class Variant:
     task_ms: int
     response_ms: list[float] = field(default_factory=list)
     free_ms: list[float] = field(default_factory=list)
+    received_ms: list[float] = field(default_factory=list)
+    """From hand-out to the runtime client receiving the invocation (the Runtime API's part before the function)."""
     posted_ms: list[float] = field(default_factory=list)
-    """From hand-out to the runtime client starting to post the response (the function's part)."""
+    """From hand-out to the runtime client starting to post the response (received_ms, then the function's part)."""
     api_ms: list[float] = field(default_factory=list)
     """From that post to the emulator recording the response (transport and the emulator's part)."""
     failures: list[str] = field(default_factory=list)
@@ -113,12 +115,14 @@ def _wait_for_clocks(variants: list[Variant], posts: int, timeout_s: float = 5.0
 
 
 def _split_responses(variant: Variant, invocations: int, warmup: int) -> None:
-    """Pair each recorded invocation with the moment its response was posted (``bench.post_clock``)."""
+    """Pair each recorded invocation with the moments it was received and its response posted (``bench.post_clock``)."""
     assert variant.clock is not None
     posted = [float(line) for line in variant.clock.read_text().split()]
-    if len(posted) != invocations + warmup or variant.failures:
+    received = [float(line) for line in Path(f"{variant.clock}.received").read_text().split()]
+    if len(posted) != invocations + warmup or len(received) < len(posted) or variant.failures:
         return
-    for invocation, posting in zip(variant.invocations, posted[warmup:], strict=True):
+    for invocation, receiving, posting in zip(variant.invocations, received[warmup:], posted[warmup:], strict=False):
+        variant.received_ms.append((receiving - invocation.handed_out_at) * 1000)
         variant.posted_ms.append((posting - invocation.handed_out_at) * 1000)
         variant.api_ms.append((invocation.responded_at - posting) * 1000)
 
@@ -259,7 +263,8 @@ def _breakdown(variants: list[Variant]) -> Table:
         "Where the time until the environment is free goes (medians, ms)",
         [
             "handler",
-            "hand-out to response posted (function)",
+            "hand-out to invocation received (Runtime API)",
+            "received to response posted (function)",
             "post to response recorded (Runtime API)",
             "response to environment free",
             "free",
@@ -271,7 +276,8 @@ def _breakdown(variants: list[Variant]) -> Table:
             table.rows.append(
                 [
                     f"{variant.label}, {task_label(task_ms)}",
-                    fmt(median(variant.posted_ms)),
+                    fmt(median(variant.received_ms)),
+                    fmt(median(_function_ms(variant))),
                     fmt(median(variant.api_ms)),
                     fmt(median(after)),
                     fmt(median(variant.free_ms)),
@@ -280,12 +286,20 @@ def _breakdown(variants: list[Variant]) -> Table:
     return table
 
 
+def _function_ms(variant: Variant) -> list[float]:
+    """From receiving each invocation to starting to post its response: the function's own part."""
+    return [posted - received for posted, received in zip(variant.posted_ms, variant.received_ms, strict=True)]
+
+
 def _breakdown_notes() -> list[str]:
     return [
-        "'hand-out to response posted': until `awslambdaric` starts posting the response (`bench.post_clock` "
-        "notes the moment; one monotonic clock for every process); 'post to response recorded': the request to "
-        "the emulator (a Python server in the bench process, beside the other environments' emulators); "
-        "'response to environment free': until every extension asked for its next event.",
+        "'hand-out to invocation received': from the emulator handing the invocation out until `awslambdaric`'s "
+        "wait for it returns; 'received to response posted': from there until `awslambdaric` starts posting the "
+        "response (`bench.post_clock` notes both moments; one monotonic clock for every process); 'post to "
+        "response recorded': the request to the emulator (a Python server in the bench process, beside the other "
+        "environments' emulators, whose threads share one GIL: where an extension is registered, the emulator "
+        "answers its `event/next` with the INVOKE at the same hand-out); 'response to environment free': until "
+        "every extension asked for its next event.",
         "The extension costs the template no hand-over: the handler's own thread sends `event/next` before it "
         "returns when no task is queued (the runner thread after the last task otherwise), and reads the INVOKE "
         "it ends only then; the extension thread sleeps through the invocation (a thread woken by the INVOKE "
@@ -350,14 +364,17 @@ def _free_why_no_task(variants: list[Variant], goal: float, cpu_us: dict[str, fl
     why = (
         "both environments are free as their response is posted: the template's handler thread sends the "
         f"extension's `event/next` itself before it returns (see where the time goes). {goal:g}x leaves the "
-        f"template {fmt(allowed)} ms more than plain Mangum; it takes {fmt(gap)} ms more, "
-        f"{fmt(median(ours.posted_ms) - median(plain.posted_ms))} ms of it in the function before the response "
-        "is posted: the request id, trace id and Lambda log keys, the request.completed line, the extension's "
-        "`event/next` and INVOKE read. Without the extension (`TASK_BACKEND=inline`, a diagnostic: its tasks "
-        f"would run before the response) the template is free after {fmt(median(without.free_ms))} ms "
-        f"({fmt_ratio(ratio(median(without.free_ms), median(plain.free_ms)))}): the extension's release, one "
-        "`event/next` sent on the Extensions API's socket and one INVOKE read, costs "
-        f"{fmt(median(ours.posted_ms) - median(without.posted_ms))} ms of the function's part. "
+        f"template {fmt(allowed)} ms more than plain Mangum; it takes {fmt(gap)} ms more: "
+        f"{fmt(median(_function_ms(ours)) - median(_function_ms(plain)))} ms in the function before the response "
+        "is posted (the request id, trace id and Lambda log keys, the request.completed line, the extension's "
+        "`event/next` and INVOKE read), "
+        f"{fmt(median(ours.received_ms) - median(plain.received_ms))} ms before it receives the invocation "
+        "(the emulator hands the extension its INVOKE at the same moment, in threads of one Python process). "
+        "Without the extension (`TASK_BACKEND=inline`, a diagnostic: its tasks would run before the response) the "
+        f"template is free after {fmt(median(without.free_ms))} ms "
+        f"({fmt_ratio(ratio(median(without.free_ms), median(plain.free_ms)))}): the extension's release costs "
+        f"{fmt(median(_function_ms(ours)) - median(_function_ms(without)))} ms of the function's part, its INVOKE "
+        f"{fmt(median(ours.received_ms) - median(without.received_ms))} ms of the emulator's. "
         "In-process (`bench.handler_cpu`: no extension, no Runtime API, logs to "
         f"/dev/null), a warm call costs {fmt(cpu_us[TEMPLATE], 1)} us of CPU against {fmt(cpu_us[PLAIN], 1)} us, "
         f"{fmt(cpu_us[QUIET], 1)} us without the request.completed line; a cold, once-per-invocation call a few "
