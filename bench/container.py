@@ -119,21 +119,30 @@ def _context_switches(pid: int) -> float:
     return total
 
 
-def _lines_in(path: Path) -> int:
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _lines_in(path: Path, since: int = 0) -> int:
+    """Lines written to ``path`` past its first ``since`` bytes (the log grows through the whole bench)."""
     try:
         with path.open("rb") as written:
+            written.seek(since)
             return sum(chunk.count(b"\n") for chunk in iter(lambda: written.read(1 << 16), b""))
     except FileNotFoundError:
         return 0
 
 
-def _wait_for_tasks(log: Path, expected: int, timeout_s: float = 30.0) -> float:
-    """Seconds until ``log`` holds ``expected`` lines: every task of the round has run."""
+def _wait_for_tasks(log: Path, since: int, expected: int, timeout_s: float = 30.0) -> float:
+    """Seconds until ``log`` holds ``expected`` lines past byte ``since``: every task of the round has run."""
     started = time.perf_counter()
     deadline = started + timeout_s
-    while _lines_in(log) < expected:
+    while (written := _lines_in(log, since)) < expected:
         if time.perf_counter() > deadline:
-            raise RuntimeError(f"{log}: {_lines_in(log)} task lines after {timeout_s:g} s, expected {expected}")
+            raise RuntimeError(f"{log}: {written} task lines after {timeout_s:g} s, expected {expected}")
         time.sleep(0.002)
     return time.perf_counter() - started
 
@@ -142,7 +151,7 @@ def _load(variant: Variant, connections: int, warmup: float, duration: float) ->
     server = variant.server
     assert server is not None
     tasks_log = Path(variant.env["NOTIFICATION_LOG_PATH"])
-    tasks_before = _lines_in(tasks_log)
+    tasks_since = _size(tasks_log)
     cpu_before = _cpu_seconds(server.process.pid)
     switches_before = _context_switches(server.process.pid)
     output_before = server.output()
@@ -171,7 +180,7 @@ def _load(variant: Variant, connections: int, warmup: float, duration: float) ->
     )
     result = json.loads(completed.stdout)
     total = max(int(result["total"]), 1)
-    drain_s = _wait_for_tasks(tasks_log, tasks_before + int(result["total"]) - int(result["errors"]))
+    drain_s = _wait_for_tasks(tasks_log, tasks_since, int(result["total"]) - int(result["errors"]))
     cpu = _cpu_seconds(server.process.pid) - cpu_before
     switches = _context_switches(server.process.pid) - switches_before
     printed = server.output()[len(output_before) :]
