@@ -47,23 +47,27 @@ class LineBatcher:
         atexit.unregister(self.unbind)
         self._drain()
 
-    def write(self, text: str) -> int:
+    def _bound_loop_here(self) -> asyncio.AbstractEventLoop | None:
+        """The bound loop, if it runs on the calling thread: its lines are collected."""
         loop = self._loop
-        if loop is not None and asyncio._get_running_loop() is loop:
+        return loop if loop is not None and asyncio._get_running_loop() is loop else None
+
+    def write(self, text: str) -> int:
+        loop = self._bound_loop_here()
+        if loop is not None:
             with self._lock:
                 self._pending.append(text)
                 if not self._scheduled:
                     self._scheduled = True
                     loop.call_later(WRITE_DELAY_S, self._drain_later)
             return len(text)
-        if self._pending:  # lines of a loop that stopped, or of this iteration: theirs come first
+        if self._pending:  # lines the loop collected come first
             self._drain()
         return self.stream.write(text)
 
     def flush(self) -> None:
         """What a logger calls after each line: the loop's own lines wait for their batch."""
-        loop = self._loop
-        if loop is None or asyncio._get_running_loop() is not loop:
+        if self._bound_loop_here() is None:
             if self._pending:
                 self._drain()
             self.stream.flush()
@@ -80,13 +84,11 @@ class LineBatcher:
             print(f"log lines lost: the log stream failed ({type(exc).__name__}: {exc})", file=sys.stderr)
 
     def _drain(self) -> None:
+        """Write the collected lines in one call (cleared first: a failing stream does not keep them)."""
         with self._lock:
             self._scheduled = False
-            self._write_pending()
-
-    def _write_pending(self) -> None:
-        if self._pending:
-            text = "".join(self._pending)
-            self._pending.clear()
-            self.stream.write(text)
-            self.stream.flush()
+            if self._pending:
+                text = "".join(self._pending)
+                self._pending.clear()
+                self.stream.write(text)
+                self.stream.flush()

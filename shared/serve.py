@@ -39,7 +39,7 @@ class Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        batch_lines(asyncio.get_running_loop())  # one write per loop iteration under load (shared.log_stream)
+        batch_lines(asyncio.get_running_loop())  # its lines written together every 5 ms (shared.log_stream)
         handoff.current().log_ready()
         handoff.current().warm_up_in_background()  # long-lived: create the SQS client now, not at SIGTERM
 
